@@ -1,0 +1,2 @@
+//! Layered node configuration with provenance.
+pub mod schema;

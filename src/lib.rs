@@ -1,0 +1,13 @@
+//! sysdeploy: declarative boot-time deployer of system services and spells
+//! for nodes that host WebAssembly services. See ARCHITECTURE.md for the map.
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod deploy;
+pub mod distro;
+pub mod ids;
+pub mod node;
+pub mod runtime;
+pub mod spell;
+pub mod state;
+pub mod store;

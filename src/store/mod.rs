@@ -1,0 +1,164 @@
+//! The SQLite state store (`<state_dir>/state.db`): one connection in WAL
+//! mode, versioned migrations, and the refusal to open a schema newer than
+//! this binary knows.
+//!
+//! Each layer owns its tables and adds them as a migration in
+//! [`migrations::MIGRATIONS`]; higher layers wrap [`Store`] with their own
+//! typed accessors (`runtime::records`, `deploy::state`, `spell::store`).
+
+pub mod migrations;
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why the store cannot be used. All of these map to exit code 3.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path} has schema version {found}, newer than the {known} this binary knows; upgrade sysdeploy or point --state-dir elsewhere")]
+    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    #[error("state store {path} is corrupt or not a sysdeploy database ({source}); it was left untouched — restore it from a backup or move it away")]
+    Corrupt { path: PathBuf, #[source] source: rusqlite::Error },
+    #[error("state store {path}: {source}")]
+    Sqlite { path: PathBuf, #[source] source: rusqlite::Error },
+    #[error("state store {path} does not exist yet; run `sysdeploy run` once to create it")]
+    Missing { path: PathBuf },
+}
+
+/// A handle on the store; cheap to clone, safe to share between threads.
+/// Operations are short, so a mutex around one connection is enough.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store. Only the process that
+    /// holds the state-dir lock may call this.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        let store = Self::setup(conn, path)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store without writing to it (for `plan`, `status`,
+    /// `config` while a node may be running). Refuses a newer schema.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing { path: path.into() });
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| sql(path, e))?;
+        let store = Self::setup(conn, path)?;
+        let found = store.schema_version()?;
+        let known = migrations::MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::NewerSchema { path: path.into(), found, known });
+        }
+        Ok(store)
+    }
+
+    /// An in-memory store with the full schema, for unit tests.
+    pub fn in_memory() -> Self {
+        let conn = Connection::open_in_memory().expect("in-memory sqlite");
+        let s = Self::setup(conn, Path::new(":memory:")).expect("setup");
+        s.migrate().expect("migrate");
+        s
+    }
+
+    fn setup(conn: Connection, path: &Path) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| sql(path, e))?;
+        // A garbage file fails here, on the first read of the header.
+        let check: Result<String, _> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
+        if let Err(e) = check {
+            return Err(StoreError::Corrupt { path: path.into(), source: e });
+        }
+        if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| corrupt(path, e))?;
+            conn.pragma_update(None, "synchronous", "FULL").map_err(|e| sql(path, e))?;
+        }
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| sql(path, e))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.into() })
+    }
+
+    fn schema_version(&self) -> Result<i64, StoreError> {
+        self.lock().query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e))
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        let known = migrations::MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::NewerSchema { path: self.path.clone(), found, known });
+        }
+        let mut conn = self.lock();
+        for (i, m) in migrations::MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
+            tx.execute_batch(m.sql).map_err(|e| corrupt(&self.path, e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| sql(&self.path, e))?;
+            tx.commit().map_err(|e| sql(&self.path, e))?;
+        }
+        // Integrity check on every open is cheap at our sizes and catches a
+        // damaged file before we act on it.
+        let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e))?;
+        if ok != "ok" {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                source: rusqlite::Error::InvalidParameterName(format!("quick_check: {ok}")),
+            });
+        }
+        Ok(())
+    }
+
+    /// The connection. Hold the guard only for the duration of one short
+    /// operation or transaction; never across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite { path: path.into(), source }
+}
+fn corrupt(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt { path: path.into(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        drop(Store::open(&p).unwrap());
+        let v: i64 = Connection::open(&p).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, migrations::MIGRATIONS.len() as i64);
+        Connection::open(&p).unwrap().pragma_update(None, "user_version", 999).unwrap();
+        assert!(matches!(Store::open(&p), Err(StoreError::NewerSchema { found: 999, .. })));
+        assert!(matches!(Store::open_read_only(&p), Err(StoreError::NewerSchema { .. })));
+    }
+
+    #[test]
+    fn garbage_file_is_corrupt_and_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        std::fs::write(&p, b"this is not a database, just some bytes that are long enough to have a header").unwrap();
+        let before = std::fs::read(&p).unwrap();
+        assert!(matches!(Store::open(&p), Err(StoreError::Corrupt { .. })));
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+}
