@@ -7,7 +7,13 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "001-meta",
-    sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "001-meta",
+        sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
+    },
+    Migration {
+        name: "002-runtime",
+        sql: crate::runtime::records::MIGRATION_SQL,
+    },
+];
