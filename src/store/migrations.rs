@@ -9,5 +9,6 @@ pub struct Migration {
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration { name: "001-meta", sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;" },
-    Migration { name: "002-deploy", sql: crate::deploy::journal::MIGRATION_SQL },
+    Migration { name: "002-runtime", sql: crate::runtime::records::MIGRATION_SQL },
+    Migration { name: "003-deploy", sql: crate::deploy::journal::MIGRATION_SQL },
 ];
