@@ -5,7 +5,6 @@ pub mod journal;
 pub mod model;
 pub mod plan;
 pub mod report;
-pub mod typecheck;
 
 pub use executor::{ApplyPolicy, ComponentSource, DeployError, Deployer, FailurePolicy, SpellOps};
 pub use model::*;

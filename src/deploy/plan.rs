@@ -4,7 +4,8 @@
 
 use super::model::*;
 use crate::ids::{Alias, BlueprintId, PackageName, PeerId, ServiceId};
-use crate::runtime::{FunctionSig, WitType};
+use crate::runtime::wit::ArgError;
+use crate::runtime::FunctionSig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -434,47 +435,42 @@ fn typecheck_init(s: &DesiredService, sigs: Option<&Vec<FunctionSig>>, errors: &
             });
             continue;
         };
-        if sig.params.len() != call.args.len() {
-            errors.push(PlanError::InitArity {
+        let args = serde_json::Value::Array(call.args.clone());
+        let got_of = |g: String| if call.is_secret() { "<redacted>".to_string() } else { g };
+        let from = if call.inputs.is_empty() {
+            String::new()
+        } else {
+            format!(" (from {})", call.inputs.iter().map(|i| format!("{} at {}", i.key, i.source)).collect::<Vec<_>>().join(", "))
+        };
+        match crate::runtime::wit::check_args(sig, &args) {
+            Ok(()) => {}
+            Err(ArgError::Mismatch { param, expected, got }) => errors.push(PlanError::InitArgType {
                 package: s.package.clone(),
                 alias: s.alias.clone(),
                 function: call.function.clone(),
-                expected: sig.params.len(),
-                got: call.args.len(),
-            });
-            continue;
-        }
-        for ((pname, ty), arg) in sig.params.iter().zip(&call.args) {
-            if let Err(expected) = check_value(ty, arg) {
-                let got = if call.is_secret() { "<redacted>".to_string() } else { short_json(arg) };
-                let from = if call.inputs.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (from {})", call.inputs.iter().map(|i| format!("{} at {}", i.key, i.source)).collect::<Vec<_>>().join(", "))
-                };
-                errors.push(PlanError::InitArgType {
-                    package: s.package.clone(),
-                    alias: s.alias.clone(),
-                    function: call.function.clone(),
-                    param: pname.clone(),
-                    expected,
-                    got,
-                    from,
-                });
-            }
+                param,
+                expected,
+                got: got_of(got),
+                from,
+            }),
+            Err(ArgError::WrongCount { expected, got, .. }) => errors.push(PlanError::InitArity {
+                package: s.package.clone(),
+                alias: s.alias.clone(),
+                function: call.function.clone(),
+                expected,
+                got,
+            }),
+            Err(e) => errors.push(PlanError::InitArgType {
+                package: s.package.clone(),
+                alias: s.alias.clone(),
+                function: call.function.clone(),
+                param: String::new(),
+                expected: e.to_string(),
+                got: got_of(String::new()),
+                from,
+            }),
         }
     }
-}
-
-fn short_json(v: &serde_json::Value) -> String {
-    let s = v.to_string();
-    if s.len() > 80 { format!("{}…", &s[..s.char_indices().nth(77).map(|(i, _)| i).unwrap_or(s.len())]) } else { s }
-}
-
-/// Checks a JSON value against a WIT type with the JSON mapping the runtime
-/// uses. `Err` carries a description of the expected type.
-pub fn check_value(ty: &WitType, v: &serde_json::Value) -> Result<(), String> {
-    super::typecheck::check_value(ty, v)
 }
 
 #[cfg(test)]

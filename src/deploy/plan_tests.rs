@@ -1,7 +1,7 @@
 //! Planner unit tests: builders for desired/current states, assertions on plans.
 use super::*;
 use crate::ids::ComponentHash;
-use crate::runtime::{Blueprint, BlueprintComponent};
+use crate::runtime::{Blueprint, BlueprintComponent, WitType};
 use serde_json::json;
 
 fn host() -> PeerId {
