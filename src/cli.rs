@@ -210,7 +210,11 @@ fn init_logging(format: LogFormat) {
         }),
         _ => EnvFilter::new("info"),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second init (tests calling `run` twice) is harmless.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -309,7 +313,13 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
         None => println!("# effective configuration (no config file: embedded defaults, env and flags); secrets are <redacted>"),
     }
     let rendered: Vec<(String, String, String)> =
-        entries.iter().map(|e| (e.key.clone(), e.value.to_string(), e.source.to_string())).collect();
+        entries
+            .iter()
+            .map(|e| {
+                let v = if e.secret { config::REDACTED.to_string() } else { e.value.to_string() };
+                (e.key.clone(), v, e.source.to_string())
+            })
+            .collect();
     let kw = rendered.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let vw = rendered.iter().map(|r| r.1.chars().count()).filter(|n| *n <= 40).max().unwrap_or(0);
     for (k, v, s) in rendered {
