@@ -1,2 +1,407 @@
-//! Command-line interface.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! Command-line interface: clap commands and help, exit codes, logging setup,
+//! and the commands that need no deployer (`config`, `status`).
+//!
+//! The order is fixed: parse → logging → load config (exit 2, nothing on disk
+//! touched) → open the state directory (exit 3) → command.
+
+use crate::config::{self, schema::PackageSchema, EffectiveConfig, FlagValue, LoadOptions};
+use crate::ids::Alias;
+use crate::state::StateDir;
+use crate::store::{migrations::MIGRATIONS, Store, StoreError};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value as Json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Process exit codes; part of the interface contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// A deployment step failed (or the command could not complete).
+    DeployFailed = 1,
+    /// Invalid configuration, manifest or arguments.
+    Invalid = 2,
+    /// State store unusable: locked by another process, corrupt, newer schema.
+    StoreUnusable = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+const LONG_ABOUT: &str = "\
+sysdeploy makes sure the system services of this node (registry, trust graph, IPFS adapter, \
+decider, ...) and their periodic spells are deployed as configured, and hosts them: \
+`sysdeploy run` at node start is all an operator needs.
+
+Configuration, lowest to highest precedence:
+  1. defaults embedded in the binary (no file needed)
+  2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG
+  3. env vars: SYSDEPLOY_ prefix, __ between levels, e.g.
+     SYSDEPLOY_NODE__API_LISTEN=0.0.0.0:7200
+     SYSDEPLOY_SYSTEM_SERVICES__ENABLE=registry,decider
+  4. flags: --state-dir, --api-listen, --set KEY=VALUE
+`sysdeploy config` prints the result and where each value came from.
+
+Exit codes: 0 success, 1 deployment failed, 2 invalid configuration or arguments, \
+3 state store unusable (locked by another process, corrupt, or newer schema).";
+
+/// Parsed command line.
+#[derive(Debug, Parser)]
+#[command(name = "sysdeploy", version, about = "Declarative boot-time deployer and host of a node's system services and spells", long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// TOML config file (optional; also env SYSDEPLOY_CONFIG). Without one
+    /// the node runs on the embedded defaults plus env and flags.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// State directory: node key, state store, components, service data
+    /// [config: node.state_dir, default: .sysdeploy]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Address of the HTTP API [config: node.api_listen, default: 127.0.0.1:7200]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+
+    /// Set any config key, highest precedence; repeatable. Lists are
+    /// comma-separated. Example: --set system_services.decider.decider_period_sec=60
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_set)]
+    pub set: Vec<(String, String)>,
+
+    /// Log format on stderr; the filter comes from RUST_LOG (default: info)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for terminals and journald
+    Human,
+    /// One JSON object per line, for containers and log shippers
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy the configured system services and spells, then serve the HTTP
+    /// API and run spells until SIGINT or SIGTERM.
+    ///
+    /// Takes the state directory's lock: only one `run` per directory.
+    Run {
+        /// Deploy, print the report and exit instead of serving.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show what `run` would change (install, replace, remove, ...) and why,
+    /// without changing anything. Works while a node is running.
+    Plan {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the node identity, the state store and what is deployed.
+    /// Works while a node is running.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the effective configuration, each value with where it came from
+    /// (default, file:line, env var, flag). Secrets are shown as <redacted>.
+    Config {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a function of a deployed service through the running node's API.
+    ///
+    /// Example: sysdeploy call registry get-record '["key-1"]'
+    Call {
+        /// Service alias, e.g. registry
+        alias: String,
+        /// Exported function name, e.g. get-record
+        function: String,
+        /// Arguments as a JSON array
+        #[arg(value_name = "JSON-ARGS", default_value = "[]")]
+        args: String,
+    },
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE, e.g. system_services.decider.decider_period_sec=60".into()),
+    }
+}
+
+impl Cli {
+    /// The flag layer of the config, in precedence order (later wins).
+    pub fn flag_values(&self) -> Vec<FlagValue> {
+        let mut out: Vec<FlagValue> = self.set.iter().map(|(k, v)| FlagValue::set(k, v.clone())).collect();
+        if let Some(d) = &self.state_dir {
+            out.push(FlagValue::new("--state-dir", "node.state_dir", d.to_string_lossy()));
+        }
+        if let Some(a) = &self.api_listen {
+            out.push(FlagValue::new("--api-listen", "node.api_listen", a.clone()));
+        }
+        out
+    }
+}
+
+/// Everything a command needs: the effective config and the package schemas.
+#[derive(Debug)]
+pub struct Context {
+    pub config: EffectiveConfig,
+    pub schemas: Vec<PackageSchema>,
+    pub log_format: LogFormat,
+}
+
+impl Context {
+    pub fn state_dir(&self) -> &Path {
+        &self.config.node.state_dir
+    }
+
+    /// Reports a fatal error: plain text for people, a log record for
+    /// containers (`--log-format json`).
+    pub fn fail(&self, exit: Exit, msg: impl std::fmt::Display) -> Exit {
+        report(self.log_format, msg);
+        exit
+    }
+}
+
+fn report(format: LogFormat, msg: impl std::fmt::Display) {
+    match format {
+        LogFormat::Human => eprintln!("error: {msg}"),
+        LogFormat::Json => tracing::error!("{msg}"),
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 2 (Exit::Invalid); --help and --version exit 0.
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_logging(cli.log_format);
+    // Non-UTF-8 env names cannot be config keys; values are taken lossily so a
+    // garbled SYSDEPLOY_ value is reported instead of ignored.
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))).collect();
+    run(cli, env).into()
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.is_empty() => EnvFilter::try_new(&s).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG={s:?} is not a valid filter ({e}); logging at info");
+            EnvFilter::new("info")
+        }),
+        _ => EnvFilter::new("info"),
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // try_init: a second init (tests calling `run` twice) is harmless.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Loads the config and dispatches; `env` is the process environment.
+pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
+    let schemas = crate::distro::package_schemas();
+    let opts = LoadOptions { config_path: cli.config.clone(), env, flags: cli.flag_values() };
+    let config = match config::load(&opts, &schemas) {
+        Ok(c) => c,
+        Err(e) => {
+            report(cli.log_format, e);
+            return Exit::Invalid;
+        }
+    };
+    let ctx = Context { config, schemas, log_format: cli.log_format };
+    match cli.command {
+        Command::Run { once } => cmd_run(&ctx, once),
+        Command::Plan { json } => cmd_plan(&ctx, json),
+        Command::Status { json } => cmd_status(&ctx, json),
+        Command::Config { json } => cmd_config(&ctx, json),
+        Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
+    }
+}
+
+/// `run`: lock the state directory, open (create, migrate) the store, deploy.
+fn cmd_run(ctx: &Context, once: bool) -> Exit {
+    let state = match StateDir::open_exclusive(ctx.state_dir()) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let store = match Store::open(&state.store_path()) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    tracing::info!(state_dir = %state.path().display(), peer_id = %state.peer_id(), "state directory open and locked");
+    if let Some(f) = &ctx.config.config_file {
+        tracing::info!(file = %f.display(), "config file loaded");
+    }
+    for e in ctx.config.entries() {
+        tracing::debug!(key = %e.key, value = %e.value, source = %e.source, "config");
+    }
+    deploy_and_serve(ctx, &state, &store, once)
+}
+
+/// PLACEHOLDER (deployer / node issues): deploy, then serve until a signal.
+fn deploy_and_serve(ctx: &Context, _state: &StateDir, _store: &Store, _once: bool) -> Exit {
+    ctx.fail(Exit::DeployFailed, "deploying arrives with the deployer issue; the state directory and store are ready, nothing was deployed")
+}
+
+/// `plan`: read-only; never takes the lock.
+fn cmd_plan(ctx: &Context, _json: bool) -> Exit {
+    // PLACEHOLDER (deployer issue): desired (config + distros) vs current (store) → plan.
+    ctx.fail(Exit::DeployFailed, "planning arrives with the deployer issue")
+}
+
+/// `call`: arguments are checked here; the HTTP call arrives with the API issue.
+fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
+    if let Err(e) = Alias::new(alias) {
+        return ctx.fail(Exit::Invalid, format!("alias {alias:?} {e}"));
+    }
+    if function.is_empty() {
+        return ctx.fail(Exit::Invalid, "the function name is empty; give the exported function to call, e.g. get-record");
+    }
+    match serde_json::from_str::<Json>(args) {
+        Ok(Json::Array(_)) => {}
+        Ok(_) | Err(_) => {
+            return ctx.fail(Exit::Invalid, format!("JSON-ARGS {args:?} is not a JSON array; pass e.g. '[\"key-1\", 42]' or nothing for []"))
+        }
+    }
+    // PLACEHOLDER (API issue): POST /v1/services/{alias}/call/{function} with the token.
+    ctx.fail(Exit::DeployFailed, "calling services arrives with the HTTP API issue")
+}
+
+/// `config`: the effective config with sources; secrets redacted.
+fn cmd_config(ctx: &Context, json: bool) -> Exit {
+    let c = &ctx.config;
+    let entries = c.entries();
+    if json {
+        let values: serde_json::Map<String, Json> = entries
+            .iter()
+            .map(|e| {
+                let v = json!({ "value": e.value, "source": e.source.to_string(), "origin": e.source, "secret": e.secret });
+                (e.key.clone(), v)
+            })
+            .collect();
+        let doc = json!({ "config_file": c.config_file, "values": values, "warnings": c.warnings });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json values serialise"));
+        return Exit::Ok;
+    }
+    match &c.config_file {
+        Some(f) => println!("# effective configuration (file: {}); secrets are <redacted>", f.display()),
+        None => println!("# effective configuration (no config file: embedded defaults, env and flags); secrets are <redacted>"),
+    }
+    let rendered: Vec<(String, String, String)> =
+        entries
+            .iter()
+            .map(|e| {
+                let v = if e.secret { config::REDACTED.to_string() } else { e.value.to_string() };
+                (e.key.clone(), v, e.source.to_string())
+            })
+            .collect();
+    let kw = rendered.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let vw = rendered.iter().map(|r| r.1.chars().count()).filter(|n| *n <= 40).max().unwrap_or(0);
+    for (k, v, s) in rendered {
+        println!("{k:<kw$} = {v:<vw$}  # {s}");
+    }
+    for w in &c.warnings {
+        println!("# warning: {w}");
+    }
+    Exit::Ok
+}
+
+/// `status`: identity and store; read-only, never takes the lock.
+fn cmd_status(ctx: &Context, json: bool) -> Exit {
+    let dir = ctx.state_dir();
+    let known = MIGRATIONS.len() as i64;
+    if !dir.exists() {
+        if json {
+            println!("{}", json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "deployment": null }));
+        } else {
+            println!("state directory: {} (does not exist yet; `sysdeploy run` creates it)", dir.display());
+            println!("deployment:      no deployment yet");
+        }
+        return Exit::Ok;
+    }
+    let state = match StateDir::open_shared(dir) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let store_path = state.store_path();
+    let version = match Store::open_read_only(&store_path) {
+        Ok(store) => match store.lock().query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+            Ok(v) => Some(v),
+            Err(source) => return ctx.fail(Exit::StoreUnusable, StoreError::Corrupt { path: store_path, source }),
+        },
+        Err(StoreError::Missing { .. }) => None,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    if json {
+        let store = version.map(|v| json!({ "path": store_path, "schema_version": v, "known_schema_version": known }));
+        println!(
+            "{}",
+            json!({ "state_dir": dir, "initialised": true, "peer_id": state.peer_id(), "store": store, "deployment": null })
+        );
+    } else {
+        println!("state directory: {}", dir.display());
+        println!("peer id:         {}", state.peer_id());
+        match version {
+            Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
+            None => println!("state store:     {} (not created yet)", store_path.display()),
+        }
+        println!("deployment:      no deployment yet");
+    }
+    Exit::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_the_highest_layer() {
+        let cli = Cli::try_parse_from([
+            "sysdeploy",
+            "--set",
+            "system_services.call_ttl_ms=5",
+            "config",
+            "--state-dir",
+            "/x",
+            "--api-listen",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        let flags = cli.flag_values();
+        assert_eq!(flags.len(), 3);
+        assert_eq!(flags[0].flag, "--set system_services.call_ttl_ms");
+        assert_eq!(flags[1].key, "node.state_dir");
+        assert!(Cli::try_parse_from(["sysdeploy", "--set", "novalue", "config"]).is_err());
+    }
+}
