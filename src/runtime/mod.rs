@@ -528,6 +528,16 @@ impl Runtime {
         self.inner.slot(id).map(|s| s.is_instantiated()).unwrap_or(false)
     }
 
+    /// Whether a call to the service is running now.
+    pub fn is_busy(&self, id: &ServiceId) -> bool {
+        self.inner.slot(id).map(|s| s.is_busy()).unwrap_or(false)
+    }
+
+    /// Calls to the service running or queued now (for `/metrics`).
+    pub fn calls_in_flight(&self, id: &ServiceId) -> usize {
+        self.inner.slot(id).map(|s| s.in_flight()).unwrap_or(0)
+    }
+
     /// Artifact cache counters (for `/metrics`).
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.stats()

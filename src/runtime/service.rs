@@ -32,6 +32,8 @@ pub(crate) struct ServiceSlot {
     pub(crate) live: tokio::sync::Mutex<Option<Live>>,
     /// Calls admitted (running or waiting for `live`).
     admitted: AtomicUsize,
+    /// True while a call holds `live` (for status and tests).
+    running: AtomicBool,
     /// Set (under the `live` lock) when the service is removed, so calls that
     /// resolved it just before fail instead of resurrecting it.
     pub(crate) removed: AtomicBool,
@@ -66,14 +68,47 @@ impl Drop for Admission<'_> {
     }
 }
 
+/// Marks a service busy while a call holds its instance.
+struct Running<'a>(&'a AtomicBool);
+
+impl<'a> Running<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Running(flag)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl ServiceSlot {
     pub(crate) fn new(row: ServiceRow, data_dir: PathBuf) -> Self {
-        Self { row, data_dir, live: tokio::sync::Mutex::new(None), admitted: AtomicUsize::new(0), removed: AtomicBool::new(false) }
+        Self {
+            row,
+            data_dir,
+            live: tokio::sync::Mutex::new(None),
+            admitted: AtomicUsize::new(0),
+            running: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+        }
     }
 
-    /// Whether an instance exists now (for `copy_data` and tests).
+    /// Whether an instance exists now (a running call holds one).
     pub(crate) fn is_instantiated(&self) -> bool {
         self.live.try_lock().map(|g| g.is_some()).unwrap_or(true)
+    }
+
+    /// Whether a call is running now.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Calls running or queued now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
     }
 
     /// Calls `func` of the facade with already converted `params`.
@@ -93,6 +128,7 @@ impl ServiceSlot {
         }
         let _admission = Admission(&self.admitted);
         let mut guard = self.live.lock().await;
+        let _running = Running::start(&self.running);
         if self.removed.load(Ordering::Acquire) {
             return Err(CallError::UnknownTarget { target: target.to_string() });
         }
