@@ -258,6 +258,8 @@ pub enum ManifestErrorKind {
     NotSpliceable { placeholder: String, found: &'static str },
     #[error("{0} is only available in init calls that declare for_each")]
     ItemOutsideForEach(String),
+    #[error("for_each cannot use ${{item}}: it is what supplies the items")]
+    ItemInForEach,
     #[error("for_each is declared but no argument uses ${{item}}")]
     ForEachUnused,
     #[error("for_each must be a list: a literal list, ${{file:<name>.json}} holding a list, or ${{config.<key>}} of type string-list; got {0}")]
@@ -648,7 +650,11 @@ impl Check<'_> {
             _ => false,
         };
         if !ok {
-            self.err(key, ManifestErrorKind::NotInteger(t.to_string()));
+            let found = match t.as_whole() {
+                Some(Placeholder::Config(k)) => format!("{t}, which is declared as {}", config[k].ty.describe()),
+                _ => t.source().to_string(),
+            };
+            self.err(key, ManifestErrorKind::NotInteger(found));
             return None;
         }
         Some(t)
@@ -787,7 +793,8 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
         }
         if let Some(d) = &rk.default {
             if !default_matches(rk.ty, d) {
-                c.err(format!("{key}.default"), ManifestErrorKind::DefaultType { expected: rk.ty, got: toml_kind(d) });
+                let got = if d.is_array() { "a list with an element that is not a string" } else { toml_kind(d) };
+                c.err(format!("{key}.default"), ManifestErrorKind::DefaultType { expected: rk.ty, got });
             }
             if rk.secret {
                 c.err(format!("{key}.default"), ManifestErrorKind::SecretWithDefault);
@@ -890,6 +897,10 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             let for_each = ri.for_each.as_ref().and_then(|v| {
                 let key = format!("{ibase}.for_each");
                 let t = c.template(&key, v)?;
+                if t.uses_item() {
+                    c.err(key, ManifestErrorKind::ItemInForEach);
+                    return None;
+                }
                 c.placeholders(&key, &t, &config, false, false);
                 let is_list = match (t.as_literal(), t.as_whole()) {
                     (Some(v), _) => v.is_array(),
@@ -900,8 +911,8 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 if !is_list {
                     let found = match t.as_whole() {
                         Some(Placeholder::File { value, .. }) => format!("{t} holding {}", template::kind(value)),
-                        Some(Placeholder::Config(k)) => format!("{t} of type {}", config[k].ty.describe()),
-                        _ => t.to_string(),
+                        Some(Placeholder::Config(k)) => format!("{t}, which is declared as {}", config[k].ty.describe()),
+                        _ => t.source().to_string(),
                     };
                     c.err(key, ManifestErrorKind::ForEachNotList(found));
                     return None;
