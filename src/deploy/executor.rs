@@ -114,18 +114,7 @@ impl Deployer {
     /// The current state: the deployer's entries plus every bound alias.
     pub fn current(&self) -> Result<Current, DeployError> {
         let deployed = self.journal.deployed()?;
-        let aliases = self
-            .runtime
-            .aliases()
-            .into_iter()
-            .map(|b| {
-                let (kind, target) = match &b.target {
-                    AliasTarget::Service(id) => ("service", id.to_string()),
-                    AliasTarget::Spell(id) => ("spell", id.clone()),
-                };
-                (b.alias, AliasHolder { owner: b.owner, kind: kind.into(), target })
-            })
-            .collect();
+        let aliases = alias_holders(self.runtime.aliases());
         Ok(Current { host: Some(self.host.clone()), deployed, aliases })
     }
 
@@ -645,6 +634,20 @@ impl Deployer {
         }
         Ok(done)
     }
+}
+
+/// Who holds each bound alias, as the planner sees it.
+pub fn alias_holders(bindings: Vec<crate::runtime::AliasBinding>) -> BTreeMap<Alias, AliasHolder> {
+    bindings
+        .into_iter()
+        .map(|b| {
+            let (kind, target) = match &b.target {
+                AliasTarget::Service(id) => ("service", id.to_string()),
+                AliasTarget::Spell(id) => ("spell", id.clone()),
+            };
+            (b.alias, AliasHolder { owner: b.owner, kind: kind.into(), target })
+        })
+        .collect()
 }
 
 fn is_transient(e: &CallError) -> bool {

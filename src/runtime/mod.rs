@@ -756,3 +756,13 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
     }
     Ok(())
 }
+
+/// The exports of a component's bytes, compiled in memory with a throwaway
+/// engine: for `sysdeploy plan`, which must type-check init arguments without
+/// writing to the state directory. Slow (a compile); the node itself uses
+/// [`Runtime::blueprint_exports`] over its cache.
+pub fn inspect_exports(bytes: &[u8]) -> Result<Vec<FunctionSig>, RuntimeError> {
+    let engine = engine(&RuntimeConfig::new(PathBuf::new()))?;
+    let component = wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
+    Ok(Exports::of(&engine, &component).sigs())
+}
