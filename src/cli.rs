@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_set)]
     pub set: Vec<(String, String)>,
 
+    /// Deploy the packages of this folder (`<dir>/<package>/distro.toml`)
+    /// instead of the ones embedded in the binary: for developing packages
+    /// and for tests. Validated exactly like the build validates distros/.
+    #[arg(long, global = true, value_name = "DIR", env = "SYSDEPLOY_DISTROS_DIR")]
+    pub distros_dir: Option<PathBuf>,
+
     /// Log format on stderr; the filter comes from RUST_LOG (default: info)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -160,6 +166,8 @@ impl Cli {
 #[derive(Debug)]
 pub struct Context {
     pub config: EffectiveConfig,
+    /// The packages to deploy: embedded, or loaded from `--distros-dir`.
+    pub catalog: &'static crate::distro::Catalog,
     /// How the config was loaded, so `run` can re-read it on reload.
     pub load_opts: LoadOptions,
     pub schemas: Vec<PackageSchema>,
@@ -226,7 +234,18 @@ fn init_logging(format: LogFormat) {
 
 /// Loads the config and dispatches; `env` is the process environment.
 pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
-    let schemas = crate::distro::package_schemas();
+    let catalog: &'static crate::distro::Catalog = match &cli.distros_dir {
+        None => crate::distro::embedded(),
+        Some(dir) => match crate::distro::Catalog::load_dir(dir) {
+            // One catalog per process: leaking it gives it the embedded one's lifetime.
+            Ok(c) => Box::leak(Box::new(c)),
+            Err(e) => {
+                report(cli.log_format, format!("--distros-dir {}: {e}", dir.display()));
+                return Exit::Invalid;
+            }
+        },
+    };
+    let schemas = catalog.schemas();
     let opts = LoadOptions { config_path: cli.config.clone(), env, flags: cli.flag_values() };
     let config = match config::load(&opts, &schemas) {
         Ok(c) => c,
@@ -235,7 +254,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
             return Exit::Invalid;
         }
     };
-    let ctx = Context { config, load_opts: opts, schemas, log_format: cli.log_format };
+    let ctx = Context { config, catalog, load_opts: opts, schemas, log_format: cli.log_format };
     match cli.command {
         Command::Run { once } => cmd_run(&ctx, once),
         Command::Plan { json } => cmd_plan(&ctx, json),
@@ -254,12 +273,12 @@ fn cmd_run(ctx: &Context, once: bool) -> Exit {
     for e in ctx.config.entries() {
         tracing::debug!(key = %e.key, value = %e.value, source = %e.source, "config");
     }
-    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), once)
+    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), ctx.catalog, once)
 }
 
 /// `plan`: read-only; never takes the lock, never writes.
 fn cmd_plan(ctx: &Context, json: bool) -> Exit {
-    let (plan, host) = match crate::node::plan_readonly(&ctx.config, crate::distro::embedded()) {
+    let (plan, host) = match crate::node::plan_readonly(&ctx.config, ctx.catalog) {
         Ok(p) => p,
         Err(e) => return ctx.fail(e.exit, e.message),
     };

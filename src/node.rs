@@ -317,7 +317,7 @@ impl Backend for NodeBackend {
 
 /// `sysdeploy run`: boot, then serve until SIGINT/SIGTERM (or exit after
 /// deploying with `once`).
-pub fn run(config: EffectiveConfig, load_opts: LoadOptions, once: bool) -> Exit {
+pub fn run(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sysdeploy").build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -327,15 +327,15 @@ pub fn run(config: EffectiveConfig, load_opts: LoadOptions, once: bool) -> Exit 
     };
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let exit = rt.block_on(run_async(config, load_opts, once));
+    let exit = rt.block_on(run_async(config, load_opts, catalog, once));
     // Guest calls that outlive shutdown must not hold the process.
     rt.shutdown_timeout(Duration::from_secs(1));
     exit
 }
 
-async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, once: bool) -> Exit {
+async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
     let listen = config.node.api_listen;
-    let node = match Node::open(config, load_opts, crate::distro::embedded()) {
+    let node = match Node::open(config, load_opts, catalog) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {}", e.message);

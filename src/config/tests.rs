@@ -33,7 +33,12 @@ fn defaults_alone_are_complete() {
     assert_eq!(c.system_services.on_failure, OnFailure::Stop);
     assert_eq!(c.system_services.call_ttl_ms, 60_000);
     let enabled: Vec<&str> = c.system_services.enable.iter().map(|p| p.as_str()).collect();
-    assert_eq!(enabled, ["aqua-ipfs", "trust-graph", "registry", "decider"]);
+    // Every embedded package, in the catalog's dependency order.
+    let all: Vec<String> = schemas().iter().map(|s| s.package.clone()).collect();
+    assert_eq!(enabled, all);
+    for p in ["aqua-ipfs", "trust-graph", "registry", "decider"] {
+        assert!(enabled.contains(&p), "{p} is enabled by default");
+    }
     assert_eq!(c.system_services.packages.len(), 4, "every package has an entry, even with no keys");
     let decider = &c.system_services.packages[&PackageName::new("decider").unwrap()];
     assert_eq!(decider["decider_period_sec"].value, json!(120));
@@ -221,7 +226,8 @@ fn legacy_env_is_honoured_below_the_new_name_with_a_warning() {
 #[test]
 fn required_keys_of_enabled_packages_must_be_set() {
     let mut s = schemas();
-    s[3].keys.iter_mut().find(|k| k.name == "wallet_key").unwrap().required = true;
+    let decider = s.iter_mut().find(|p| p.package == "decider").unwrap();
+    decider.keys.iter_mut().find(|k| k.name == "wallet_key").unwrap().required = true;
     let e = load(&LoadOptions::default(), &s).unwrap_err();
     assert_eq!(e.0.len(), 1);
     let msg = e.to_string();
