@@ -220,6 +220,18 @@ fn init_logging(format: LogFormat) {
         }),
         _ => EnvFilter::new("info"),
     };
+    // The compiler crates log every instruction at debug/trace: cap them at
+    // info unless RUST_LOG names them explicitly (RUST_LOG=trace alone would
+    // otherwise turn one compile into gigabytes of log).
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = filter;
+    for noisy in ["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "wasmtime_cranelift", "wasmtime_environ", "wasmtime", "regalloc2", "wasmparser", "wasmtime_wasi", "wasmtime_internal_cranelift"] {
+        if !asked.contains(noisy) {
+            if let Ok(d) = format!("{noisy}=info").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -492,11 +492,16 @@ impl Signals {
 pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(deploy::Plan, Option<PeerId>), DeployFailure> {
     let mut desired = desired::resolve(catalog, config).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
     let dir = &config.node.state_dir;
+    let mut store = None;
     let (host, current) = if dir.join("node.key").exists() {
         let state = StateDir::open_shared(dir).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let host = state.peer_id().clone();
         let current = match Store::open_read_only(&state.store_path()) {
-            Ok(store) => current_readonly(&store, &host).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?,
+            Ok(s) => {
+                let c = current_readonly(&s, &host).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
+                store = Some(s);
+                c
+            }
             Err(crate::store::StoreError::Missing { .. }) => deploy::Current::default(),
             Err(e) => return Err(DeployFailure::new(Exit::StoreUnusable, e)),
         };
@@ -513,7 +518,7 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
             let facade = s.blueprint.components.last().expect("validated: at least one component");
             let bytes = deploy::ComponentSource::bytes(&source, &facade.hash)
                 .ok_or_else(|| DeployFailure::new(Exit::Invalid, format!("package {}: component {} missing", p.name, facade.name)))?;
-            let sigs = crate::runtime::inspect_exports(&bytes).map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
+            let sigs = crate::runtime::inspect_exports(dir, store.as_ref(), &facade.hash, &bytes).map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
             desired.exports.insert(s.blueprint_id, sigs);
         }
     }
