@@ -3,7 +3,7 @@
 //! the bounds (operation budget, wall-clock deadline, cancellation).
 //!
 //! Host API:
-//! `call(alias, function, args_array)` / `call(alias, function)`,
+//! `call_service(alias, function, args_array)` / `call_service(alias, function)`,
 //! `kv_get(k)` (`()` if absent), `kv_set(k, v)`, `kv_remove(k)`,
 //! `kv_list()` (sorted keys), `now()` (unix seconds), `log(level, msg)`,
 //! `spell_alias()`, `peer_id()`. `print`/`debug` go to the log too.
@@ -261,6 +261,17 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
     });
     let c = ctx.clone();
     e.register_fn("call", move |alias: ImmutableString, function: ImmutableString| {
+        host_call(&c, &alias, &function, Dynamic::from_array(Array::new()))
+    });
+    // Rhai resolves `call(x, ..)` syntactically as a function-pointer call,
+    // so the `call` registrations above are unreachable from scripts; the
+    // same host call is exposed as `call_service` (used by the distros).
+    let c = ctx.clone();
+    e.register_fn("call_service", move |alias: ImmutableString, function: ImmutableString, args: Dynamic| {
+        host_call(&c, &alias, &function, args)
+    });
+    let c = ctx.clone();
+    e.register_fn("call_service", move |alias: ImmutableString, function: ImmutableString| {
         host_call(&c, &alias, &function, Dynamic::from_array(Array::new()))
     });
 
