@@ -374,8 +374,12 @@ fn every_endpoint_and_error_code_through_the_real_node() {
     node.call(&token, "kv-store", "get", json!([])).error(400, "bad_arguments");
     node.call(&token, "kv-store", "get", json!({"key": "a"})).error(400, "bad_arguments");
     http(node.addr, "POST", "/v1/services/kv-store/call/get", Some(&token), Some(b"[\"a\",".to_vec())).error(400, "bad_json");
-    let big = vec![b' '; 2 * 1024 * 1024];
-    http(node.addr, "POST", "/v1/services/kv-store/call/get", Some(&token), Some(big)).error(413, "body_too_large");
+    // Just over the 1 MiB limit. The node may answer 413 and close before the
+    // client finished writing; the client then sees a reset, so retry a little.
+    let too_large = (0..5)
+        .find_map(|_| try_http(node.addr, "POST", "/v1/services/kv-store/call/get", Some(&token), Some(vec![b' '; 1024 * 1024 + 1])))
+        .expect("the node answered an oversized body");
+    too_large.error(413, "body_too_large");
     let msg = node.call(&token, "nope", "get", json!(["a"])).error(404, "unknown_target");
     assert!(msg.contains("nope"), "{msg}");
     let msg = node.call(&token, "kv-store", "no-such-fn", json!([])).error(404, "unknown_function");
@@ -437,11 +441,11 @@ fn once_exits_with_the_deployment_exit_code_and_status_shows_what_is_deployed() 
     let addr = free_addr();
 
     // Nothing deployed yet.
+    sb.config(&["kv-store", "kv-other"], "stop", 10_000, "hello");
     let o = sb.run(addr, &["status"]);
     assert_eq!(o.code, Some(0), "{o:?}");
     assert!(o.stdout.contains("no deployment yet"), "{o:?}");
 
-    sb.config(&["kv-store", "kv-other"], "stop", 10_000, "hello");
     let o = sb.run(addr, &["run", "--once"]);
     assert_eq!(o.code, Some(0), "{o:?}");
     assert_eq!(sb.plan()["no_changes"], true);
@@ -532,9 +536,16 @@ fn sigterm_during_deployment_then_the_next_boot_converges() {
     node.wait_log("plan:");
     node.wait_health(|s, b| s == 503 && b["status"] == "deploying");
     node.signal(libc::SIGTERM);
+    // A step blocked in the failpoint cannot be interrupted: the signal is
+    // seen at the deployment's next await (stop there, exit 1) or, when the
+    // rest of the deployment never waits, right after it (graceful, exit 0).
     let st = node.wait_exit();
-    assert!(st.code().is_some(), "exited by itself, not killed: {st}");
-    assert!(node.log().contains("signal received during deployment"), "{}", node.log());
+    let log = node.log();
+    match st.code() {
+        Some(1) => assert!(log.contains("signal received during deployment"), "{log}"),
+        Some(0) => assert!(log.contains("stopped"), "{log}"),
+        _ => panic!("the node must exit by itself with 0 or 1, got {st}; log:\n{log}"),
+    }
     drop(node);
 
     let node = Node::ready(&sb);
