@@ -379,13 +379,17 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
     Exit::Ok
 }
 
-/// `status`: identity and store; read-only, never takes the lock.
+/// `status`: identity, store, what is deployed (services with aliases and
+/// blueprints, spells) and the last deployment; read-only, never takes the lock.
 fn cmd_status(ctx: &Context, json: bool) -> Exit {
     let dir = ctx.state_dir();
     let known = MIGRATIONS.len() as i64;
     if !dir.exists() {
         if json {
-            println!("{}", json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "deployment": null }));
+            println!(
+                "{}",
+                json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "services": [], "spells": [], "deployment": null })
+            );
         } else {
             println!("state directory: {} (does not exist yet; `sysdeploy run` creates it)", dir.display());
             println!("deployment:      no deployment yet");
@@ -397,30 +401,144 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
     let store_path = state.store_path();
-    let version = match Store::open_read_only(&store_path) {
-        Ok(store) => match store.lock().query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
-            Ok(v) => Some(v),
-            Err(source) => return ctx.fail(Exit::StoreUnusable, StoreError::Corrupt { path: store_path, source }),
-        },
+    let store = match Store::open_read_only(&store_path) {
+        Ok(store) => Some(store),
         Err(StoreError::Missing { .. }) => None,
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
+    let deployed = match &store {
+        Some(store) => match read_deployed(store, &store_path) {
+            Ok(d) => Some(d),
+            Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+        },
+        None => None,
+    };
+    let version = deployed.as_ref().map(|d| d.schema_version);
+    let empty = Deployment::default();
+    let d = deployed.as_ref().unwrap_or(&empty);
     if json {
         let store = version.map(|v| json!({ "path": store_path, "schema_version": v, "known_schema_version": known }));
-        println!(
-            "{}",
-            json!({ "state_dir": dir, "initialised": true, "peer_id": state.peer_id(), "store": store, "deployment": null })
-        );
+        let doc = json!({
+            "state_dir": dir,
+            "initialised": true,
+            "peer_id": state.peer_id(),
+            "store": store,
+            "services": d.services,
+            "spells": d.spells,
+            "deployment": d.last,
+        });
+        println!("{doc}");
+        return Exit::Ok;
+    }
+    println!("state directory: {}", dir.display());
+    println!("peer id:         {}", state.peer_id());
+    match version {
+        Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
+        None => println!("state store:     {} (not created yet)", store_path.display()),
+    }
+    let text = |v: &Json| v.as_str().map(str::to_string).unwrap_or_else(|| "-".to_string());
+    if d.services.is_empty() {
+        println!("services:        none");
     } else {
-        println!("state directory: {}", dir.display());
-        println!("peer id:         {}", state.peer_id());
-        match version {
-            Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
-            None => println!("state store:     {} (not created yet)", store_path.display()),
+        println!("services:");
+        for s in &d.services {
+            let aliases: Vec<String> = s["aliases"].as_array().into_iter().flatten().map(text).collect();
+            let aliases = if aliases.is_empty() { "(no alias)".to_string() } else { aliases.join(", ") };
+            let package = match (s["package"].as_str(), s["version"].as_str()) {
+                (Some(p), Some(v)) => format!("  package {p} {v}"),
+                _ => String::new(),
+            };
+            println!("  {aliases:<20} service {}  blueprint {}{package}", text(&s["id"]), text(&s["blueprint_id"]));
         }
-        println!("deployment:      no deployment yet");
+    }
+    if d.spells.is_empty() {
+        println!("spells:          none");
+    } else {
+        println!("spells:");
+        for s in &d.spells {
+            let period = s["trigger"]["period_sec"].as_u64().map_or_else(|| "-".to_string(), |p| format!("every {p} s"));
+            println!("  {:<20} spell {}  {period}, {} runs", text(&s["alias"]), text(&s["id"]), s["run_count"].as_u64().unwrap_or(0));
+        }
+    }
+    match &d.last {
+        None => println!("deployment:      no deployment yet"),
+        Some(r) => {
+            println!("last deployment: {}", text(&r["summary"]));
+            for f in r["failures"].as_array().into_iter().flatten() {
+                println!("  failed: {}", text(f));
+            }
+        }
     }
     Exit::Ok
+}
+
+/// What `status` shows from the store, as JSON values.
+#[derive(Default)]
+struct Deployment {
+    schema_version: i64,
+    /// Every service in the runtime's records (so orphans would show, with no alias).
+    services: Vec<Json>,
+    spells: Vec<Json>,
+    /// The last report, plus its one-line `summary` and its `failures`.
+    last: Option<Json>,
+}
+
+fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
+    let schema_version = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(|source| StoreError::Corrupt { path: path.to_path_buf(), source }.to_string())?;
+    let journal = crate::deploy::journal::Journal::new(store.clone());
+    let deployed = journal.deployed().map_err(|e| format!("{}: reading deployments: {e}", path.display()))?;
+    let aliases = crate::runtime::records::aliases(store).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = crate::runtime::records::services(store).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = services
+        .into_iter()
+        .map(|s| {
+            let names: Vec<&Alias> = aliases
+                .iter()
+                .filter(|a| matches!(&a.target, crate::runtime::AliasTarget::Service(id) if *id == s.id))
+                .map(|a| &a.alias)
+                .collect();
+            let entry = names.iter().find_map(|a| deployed.get(*a));
+            json!({
+                "id": s.id,
+                "aliases": names,
+                "blueprint_id": s.blueprint_id,
+                "owner": s.owner,
+                "created_at": s.created_at,
+                "package": entry.map(|e| e.package.to_string()),
+                "version": entry.map(|e| e.version.clone()),
+            })
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let spells = crate::spell::read_spells(store, now)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "alias": s.alias,
+                "owner": s.owner,
+                "script_hash": s.script_hash,
+                "trigger": s.trigger,
+                "last_run": s.last_run,
+                "next_run": s.next_run,
+                "run_count": s.run_count,
+            })
+        })
+        .collect();
+    let last = journal.last_report().map_err(|e| format!("{}: reading the last deployment: {e}", path.display()))?.map(|mut v| {
+        if let Ok(r) = serde_json::from_value::<crate::deploy::Report>(v.clone()) {
+            if let Json::Object(o) = &mut v {
+                o.insert("summary".into(), json!(r.summary()));
+                o.insert("failures".into(), json!(r.failures()));
+            }
+        }
+        v
+    });
+    Ok(Deployment { schema_version, services, spells, last })
 }
 
 #[cfg(test)]

@@ -379,11 +379,14 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     // Deploy, unless a signal comes first (then the interrupted step is
     // finished or rolled back by the next boot's recovery).
     let deployed = tokio::select! {
+        // A signal that arrived while a step was running wins at the next
+        // await, instead of a coin flip against the deployment finishing.
+        biased;
+        _ = signals.next_shutdown() => None,
         r = async {
             let recovered = node.recover().await?;
             node.deploy(recovered).await
         } => Some(r),
-        _ = signals.next_shutdown() => None,
     };
     let exit = match deployed {
         None => {
