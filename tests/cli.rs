@@ -413,3 +413,25 @@ fn help_and_argument_errors() {
     sb.run(&["call", "registry", "get", "{not json"], &[]).invalid(&["is not a JSON array"]);
     sb.run(&["call", "Bad/Alias", "get"], &[]).invalid(&["alias \"Bad/Alias\""]);
 }
+
+#[test]
+fn the_example_config_is_valid_and_matches_the_defaults() {
+    let sb = Sandbox::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sysdeploy.example.toml");
+    let with_file = sb.config_json(&["--config", example.to_str().unwrap()], &[]);
+    let defaults = sb.config_json(&[], &[]);
+    for (key, v) in defaults["values"].as_object().unwrap() {
+        assert_eq!(with_file["values"][key]["value"], v["value"], "{key}: the example disagrees with the embedded default");
+    }
+}
+
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let ci = fs::read_to_string(root.join(".ci/run")).unwrap();
+    let cmd = "cargo test --workspace --all-features";
+    assert!(readme.contains(cmd), "README lost its test command");
+    assert_eq!(ci.lines().filter(|l| l.trim_start().starts_with("cargo test")).collect::<Vec<_>>(), vec![cmd]);
+    assert!(fs::metadata(root.join(".ci/run")).unwrap().permissions().mode() & 0o111 != 0, ".ci/run is not executable");
+}
