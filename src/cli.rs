@@ -160,6 +160,8 @@ impl Cli {
 #[derive(Debug)]
 pub struct Context {
     pub config: EffectiveConfig,
+    /// How the config was loaded, so `run` can re-read it on reload.
+    pub load_opts: LoadOptions,
     pub schemas: Vec<PackageSchema>,
     pub log_format: LogFormat,
 }
@@ -233,7 +235,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
             return Exit::Invalid;
         }
     };
-    let ctx = Context { config, schemas, log_format: cli.log_format };
+    let ctx = Context { config, load_opts: opts, schemas, log_format: cli.log_format };
     match cli.command {
         Command::Run { once } => cmd_run(&ctx, once),
         Command::Plan { json } => cmd_plan(&ctx, json),
@@ -243,35 +245,34 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
     }
 }
 
-/// `run`: lock the state directory, open (create, migrate) the store, deploy.
+/// `run`: lock the state directory, recover, deploy, then serve API and
+/// spells until SIGINT/SIGTERM (`--once`: deploy and exit).
 fn cmd_run(ctx: &Context, once: bool) -> Exit {
-    let state = match StateDir::open_exclusive(ctx.state_dir()) {
-        Ok(s) => s,
-        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
-    };
-    let store = match Store::open(&state.store_path()) {
-        Ok(s) => s,
-        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
-    };
-    tracing::info!(state_dir = %state.path().display(), peer_id = %state.peer_id(), "state directory open and locked");
     if let Some(f) = &ctx.config.config_file {
         tracing::info!(file = %f.display(), "config file loaded");
     }
     for e in ctx.config.entries() {
         tracing::debug!(key = %e.key, value = %e.value, source = %e.source, "config");
     }
-    deploy_and_serve(ctx, &state, &store, once)
+    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), once)
 }
 
-/// PLACEHOLDER (deployer / node issues): deploy, then serve until a signal.
-fn deploy_and_serve(ctx: &Context, _state: &StateDir, _store: &Store, _once: bool) -> Exit {
-    ctx.fail(Exit::DeployFailed, "deploying arrives with the deployer issue; the state directory and store are ready, nothing was deployed")
-}
-
-/// `plan`: read-only; never takes the lock.
-fn cmd_plan(ctx: &Context, _json: bool) -> Exit {
-    // PLACEHOLDER (deployer issue): desired (config + distros) vs current (store) → plan.
-    ctx.fail(Exit::DeployFailed, "planning arrives with the deployer issue")
+/// `plan`: read-only; never takes the lock, never writes.
+fn cmd_plan(ctx: &Context, json: bool) -> Exit {
+    let (plan, host) = match crate::node::plan_readonly(&ctx.config, crate::distro::embedded()) {
+        Ok(p) => p,
+        Err(e) => return ctx.fail(e.exit, e.message),
+    };
+    if json {
+        let doc = json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("plan serialises"));
+    } else {
+        if host.is_none() {
+            println!("state directory {} is not initialised yet; the first `sysdeploy run` does this:", ctx.state_dir().display());
+        }
+        print!("{plan}");
+    }
+    Exit::Ok
 }
 
 /// `call`: arguments are checked here; the HTTP call arrives with the API issue.
@@ -288,8 +289,24 @@ fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
             return ctx.fail(Exit::Invalid, format!("JSON-ARGS {args:?} is not a JSON array; pass e.g. '[\"key-1\", 42]' or nothing for []"))
         }
     }
-    // PLACEHOLDER (API issue): POST /v1/services/{alias}/call/{function} with the token.
-    ctx.fail(Exit::DeployFailed, "calling services arrives with the HTTP API issue")
+    let args: Json = serde_json::from_str(args).expect("checked above");
+    let state = match StateDir::open_shared(ctx.state_dir()) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let token = match state.api_token() {
+        Ok(t) => t,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let addr = ctx.config.node.api_listen;
+    match crate::api::client::call(addr, &token, alias, function, args) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            Exit::Ok
+        }
+        Err(e @ crate::api::client::ClientError::NodeNotRunning { .. }) => ctx.fail(Exit::DeployFailed, e),
+        Err(e) => ctx.fail(Exit::DeployFailed, e),
+    }
 }
 
 /// `config`: the effective config with sources; secrets redacted.
