@@ -211,28 +211,31 @@ pub fn main() -> ExitCode {
     run(cli, env).into()
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.is_empty() => EnvFilter::try_new(&s).unwrap_or_else(|e| {
-            eprintln!("warning: RUST_LOG={s:?} is not a valid filter ({e}); logging at info");
-            EnvFilter::new("info")
-        }),
-        _ => EnvFilter::new("info"),
+/// Compiler crates whose debug/trace output is gigabytes per cold boot (every
+/// IR pass of every function); kept at `warn` unless RUST_LOG names them.
+const NOISY_TARGETS: &[&str] = &["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "regalloc2", "wasmtime_cranelift", "wasmtime_internal_cranelift"];
+
+/// The effective log filter for a RUST_LOG value (`None`: unset).
+fn log_filter(rust_log: Option<&str>) -> String {
+    let base = match rust_log.map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "info".to_string(),
     };
-    // The compiler crates log every instruction at debug/trace: cap them at
-    // info unless RUST_LOG names them explicitly (RUST_LOG=trace alone would
-    // otherwise turn one compile into gigabytes of log).
-    let asked = std::env::var("RUST_LOG").unwrap_or_default();
-    let mut filter = filter;
-    for noisy in ["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "wasmtime_cranelift", "wasmtime_environ", "wasmtime", "regalloc2", "wasmparser", "wasmtime_wasi", "wasmtime_internal_cranelift"] {
-        if !asked.contains(noisy) {
-            if let Ok(d) = format!("{noisy}=info").parse() {
-                filter = filter.add_directive(d);
-            }
-        }
+    if base.contains("cranelift") || base.contains("regalloc") {
+        return base;
     }
+    let quiet: Vec<String> = NOISY_TARGETS.iter().map(|t| format!("{t}=warn")).collect();
+    format!("{base},{}", quiet.join(","))
+}
+
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = EnvFilter::try_new(log_filter(rust_log.as_deref())).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG={:?} is not a valid filter ({e}); logging at info", rust_log.unwrap_or_default());
+        EnvFilter::new(log_filter(None))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -549,6 +552,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trace_does_not_include_the_compiler_unless_asked() {
+        assert!(log_filter(None).starts_with("info,cranelift_codegen=warn"));
+        assert!(log_filter(Some("trace")).starts_with("trace,cranelift_codegen=warn"));
+        assert_eq!(log_filter(Some("trace,cranelift_codegen=trace")), "trace,cranelift_codegen=trace");
+        for f in [log_filter(None), log_filter(Some("debug,sysdeploy=trace"))] {
+            tracing_subscriber::EnvFilter::try_new(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
     }
 
     #[test]

@@ -6,8 +6,58 @@ use super::*;
 use serde_json::json;
 use std::path::Path;
 
+/// A fixed set of package schemas, so these tests do not move when the
+/// embedded distros change (black-box tests cover the real ones).
+pub(super) fn fixture() -> Vec<PackageSchema> {
+    fn key(name: &str, ty: ValueType, default: Option<serde_json::Value>, secret: bool, legacy: &[&str]) -> KeySpec {
+        KeySpec {
+            name: name.into(),
+            ty,
+            default,
+            required: false,
+            secret,
+            doc: String::new(),
+            legacy_env: legacy.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+    let ipfs = json!("/ip4/127.0.0.1/tcp/5001");
+    vec![
+        PackageSchema {
+            package: "aqua-ipfs".into(),
+            keys: vec![
+                key("external_api_multiaddr", ValueType::String, Some(ipfs.clone()), false, &["FLUENCE_ENV_AQUA_IPFS_EXTERNAL_API_MULTIADDR"]),
+                key("local_api_multiaddr", ValueType::String, Some(ipfs.clone()), false, &["FLUENCE_ENV_AQUA_IPFS_LOCAL_API_MULTIADDR"]),
+            ],
+        },
+        PackageSchema { package: "trust-graph".into(), keys: vec![] },
+        PackageSchema {
+            package: "registry".into(),
+            keys: vec![
+                key("registry_period_sec", ValueType::Integer, Some(json!(3600)), false, &[]),
+                key("expired_period_sec", ValueType::Integer, Some(json!(86400)), false, &[]),
+            ],
+        },
+        PackageSchema {
+            package: "decider".into(),
+            keys: vec![
+                key("decider_period_sec", ValueType::Integer, Some(json!(120)), false, &[]),
+                key("worker_period_sec", ValueType::Integer, Some(json!(900)), false, &[]),
+                key("worker_ipfs_multiaddr", ValueType::String, Some(ipfs), false, &["FLUENCE_ENV_DECIDER_IPFS_MULTIADDR"]),
+                key("wallet_key", ValueType::String, None, true, &[]),
+            ],
+        },
+    ]
+}
+
 fn schemas() -> Vec<PackageSchema> {
-    crate::distro::package_schemas()
+    fixture()
+}
+
+#[test]
+fn the_embedded_schemas_are_valid() {
+    let (_, defects) = catalog::Catalog::new(&crate::distro::package_schemas());
+    assert!(defects.is_empty(), "{defects:?}");
+    EffectiveConfig::defaults(&crate::distro::package_schemas()).expect("embedded defaults load");
 }
 
 /// Writes `text` as a config file in `dir` and returns options reading it.
