@@ -399,10 +399,11 @@ impl Runtime {
     /// Aliases pointing at the service are unbound with it.
     pub async fn remove_service(&self, id: &ServiceId, keep_data: bool) -> Result<(), RuntimeError> {
         let slot = self.inner.slot(id)?;
+        // Waits for a running call to finish; queued calls then see `removed`.
         let mut live = slot.live.lock().await;
+        records::delete_service(&self.inner.store, id)?;
         slot.removed.store(true, std::sync::atomic::Ordering::Release);
         drop(live.take());
-        records::delete_service(&self.inner.store, id)?;
         write(&self.inner.services).remove(id);
         write(&self.inner.aliases).retain(|_, b| b.target != AliasTarget::Service(id.clone()));
         drop(live);
