@@ -452,10 +452,11 @@ async fn scripts_are_sandboxed() {
     let out = spells.run_once(&a).await.unwrap();
     assert_eq!(out.status, RunStatus::Failed);
     // values that are not JSON cannot be stored
-    spells.update(&def("sneaky", r#"kv_set("f", Fn("print"));"#, Trigger::once())).unwrap();
+    spells.update(&def("sneaky", r#"kv_set("f", |x| x + 1);"#, Trigger::once())).unwrap();
     let out = spells.run_once(&a).await.unwrap();
     assert_eq!(out.status, RunStatus::Failed);
-    assert!(out.error.unwrap().contains("cannot be stored as JSON"));
+    let msg = out.error.unwrap();
+    assert!(msg.contains("cannot be stored as JSON"), "{msg}");
 }
 
 #[tokio::test(start_paused = true)]

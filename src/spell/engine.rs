@@ -12,7 +12,7 @@ use super::schedule::Clock;
 use super::ServiceCaller;
 use crate::ids::{Alias, PeerId};
 use rhai::packages::{Package, StandardPackage};
-use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Module, Scope, Shared, AST};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, EvalContext, Expression, ImmutableString, Module, Scope, Shared, AST};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -162,9 +162,43 @@ fn limited_engine(std: &Shared<Module>, max_operations: u64) -> Engine {
 }
 
 /// The engine that compiles scripts (install-time validation and the AST
-/// cache). Compilation does not depend on the host functions.
+/// cache). Compilation does not depend on the host functions, only on the
+/// `call` syntax.
 pub(crate) fn compiler(std: &Shared<Module>) -> Engine {
-    limited_engine(std, 0)
+    let mut e = limited_engine(std, 0);
+    register_call_syntax(&mut e, |_, _| Err("call: this engine only compiles scripts".into()));
+    e
+}
+
+/// `call(alias, function)` and `call(alias, function, args)`.
+///
+/// `call` is Rhai's built-in for calling function pointers, and a registered
+/// function of that name is never reached; so the host call is custom syntax
+/// (`f.call(..)` still calls a function pointer). The evaluator gets the
+/// argument expressions: alias, function and, if present, args.
+fn register_call_syntax(
+    e: &mut Engine,
+    eval: impl Fn(&mut EvalContext, &[Expression]) -> Result<Dynamic, Box<EvalAltResult>> + Send + Sync + 'static,
+) {
+    e.register_custom_syntax_with_state_raw(
+        "call",
+        |segments, look_ahead, _| {
+            let next = match segments.len() {
+                1 => "(",
+                2 | 4 => "$expr$",
+                3 => ",",
+                5 if look_ahead == "," => ",",
+                5 => ")",
+                6 if segments[5].as_str() == "," => "$expr$",
+                6 => return Ok(None),
+                7 => ")",
+                _ => return Ok(None),
+            };
+            Ok(Some(next.into()))
+        },
+        false,
+        move |ec, inputs, _| eval(ec, inputs),
+    );
 }
 
 /// Compiles a script, returning a readable message on failure.
@@ -256,12 +290,19 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
     e.on_debug(move |s, _, pos| log_event(&a, "debug", &format!("{pos:?} {s}")));
 
     let c = ctx.clone();
-    e.register_fn("call", move |alias: ImmutableString, function: ImmutableString, args: Dynamic| {
+    register_call_syntax(&mut e, move |ec, inputs| {
+        let name = |v: Dynamic, what: &str| {
+            v.into_immutable_string().map_err(|t| -> Box<EvalAltResult> {
+                format!("call: the {what} must be a string, got {t}").into()
+            })
+        };
+        let alias = name(ec.eval_expression_tree(&inputs[0])?, "service alias")?;
+        let function = name(ec.eval_expression_tree(&inputs[1])?, "function name")?;
+        let args = match inputs.get(2) {
+            Some(a) => ec.eval_expression_tree(a)?,
+            None => Dynamic::from_array(Array::new()),
+        };
         host_call(&c, &alias, &function, args)
-    });
-    let c = ctx.clone();
-    e.register_fn("call", move |alias: ImmutableString, function: ImmutableString| {
-        host_call(&c, &alias, &function, Dynamic::from_array(Array::new()))
     });
 
     let c = ctx.clone();
