@@ -116,7 +116,13 @@ pub struct SpellConfig {
 impl SpellConfig {
     /// Defaults: 5,000,000 operations, 60 s per run, last 20 errors, last 100 runs.
     pub fn new(peer_id: PeerId) -> Self {
-        Self { peer_id, max_operations: 5_000_000, run_ttl: Duration::from_secs(60), error_log_len: 20, history_len: 100 }
+        Self {
+            peer_id,
+            max_operations: 5_000_000,
+            run_ttl: Duration::from_secs(60),
+            error_log_len: 20,
+            history_len: 100,
+        }
     }
 }
 
@@ -226,7 +232,11 @@ pub enum SpellError {
     #[error("spell {alias}: stored data is damaged ({what}); remove the spell so the deployer reinstalls it")]
     Corrupt { alias: String, what: String },
     #[error("spell store: {op}: {source}")]
-    Sql { op: &'static str, #[source] source: rusqlite::Error },
+    Sql {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("spell {alias}: the run could not be started or finished: {message}")]
     Run { alias: String, message: String },
 }
@@ -657,7 +667,9 @@ impl Spells {
                 .await;
                 match joined {
                     Ok(f) => f,
-                    Err(e) if e.is_panic() => Finish::Failed("the script interpreter panicked; this is a bug in sysdeploy".into()),
+                    Err(e) if e.is_panic() => {
+                        Finish::Failed("the script interpreter panicked; this is a bug in sysdeploy".into())
+                    }
                     Err(e) => return Err(SpellError::Run { alias: alias.to_string(), message: e.to_string() }),
                 }
             }
@@ -675,7 +687,13 @@ impl Spells {
     /// Records a finished run in one transaction: KV writes (success only),
     /// schedule bookkeeping, history and error log. A spell removed during
     /// the run is left removed.
-    fn commit(&self, row: &store::Row, started_at: u64, finished_at: u64, finish: Finish) -> Result<RunOutcome, SpellError> {
+    fn commit(
+        &self,
+        row: &store::Row,
+        started_at: u64,
+        finished_at: u64,
+        finish: Finish,
+    ) -> Result<RunOutcome, SpellError> {
         let cfg = &self.inner.cfg;
         let (status, error, writes) = match finish {
             Finish::Ok(w) => (RunStatus::Ok, None, w),
