@@ -34,7 +34,7 @@ struct FakeServices {
 impl FakeServices {
     fn new() -> Self {
         let mut f = Self::default();
-        f.handlers.insert("echo.echo".into(), Box::new(|args| Ok(args)));
+        f.handlers.insert("echo.echo".into(), Box::new(Ok));
         f.handlers.insert(
             "math.add".into(),
             Box::new(|args| {
