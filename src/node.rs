@@ -164,6 +164,9 @@ impl Node {
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
+    pub fn spells(&self) -> &Spells {
+        &self.spells
+    }
 
     fn set_health(&self, h: Health) {
         *self.health.write().unwrap_or_else(|p| p.into_inner()) = h;
