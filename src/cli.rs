@@ -1,2 +1,573 @@
-//! Command-line interface.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! Command-line interface: clap commands and help, exit codes, logging setup,
+//! and the commands that need no deployer (`config`, `status`).
+//!
+//! The order is fixed: parse → logging → load config (exit 2, nothing on disk
+//! touched) → open the state directory (exit 3) → command.
+
+use crate::config::{self, schema::PackageSchema, EffectiveConfig, FlagValue, LoadOptions};
+use crate::ids::Alias;
+use crate::state::StateDir;
+use crate::store::{migrations::MIGRATIONS, Store, StoreError};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value as Json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Process exit codes; part of the interface contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// A deployment step failed (or the command could not complete).
+    DeployFailed = 1,
+    /// Invalid configuration, manifest or arguments.
+    Invalid = 2,
+    /// State store unusable: locked by another process, corrupt, newer schema.
+    StoreUnusable = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+const LONG_ABOUT: &str = "\
+sysdeploy makes sure the system services of this node (registry, trust graph, IPFS adapter, \
+decider, ...) and their periodic spells are deployed as configured, and hosts them: \
+`sysdeploy run` at node start is all an operator needs.
+
+Configuration, lowest to highest precedence:
+  1. defaults embedded in the binary (no file needed)
+  2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG
+  3. env vars: SYSDEPLOY_ prefix, __ between levels, e.g.
+     SYSDEPLOY_NODE__API_LISTEN=0.0.0.0:7200
+     SYSDEPLOY_SYSTEM_SERVICES__ENABLE=registry,decider
+  4. flags: --state-dir, --api-listen, --set KEY=VALUE
+`sysdeploy config` prints the result and where each value came from.
+
+Exit codes: 0 success, 1 deployment failed, 2 invalid configuration or arguments, \
+3 state store unusable (locked by another process, corrupt, or newer schema).";
+
+/// Parsed command line.
+#[derive(Debug, Parser)]
+#[command(name = "sysdeploy", version, about = "Declarative boot-time deployer and host of a node's system services and spells", long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// TOML config file (optional; also env SYSDEPLOY_CONFIG). Without one
+    /// the node runs on the embedded defaults plus env and flags.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// State directory: node key, state store, components, service data
+    /// [config: node.state_dir, default: .sysdeploy]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Address of the HTTP API [config: node.api_listen, default: 127.0.0.1:7200]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+
+    /// Set any config key, highest precedence; repeatable. Lists are
+    /// comma-separated. Example: --set system_services.decider.decider_period_sec=60
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_set)]
+    pub set: Vec<(String, String)>,
+
+    /// Deploy the packages of this folder (`<dir>/<package>/distro.toml`)
+    /// instead of the ones embedded in the binary: for developing packages
+    /// and for tests. Validated exactly like the build validates distros/.
+    #[arg(long, global = true, value_name = "DIR", env = "SYSDEPLOY_DISTROS_DIR")]
+    pub distros_dir: Option<PathBuf>,
+
+    /// Log format on stderr; the filter comes from RUST_LOG (default: info)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for terminals and journald
+    Human,
+    /// One JSON object per line, for containers and log shippers
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy the configured system services and spells, then serve the HTTP
+    /// API and run spells until SIGINT or SIGTERM.
+    ///
+    /// Takes the state directory's lock: only one `run` per directory.
+    Run {
+        /// Deploy, print the report and exit instead of serving.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show what `run` would change (install, replace, remove, ...) and why,
+    /// without changing anything. Works while a node is running.
+    Plan {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the node identity, the state store and what is deployed.
+    /// Works while a node is running.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the effective configuration, each value with where it came from
+    /// (default, file:line, env var, flag). Secrets are shown as <redacted>.
+    Config {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a function of a deployed service through the running node's API.
+    ///
+    /// Example: sysdeploy call registry get-record '["key-1"]'
+    Call {
+        /// Service alias, e.g. registry
+        alias: String,
+        /// Exported function name, e.g. get-record
+        function: String,
+        /// Arguments as a JSON array
+        #[arg(value_name = "JSON-ARGS", default_value = "[]")]
+        args: String,
+    },
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE, e.g. system_services.decider.decider_period_sec=60".into()),
+    }
+}
+
+impl Cli {
+    /// The flag layer of the config, in precedence order (later wins).
+    pub fn flag_values(&self) -> Vec<FlagValue> {
+        let mut out: Vec<FlagValue> = self.set.iter().map(|(k, v)| FlagValue::set(k, v.clone())).collect();
+        if let Some(d) = &self.state_dir {
+            out.push(FlagValue::new("--state-dir", "node.state_dir", d.to_string_lossy()));
+        }
+        if let Some(a) = &self.api_listen {
+            out.push(FlagValue::new("--api-listen", "node.api_listen", a.clone()));
+        }
+        out
+    }
+}
+
+/// Everything a command needs: the effective config and the package schemas.
+#[derive(Debug)]
+pub struct Context {
+    pub config: EffectiveConfig,
+    /// The packages to deploy: embedded, or loaded from `--distros-dir`.
+    pub catalog: &'static crate::distro::Catalog,
+    /// How the config was loaded, so `run` can re-read it on reload.
+    pub load_opts: LoadOptions,
+    pub schemas: Vec<PackageSchema>,
+    pub log_format: LogFormat,
+}
+
+impl Context {
+    pub fn state_dir(&self) -> &Path {
+        &self.config.node.state_dir
+    }
+
+    /// Reports a fatal error: plain text for people, a log record for
+    /// containers (`--log-format json`).
+    pub fn fail(&self, exit: Exit, msg: impl std::fmt::Display) -> Exit {
+        report(self.log_format, msg);
+        exit
+    }
+}
+
+fn report(format: LogFormat, msg: impl std::fmt::Display) {
+    match format {
+        LogFormat::Human => eprintln!("error: {msg}"),
+        LogFormat::Json => tracing::error!("{msg}"),
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 2 (Exit::Invalid); --help and --version exit 0.
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_logging(cli.log_format);
+    // Non-UTF-8 env names cannot be config keys; values are taken lossily so a
+    // garbled SYSDEPLOY_ value is reported instead of ignored.
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))).collect();
+    run(cli, env).into()
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.is_empty() => EnvFilter::try_new(&s).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG={s:?} is not a valid filter ({e}); logging at info");
+            EnvFilter::new("info")
+        }),
+        _ => EnvFilter::new("info"),
+    };
+    // The compiler crates log every instruction at debug/trace: cap them at
+    // info unless RUST_LOG names them explicitly (RUST_LOG=trace alone would
+    // otherwise turn one compile into gigabytes of log).
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = filter;
+    for noisy in ["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "wasmtime_cranelift", "wasmtime_environ", "wasmtime", "regalloc2", "wasmparser", "wasmtime_wasi", "wasmtime_internal_cranelift"] {
+        if !asked.contains(noisy) {
+            if let Ok(d) = format!("{noisy}=info").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // try_init: a second init (tests calling `run` twice) is harmless.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Loads the config and dispatches; `env` is the process environment.
+pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
+    let catalog: &'static crate::distro::Catalog = match &cli.distros_dir {
+        None => crate::distro::embedded(),
+        Some(dir) => match crate::distro::Catalog::load_dir(dir) {
+            // One catalog per process: leaking it gives it the embedded one's lifetime.
+            Ok(c) => Box::leak(Box::new(c)),
+            Err(e) => {
+                report(cli.log_format, format!("--distros-dir {}: {e}", dir.display()));
+                return Exit::Invalid;
+            }
+        },
+    };
+    let schemas = catalog.schemas();
+    let opts = LoadOptions { config_path: cli.config.clone(), env, flags: cli.flag_values() };
+    let config = match config::load(&opts, &schemas) {
+        Ok(c) => c,
+        Err(e) => {
+            report(cli.log_format, e);
+            return Exit::Invalid;
+        }
+    };
+    let ctx = Context { config, catalog, load_opts: opts, schemas, log_format: cli.log_format };
+    match cli.command {
+        Command::Run { once } => cmd_run(&ctx, once),
+        Command::Plan { json } => cmd_plan(&ctx, json),
+        Command::Status { json } => cmd_status(&ctx, json),
+        Command::Config { json } => cmd_config(&ctx, json),
+        Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
+    }
+}
+
+/// `run`: lock the state directory, recover, deploy, then serve API and
+/// spells until SIGINT/SIGTERM (`--once`: deploy and exit).
+fn cmd_run(ctx: &Context, once: bool) -> Exit {
+    if let Some(f) = &ctx.config.config_file {
+        tracing::info!(file = %f.display(), "config file loaded");
+    }
+    for e in ctx.config.entries() {
+        tracing::debug!(key = %e.key, value = %e.value, source = %e.source, "config");
+    }
+    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), ctx.catalog, once)
+}
+
+/// `plan`: read-only; never takes the lock, never writes.
+fn cmd_plan(ctx: &Context, json: bool) -> Exit {
+    let (plan, host) = match crate::node::plan_readonly(&ctx.config, ctx.catalog) {
+        Ok(p) => p,
+        Err(e) => return ctx.fail(e.exit, e.message),
+    };
+    if json {
+        let doc = json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("plan serialises"));
+    } else {
+        if host.is_none() {
+            println!("state directory {} is not initialised yet; the first `sysdeploy run` does this:", ctx.state_dir().display());
+        }
+        print!("{plan}");
+    }
+    Exit::Ok
+}
+
+/// `call`: arguments are checked here; the HTTP call arrives with the API issue.
+fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
+    if let Err(e) = Alias::new(alias) {
+        return ctx.fail(Exit::Invalid, format!("alias {alias:?} {e}"));
+    }
+    if function.is_empty() {
+        return ctx.fail(Exit::Invalid, "the function name is empty; give the exported function to call, e.g. get-record");
+    }
+    match serde_json::from_str::<Json>(args) {
+        Ok(Json::Array(_)) => {}
+        Ok(_) | Err(_) => {
+            return ctx.fail(Exit::Invalid, format!("JSON-ARGS {args:?} is not a JSON array; pass e.g. '[\"key-1\", 42]' or nothing for []"))
+        }
+    }
+    let args: Json = serde_json::from_str(args).expect("checked above");
+    let state = match StateDir::open_shared(ctx.state_dir()) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let token = match state.api_token() {
+        Ok(t) => t,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let addr = ctx.config.node.api_listen;
+    match crate::api::client::call(addr, &token, alias, function, args) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            Exit::Ok
+        }
+        Err(e @ crate::api::client::ClientError::NodeNotRunning { .. }) => ctx.fail(Exit::DeployFailed, e),
+        Err(e) => ctx.fail(Exit::DeployFailed, e),
+    }
+}
+
+/// `config`: the effective config with sources; secrets redacted.
+fn cmd_config(ctx: &Context, json: bool) -> Exit {
+    let c = &ctx.config;
+    let entries = c.entries();
+    if json {
+        let values: serde_json::Map<String, Json> = entries
+            .iter()
+            .map(|e| {
+                let v = json!({ "value": e.value, "source": e.source.to_string(), "origin": e.source, "secret": e.secret });
+                (e.key.clone(), v)
+            })
+            .collect();
+        let doc = json!({ "config_file": c.config_file, "values": values, "warnings": c.warnings });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json values serialise"));
+        return Exit::Ok;
+    }
+    match &c.config_file {
+        Some(f) => println!("# effective configuration (file: {}); secrets are <redacted>", f.display()),
+        None => println!("# effective configuration (no config file: embedded defaults, env and flags); secrets are <redacted>"),
+    }
+    let rendered: Vec<(String, String, String)> =
+        entries
+            .iter()
+            .map(|e| {
+                let v = if e.secret { config::REDACTED.to_string() } else { e.value.to_string() };
+                (e.key.clone(), v, e.source.to_string())
+            })
+            .collect();
+    let kw = rendered.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let vw = rendered.iter().map(|r| r.1.chars().count()).filter(|n| *n <= 40).max().unwrap_or(0);
+    for (k, v, s) in rendered {
+        println!("{k:<kw$} = {v:<vw$}  # {s}");
+    }
+    for w in &c.warnings {
+        println!("# warning: {w}");
+    }
+    Exit::Ok
+}
+
+/// `status`: identity, store, what is deployed (services with aliases and
+/// blueprints, spells) and the last deployment; read-only, never takes the lock.
+fn cmd_status(ctx: &Context, json: bool) -> Exit {
+    let dir = ctx.state_dir();
+    let known = MIGRATIONS.len() as i64;
+    if !dir.exists() {
+        if json {
+            println!(
+                "{}",
+                json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "services": [], "spells": [], "deployment": null })
+            );
+        } else {
+            println!("state directory: {} (does not exist yet; `sysdeploy run` creates it)", dir.display());
+            println!("deployment:      no deployment yet");
+        }
+        return Exit::Ok;
+    }
+    let state = match StateDir::open_shared(dir) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let store_path = state.store_path();
+    let store = match Store::open_read_only(&store_path) {
+        Ok(store) => Some(store),
+        Err(StoreError::Missing { .. }) => None,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let deployed = match &store {
+        Some(store) => match read_deployed(store, &store_path) {
+            Ok(d) => Some(d),
+            Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+        },
+        None => None,
+    };
+    let version = deployed.as_ref().map(|d| d.schema_version);
+    let empty = Deployment::default();
+    let d = deployed.as_ref().unwrap_or(&empty);
+    if json {
+        let store = version.map(|v| json!({ "path": store_path, "schema_version": v, "known_schema_version": known }));
+        let doc = json!({
+            "state_dir": dir,
+            "initialised": true,
+            "peer_id": state.peer_id(),
+            "store": store,
+            "services": d.services,
+            "spells": d.spells,
+            "deployment": d.last,
+        });
+        println!("{doc}");
+        return Exit::Ok;
+    }
+    println!("state directory: {}", dir.display());
+    println!("peer id:         {}", state.peer_id());
+    match version {
+        Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
+        None => println!("state store:     {} (not created yet)", store_path.display()),
+    }
+    let text = |v: &Json| v.as_str().map(str::to_string).unwrap_or_else(|| "-".to_string());
+    if d.services.is_empty() {
+        println!("services:        none");
+    } else {
+        println!("services:");
+        for s in &d.services {
+            let aliases: Vec<String> = s["aliases"].as_array().into_iter().flatten().map(text).collect();
+            let aliases = if aliases.is_empty() { "(no alias)".to_string() } else { aliases.join(", ") };
+            let package = match (s["package"].as_str(), s["version"].as_str()) {
+                (Some(p), Some(v)) => format!("  package {p} {v}"),
+                _ => String::new(),
+            };
+            println!("  {aliases:<20} service {}  blueprint {}{package}", text(&s["id"]), text(&s["blueprint_id"]));
+        }
+    }
+    if d.spells.is_empty() {
+        println!("spells:          none");
+    } else {
+        println!("spells:");
+        for s in &d.spells {
+            let period = s["trigger"]["period_sec"].as_u64().map_or_else(|| "-".to_string(), |p| format!("every {p} s"));
+            println!("  {:<20} spell {}  {period}, {} runs", text(&s["alias"]), text(&s["id"]), s["run_count"].as_u64().unwrap_or(0));
+        }
+    }
+    match &d.last {
+        None => println!("deployment:      no deployment yet"),
+        Some(r) => {
+            println!("last deployment: {}", text(&r["summary"]));
+            for f in r["failures"].as_array().into_iter().flatten() {
+                println!("  failed: {}", text(f));
+            }
+        }
+    }
+    Exit::Ok
+}
+
+/// What `status` shows from the store, as JSON values.
+#[derive(Default)]
+struct Deployment {
+    schema_version: i64,
+    /// Every service in the runtime's records (so orphans would show, with no alias).
+    services: Vec<Json>,
+    spells: Vec<Json>,
+    /// The last report, plus its one-line `summary` and its `failures`.
+    last: Option<Json>,
+}
+
+fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
+    let schema_version = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(|source| StoreError::Corrupt { path: path.to_path_buf(), source }.to_string())?;
+    let journal = crate::deploy::journal::Journal::new(store.clone());
+    let deployed = journal.deployed().map_err(|e| format!("{}: reading deployments: {e}", path.display()))?;
+    let aliases = crate::runtime::records::aliases(store).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = crate::runtime::records::services(store).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = services
+        .into_iter()
+        .map(|s| {
+            let names: Vec<&Alias> = aliases
+                .iter()
+                .filter(|a| matches!(&a.target, crate::runtime::AliasTarget::Service(id) if *id == s.id))
+                .map(|a| &a.alias)
+                .collect();
+            let entry = names.iter().find_map(|a| deployed.get(*a));
+            json!({
+                "id": s.id,
+                "aliases": names,
+                "blueprint_id": s.blueprint_id,
+                "owner": s.owner,
+                "created_at": s.created_at,
+                "package": entry.map(|e| e.package.to_string()),
+                "version": entry.map(|e| e.version.clone()),
+            })
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let spells = crate::spell::read_spells(store, now)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "alias": s.alias,
+                "owner": s.owner,
+                "script_hash": s.script_hash,
+                "trigger": s.trigger,
+                "last_run": s.last_run,
+                "next_run": s.next_run,
+                "run_count": s.run_count,
+            })
+        })
+        .collect();
+    let last = journal.last_report().map_err(|e| format!("{}: reading the last deployment: {e}", path.display()))?.map(|mut v| {
+        if let Ok(r) = serde_json::from_value::<crate::deploy::Report>(v.clone()) {
+            if let Json::Object(o) = &mut v {
+                o.insert("summary".into(), json!(r.summary()));
+                o.insert("failures".into(), json!(r.failures()));
+            }
+        }
+        v
+    });
+    Ok(Deployment { schema_version, services, spells, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_the_highest_layer() {
+        let cli = Cli::try_parse_from([
+            "sysdeploy",
+            "--set",
+            "system_services.call_ttl_ms=5",
+            "config",
+            "--state-dir",
+            "/x",
+            "--api-listen",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        let flags = cli.flag_values();
+        assert_eq!(flags.len(), 3);
+        assert_eq!(flags[0].flag, "--set system_services.call_ttl_ms");
+        assert_eq!(flags[1].key, "node.state_dir");
+        assert!(Cli::try_parse_from(["sysdeploy", "--set", "novalue", "config"]).is_err());
+    }
+}

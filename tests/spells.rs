@@ -377,7 +377,7 @@ async fn run_ttl_stops_a_hanging_call() {
     cfg.run_ttl = Duration::from_secs(30);
     let spells = f.spells_with(B, cfg);
     let a = alias("hanger");
-    let script = r#"kv_set("x", 1); try { call("slow", "wait", []); } catch (e) { kv_set("caught", e); } loop {}"#;
+    let script = r#"kv_set("x", 1); try { call_service("slow", "wait", []); } catch (e) { kv_set("caught", e); } loop {}"#;
     spells.install(&def("hanger", script, Trigger::periodic(60)), &BTreeMap::new()).unwrap();
     let run = tokio::spawn({
         let spells = spells.clone();
@@ -401,7 +401,7 @@ async fn calling_a_missing_service_is_recorded_and_next_run_happens() {
     let a = alias("caller");
     let script = r#"
         let target = kv_get("target");
-        let r = call(target, "add", [2, 3]);
+        let r = call_service(target, "add", [2, 3]);
         kv_set("result", r);
     "#;
     spells.install(&def("caller", script, Trigger::periodic(10)), &kv(&[("target", json!("nope"))])).unwrap();
@@ -430,7 +430,7 @@ async fn host_api() {
         kv_remove("old");
         kv_set("keys", kv_list());
         kv_set("missing", kv_get("nothing") == ());
-        kv_set("echo", call("echo", "echo", [1, "a", #{x: 2.5, y: [true, ()]}]));
+        kv_set("echo", call_service("echo", "echo", [1, "a", #{x: 2.5, y: [true, ()]}]));
         log("warn", "hello from a spell");
         print("printed");
         kv_set("no-args", call("echo", "echo"));
@@ -493,7 +493,7 @@ async fn runs_of_one_spell_never_overlap() {
     let f = Fixture::new();
     let spells = f.spells_at(B);
     let a = alias("slow");
-    spells.install(&def("slow", r#"call("slow", "wait", []);"#, Trigger::periodic(60)), &BTreeMap::new()).unwrap();
+    spells.install(&def("slow", r#"call_service("slow", "wait", []);"#, Trigger::periodic(60)), &BTreeMap::new()).unwrap();
     let run = tokio::spawn({
         let spells = spells.clone();
         let a = a.clone();
@@ -517,7 +517,7 @@ async fn runs_of_one_spell_never_overlap() {
 async fn long_run_delays_the_next_instead_of_overlapping() {
     let f = Fixture::new();
     let spells = f.spells_at(B);
-    spells.install(&def("slow", r#"call("slow", "wait", []);"#, Trigger::periodic(10)), &BTreeMap::new()).unwrap();
+    spells.install(&def("slow", r#"call_service("slow", "wait", []);"#, Trigger::periodic(10)), &BTreeMap::new()).unwrap();
     let sched = Scheduler::start(spells.clone(), never());
     f.services.entered.notified().await;
     // the first run hangs for 25 s, over two periods
@@ -541,7 +541,7 @@ async fn shutdown_gives_a_running_run_its_grace_period() {
     let f = Fixture::new();
     let spells = f.spells_at(B);
     let a = alias("slow");
-    let script = r#"kv_set("before", 1); let r = call("slow", "wait", []); kv_set("after", r);"#;
+    let script = r#"kv_set("before", 1); let r = call_service("slow", "wait", []); kv_set("after", r);"#;
     spells.install(&def("slow", script, Trigger::periodic(10)), &BTreeMap::new()).unwrap();
     let sched = Scheduler::start(spells.clone(), never());
     f.services.entered.notified().await;
@@ -559,7 +559,7 @@ async fn shutdown_cancels_a_run_after_the_grace_period_without_committing() {
     let f = Fixture::new();
     let spells = f.spells_at(B);
     let a = alias("slow");
-    let script = r#"kv_set("before", 1); call("slow", "wait", []); kv_set("after", 2);"#;
+    let script = r#"kv_set("before", 1); call_service("slow", "wait", []); kv_set("after", 2);"#;
     spells.install(&def("slow", script, Trigger::periodic(10)), &BTreeMap::new()).unwrap();
     let sched = Scheduler::start(spells.clone(), never());
     f.services.entered.notified().await;

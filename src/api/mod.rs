@@ -1,1 +1,323 @@
-//! (placeholder; filled in by its issue)
+//! The node's HTTP API (axum): health, metrics, listings, service calls and
+//! reload, behind a bearer token; plus the blocking client `sysdeploy call` uses.
+//!
+//! The API never touches the runtime, spells or store directly: it talks to a
+//! [`Backend`] that the node implements. No endpoint removes or re-aliases a
+//! service.
+
+mod auth;
+pub mod client;
+mod error;
+mod metrics;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+
+use crate::runtime::CallError;
+use auth::TokenCheck;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The node's readiness, as `GET /health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Boot or reload in progress: 503 `{"status":"deploying"}`.
+    Deploying,
+    /// Everything deployed: 200 `{"status":"ready"}`.
+    Ready,
+    /// Deployed with failures under `on_failure = "continue"`; the node serves what works: 503.
+    Degraded { failures: Vec<String> },
+    /// Deployment failed: 503.
+    Failed { failures: Vec<String> },
+}
+
+/// A boxed future borrowing the backend, as trait methods return it.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the API needs from the node. The node implements it over the
+/// runtime, the spell scheduler and the store.
+pub trait Backend: Send + Sync + 'static {
+    fn health(&self) -> Health;
+    /// `GET /v1/services` body.
+    fn services(&self) -> Value;
+    /// `GET /v1/spells` body.
+    fn spells(&self) -> Value;
+    /// A spell's KV store; `None` when no spell has that alias (404).
+    fn spell_kv(&self, alias: &str) -> Option<Value>;
+    /// The last deployment report; `None` before the first deployment (404).
+    fn last_deployment(&self) -> Option<Value>;
+    /// Calls `function` of the service named `alias` (alias or id) with a
+    /// JSON array of arguments.
+    fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>>;
+    /// Re-reads the config, plans and applies; `Ok` carries the report.
+    fn reload(&self) -> BoxFuture<'_, Result<Value, String>>;
+}
+
+/// Settings of the API server.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// Bearer token every `/v1` request must present (`<state_dir>/api.token`).
+    /// Never printed: `Debug` redacts it.
+    pub token: String,
+    /// Largest request body accepted, in bytes; larger ones get 413 before
+    /// they are buffered.
+    pub body_limit: usize,
+    /// Upper bound on one call as the API sees it. The runtime enforces the
+    /// per-call TTL itself; this is a backstop so a stuck backend cannot pin
+    /// a connection forever, so set it a little above the call TTL.
+    pub call_timeout: Duration,
+}
+
+impl ApiConfig {
+    /// Default body limit: 1 MiB, plenty for JSON arguments.
+    pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+    /// `token` with the default body limit and a call timeout of `call_ttl` plus 5 s.
+    pub fn new(token: String, call_ttl: Duration) -> Self {
+        ApiConfig { token, body_limit: Self::DEFAULT_BODY_LIMIT, call_timeout: call_ttl + Duration::from_secs(5) }
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("token", &"<redacted>")
+            .field("body_limit", &self.body_limit)
+            .field("call_timeout", &self.call_timeout)
+            .finish()
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+struct AppState {
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    token: TokenCheck,
+    /// Kept to name the limit in 413 messages.
+    body_limit: usize,
+    call_timeout: Duration,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; then stops
+/// accepting connections, lets in-flight requests finish and returns. The
+/// caller bounds how long that may take (e.g. `tokio::time::timeout`).
+///
+/// Fails at once (`InvalidInput`) when the token is empty.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    cfg: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(backend, metrics, &cfg)?;
+    if let Ok(addr) = listener.local_addr() {
+        warn_if_not_loopback(addr);
+        tracing::info!(%addr, "api listening");
+    }
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+/// Builds the router (exposed to the crate for in-process use).
+pub(crate) fn router(backend: Arc<dyn Backend>, metrics: Metrics, cfg: &ApiConfig) -> std::io::Result<Router> {
+    let token = TokenCheck::new(&cfg.token).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "api token is empty; the node must create <state_dir>/api.token before serving the api",
+        )
+    })?;
+    let state = AppState { backend, metrics, token, body_limit: cfg.body_limit, call_timeout: cfg.call_timeout };
+    Ok(Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/services", get(services))
+        .route("/v1/spells", get(spells))
+        .route("/v1/spells/{alias}/kv", get(spell_kv))
+        .route("/v1/deployments/last", get(last_deployment))
+        .route("/v1/services/{alias}/call/{function}", post(call))
+        .route("/v1/reload", post(reload))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Router::layer wraps the fallback too, so unknown `/v1` paths answer
+        // 401 to strangers rather than revealing what exists.
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .with_state(state))
+}
+
+/// Logs a warning when the API binds a non-loopback address (the API can call
+/// every service; exposing it is a deliberate choice). Returns whether it warned.
+pub fn warn_if_not_loopback(addr: SocketAddr) -> bool {
+    let exposed = !addr.ip().is_loopback();
+    if exposed {
+        tracing::warn!(
+            %addr,
+            "the api listens on a non-loopback address: anyone who can reach it and holds the token can call every service; \
+             set node.api_listen to 127.0.0.1:<port> unless this is intended"
+        );
+    }
+    exposed
+}
+
+/// Everything under `/v1` needs the bearer token; `/health` and `/metrics` are open.
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        if let Err(e) = st.token.check(req.headers()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(serde::Serialize)]
+struct HealthBody<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failures: Option<&'a [String]>,
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    let h = st.backend.health();
+    let (status, body) = match &h {
+        Health::Ready => (StatusCode::OK, HealthBody { status: "ready", failures: None }),
+        Health::Deploying => (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "deploying", failures: None }),
+        Health::Degraded { failures } => {
+            (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "degraded", failures: Some(failures) })
+        }
+        Health::Failed { failures } => {
+            (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "failed", failures: Some(failures) })
+        }
+    };
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], st.metrics.render()).into_response()
+}
+
+async fn services(State(st): State<AppState>) -> Json<Value> {
+    Json(st.backend.services())
+}
+
+async fn spells(State(st): State<AppState>) -> Json<Value> {
+    Json(st.backend.spells())
+}
+
+async fn spell_kv(State(st): State<AppState>, Path(alias): Path<String>) -> Result<Json<Value>, ApiError> {
+    st.backend.spell_kv(&alias).map(Json).ok_or(ApiError::UnknownSpell { alias })
+}
+
+async fn last_deployment(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    st.backend.last_deployment().map(Json).ok_or(ApiError::NoDeployment)
+}
+
+async fn call(
+    State(st): State<AppState>,
+    Path((alias, function)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let args = parse_args(body, st.body_limit)?;
+    let started = Instant::now();
+    let result = match tokio::time::timeout(st.call_timeout, st.backend.call(&alias, &function, args)).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Timeout {
+            target: alias.clone(),
+            function: function.clone(),
+            ttl_ms: u64::try_from(st.call_timeout.as_millis()).unwrap_or(u64::MAX),
+        }),
+    };
+    // Unknown targets are not recorded: a label per mistyped alias would let
+    // any client grow the metrics without bound.
+    if !matches!(result, Err(CallError::UnknownTarget { .. })) {
+        st.metrics.observe_call(&alias, started.elapsed(), result.is_ok());
+    }
+    Ok(Json(result?))
+}
+
+/// The call body: a JSON array (or nothing, for no arguments), within the size limit.
+fn parse_args(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::BadBody(rej.body_text())
+        }
+    })?;
+    // No body at all means no arguments: `curl -X POST .../call/version` works.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Array(Vec::new()));
+    }
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let got = match &value {
+        Value::Array(_) => return Ok(value),
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Object(_) => "an object",
+    };
+    Err(ApiError::NotAnArray { got })
+}
+
+async fn reload(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    st.backend.reload().await.map(Json).map_err(ApiError::Reload)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute { method: method.to_string(), path: uri.path().to_string() }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_config_debug_redacts_the_token() {
+        let cfg = ApiConfig::new("tok-very-secret".into(), Duration::from_secs(60));
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("tok-very-secret"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+        assert_eq!(cfg.call_timeout, Duration::from_secs(65));
+    }
+
+    #[test]
+    fn loopback_detection() {
+        assert!(!warn_if_not_loopback("127.0.0.1:7200".parse().unwrap()));
+        assert!(!warn_if_not_loopback("[::1]:7200".parse().unwrap()));
+        assert!(warn_if_not_loopback("0.0.0.0:7200".parse().unwrap()));
+        assert!(warn_if_not_loopback("192.0.2.7:7200".parse().unwrap()));
+    }
+
+    #[test]
+    fn args_must_be_a_json_array() {
+        let ok = parse_args(Ok(Bytes::from_static(b"[1, \"a\"]")), 10).unwrap();
+        assert_eq!(ok, serde_json::json!([1, "a"]));
+        assert!(matches!(parse_args(Ok(Bytes::from_static(b"{}")), 10), Err(ApiError::NotAnArray { got: "an object" })));
+        assert!(matches!(parse_args(Ok(Bytes::from_static(b"[1,")), 10), Err(ApiError::BadJson(_))));
+        assert_eq!(parse_args(Ok(Bytes::new()), 10).unwrap(), serde_json::json!([]));
+        assert!(matches!(parse_args(Ok(Bytes::from_static(b"nul")), 10), Err(ApiError::BadJson(_))));
+    }
+}

@@ -1,1 +1,13 @@
-//! (placeholder; filled in by its issue)
+//! The deployer: desired state (config + distros) vs current state (store) →
+//! pure plan → one executor that applies it crash-safely.
+pub mod desired;
+pub mod executor;
+pub mod journal;
+pub mod model;
+pub mod plan;
+pub mod report;
+
+pub use executor::{ApplyPolicy, ComponentSource, DeployError, Deployer, FailurePolicy, SpellOps};
+pub use model::*;
+pub use plan::{plan, Plan, PlanError, PlanErrors, Step};
+pub use report::{Outcome, Report};

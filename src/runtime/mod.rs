@@ -8,11 +8,32 @@
 //!   `resolve`, `list_services`, `call`, `gc`.
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
+mod cache;
+mod host;
+mod link;
+pub mod records;
+mod service;
+pub mod wit;
+
+pub use cache::{engine_key, CacheStats};
+pub use host::{MemoryLimitExceeded, DATA_DIR_GUEST_PATH};
+pub use wit::{check_args, ArgError};
+
 use crate::ids::{Alias, BlueprintId, ComponentHash, PeerId, ServiceId};
 use crate::store::Store;
+use cache::ComponentCache;
+use host::HostState;
+use link::{Exports, Prepared};
+use records::ServiceRow;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use service::{CallEnv, ServiceSlot};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::Engine;
 
 /// Settings of the runtime, from config.
 #[derive(Debug, Clone)]
@@ -132,6 +153,16 @@ pub enum RuntimeError {
     Io { path: PathBuf, #[source] source: std::io::Error },
     #[error("wasmtime: {0}")]
     Wasmtime(String),
+    #[error("blueprint {id}: component {component} imports {import}, but what is provided there does not match: {detail}")]
+    ImportMismatch { id: String, component: String, import: String, detail: String },
+    #[error("blueprint {id} is invalid: {message}")]
+    InvalidBlueprint { id: String, message: String },
+    #[error("state store holds a malformed {what} ({value:?}); the runtime tables were edited by hand or are damaged")]
+    CorruptRecord { what: String, value: String },
+    #[error("service {0} has already been called, so its data dir cannot be replaced; copy data before the first call")]
+    ServiceInUse(String),
+    #[error("runtime configuration: {0}")]
+    Config(String),
 }
 
 /// Why a call failed. Each variant maps to one HTTP status in the API.
@@ -164,89 +195,588 @@ pub enum CallError {
     Internal { target: String, function: String, message: String },
 }
 
+/// Runtime settings that are not part of the node config (yet).
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Returned to guests by `sysdeploy:host/node.peer-id`; when `None`, a
+    /// guest sees its service's owner (which is the host for every system
+    /// service).
+    pub host_peer: Option<PeerId>,
+    /// Memory cap of a component whose blueprint entry sets none.
+    pub default_memory_limit_mb: u64,
+    /// Calls admitted per service (one running, the rest queued) before
+    /// further calls fail fast with `CallError::Busy`.
+    pub max_queued_calls: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self { host_peer: None, default_memory_limit_mb: 128, max_queued_calls: 64 }
+    }
+}
+
+impl RuntimeConfig {
+    /// The defaults: 60 s call TTL, 10 ms epoch tick.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self { state_dir: state_dir.into(), call_ttl: Duration::from_secs(60), epoch_tick: Duration::from_millis(10) }
+    }
+}
+
 /// The component host. Cheap to clone; share freely.
 #[derive(Clone)]
 pub struct Runtime {
-    _todo: std::sync::Arc<()>,
+    inner: Arc<Inner>,
 }
 
-#[allow(unused_variables)]
+struct Inner {
+    cfg: RuntimeConfig,
+    opts: RuntimeOptions,
+    store: Store,
+    engine: Engine,
+    /// WASI + host interface; each blueprint's linkers are clones of it.
+    base_linker: Linker<HostState>,
+    cache: ComponentCache,
+    /// Advanced with the engine epoch by the ticker thread.
+    ticks: Arc<AtomicU64>,
+    services_dir: PathBuf,
+    blueprints: RwLock<HashMap<BlueprintId, Blueprint>>,
+    /// Exports per component hash (a facade's exports do not depend on the
+    /// blueprint around it).
+    exports: RwLock<HashMap<ComponentHash, Arc<Exports>>>,
+    /// Linked blueprints: `InstancePre`s built once, reused by every
+    /// instantiation of every service of that blueprint.
+    prepared: RwLock<HashMap<BlueprintId, Arc<Prepared>>>,
+    services: RwLock<HashMap<ServiceId, Arc<ServiceSlot>>>,
+    aliases: RwLock<BTreeMap<Alias, AliasBinding>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn engine(_cfg: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.parallel_compilation(true);
+    Engine::new(&c).map_err(|e| RuntimeError::Wasmtime(format!("creating the engine: {e:#}")))
+}
+
+/// Advances the epoch every `tick` while the engine lives. Holds only a weak
+/// handle, so dropping the runtime ends the thread at its next tick.
+fn spawn_ticker(engine: &Engine, tick: Duration, ticks: Arc<AtomicU64>) -> Result<(), RuntimeError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sysdeploy-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            match weak.upgrade() {
+                Some(engine) => {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    engine.increment_epoch();
+                }
+                None => return,
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| RuntimeError::Io { path: PathBuf::from("<epoch ticker thread>"), source: e })
+}
+
 impl Runtime {
     /// Opens the runtime over the state dir and store: loads service and alias
     /// records; instances are created lazily on first call. Starts the epoch
     /// ticker.
     pub fn open(store: Store, cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        todo!("runtime issue")
+        Self::open_with(store, cfg, RuntimeOptions::default())
     }
+
+    /// [`Runtime::open`] with explicit options.
+    pub fn open_with(store: Store, cfg: RuntimeConfig, opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        if cfg.epoch_tick.is_zero() {
+            return Err(RuntimeError::Config("epoch_tick must be greater than zero".into()));
+        }
+        let engine = engine(&cfg)?;
+        let cache = ComponentCache::open(engine.clone(), store.clone(), &cfg.state_dir)?;
+        let services_dir = cfg.state_dir.join("services");
+        std::fs::create_dir_all(&services_dir).map_err(|e| cache::io(&services_dir, e))?;
+        let base_linker = host::base_linker(&engine)?;
+        let blueprints = records::blueprints(&store)?.into_iter().collect();
+        let services = records::services(&store)?
+            .into_iter()
+            .map(|row| {
+                let dir = services_dir.join(row.id.as_str());
+                (row.id.clone(), Arc::new(ServiceSlot::new(row, dir)))
+            })
+            .collect();
+        let aliases = records::aliases(&store)?.into_iter().map(|b| (b.alias.clone(), b)).collect();
+        let ticks = Arc::new(AtomicU64::new(0));
+        spawn_ticker(&engine, cfg.epoch_tick, ticks.clone())?;
+        let inner = Inner {
+            cfg,
+            opts,
+            store,
+            engine,
+            base_linker,
+            cache,
+            ticks,
+            services_dir,
+            blueprints: RwLock::new(blueprints),
+            exports: RwLock::default(),
+            prepared: RwLock::default(),
+            services: RwLock::new(services),
+            aliases: RwLock::new(aliases),
+        };
+        Ok(Runtime { inner: Arc::new(inner) })
+    }
+
     /// Stores `components/<hash>.wasm` if absent (temp + fsync + rename),
     /// records it, and makes sure a verified precompiled artifact exists
     /// (compiling only on a miss). `known_hash` is trusted when given
     /// (embedded bytes were hashed at build time). CPU-heavy on a miss: call
     /// from `spawn_blocking` or a blocking context.
     pub fn add_component(&self, bytes: &[u8], known_hash: Option<ComponentHash>) -> Result<ComponentHash, RuntimeError> {
-        todo!()
+        let hash = known_hash.unwrap_or_else(|| ComponentHash::of(bytes));
+        self.inner.cache.store_bytes(bytes, &hash)?;
+        self.inner.cache.load(&hash, Some(bytes))?;
+        Ok(hash)
     }
+
     /// Records a blueprint whose components were added; returns its id.
     pub fn put_blueprint(&self, bp: &Blueprint) -> Result<BlueprintId, RuntimeError> {
-        todo!()
+        let id = bp.id();
+        if bp.components.is_empty() {
+            return Err(RuntimeError::InvalidBlueprint { id: id.to_hex(), message: "it has no components; list at least the facade".into() });
+        }
+        for c in &bp.components {
+            if c.name.is_empty() {
+                return Err(RuntimeError::InvalidBlueprint { id: id.to_hex(), message: format!("component {} has an empty name", c.hash.short()) });
+            }
+            if c.memory_limit_mb == Some(0) {
+                return Err(RuntimeError::InvalidBlueprint { id: id.to_hex(), message: format!("component {} has memory_limit_mb = 0", c.name) });
+            }
+            if !records::has_component(&self.inner.store, &c.hash)? {
+                return Err(RuntimeError::Component {
+                    hash: c.hash.to_hex(),
+                    message: format!("component {} of blueprint {} was never added; call add_component first", c.name, id.short()),
+                });
+            }
+        }
+        if read(&self.inner.blueprints).contains_key(&id) {
+            return Ok(id);
+        }
+        records::put_blueprint(&self.inner.store, &id, bp)?;
+        write(&self.inner.blueprints).insert(id, bp.clone());
+        Ok(id)
     }
+
     /// The facade's exports of a recorded blueprint, with WIT signatures.
     pub fn blueprint_exports(&self, id: &BlueprintId) -> Result<Vec<FunctionSig>, RuntimeError> {
-        todo!()
+        Ok(self.inner.facade_exports(id)?.sigs())
     }
+
     /// Creates a service: checks every import is satisfiable (error names the
     /// component and import), creates `services/<id>/`, records it.
     pub async fn create_service(&self, blueprint: &BlueprintId, owner: &PeerId) -> Result<ServiceId, RuntimeError> {
-        todo!()
+        self.inner.prepared_async(blueprint).await?;
+        let id = ServiceId::random();
+        let dir = self.inner.services_dir.join(id.as_str());
+        std::fs::create_dir_all(&dir).map_err(|e| cache::io(&dir, e))?;
+        let row = ServiceRow { id: id.clone(), blueprint_id: *blueprint, owner: owner.clone(), created_at: records::now_secs() };
+        if let Err(e) = records::put_service(&self.inner.store, &row) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        write(&self.inner.services).insert(id.clone(), Arc::new(ServiceSlot::new(row, dir)));
+        tracing::info!(service = %id, blueprint = %blueprint.short(), owner = %owner, "service created");
+        Ok(id)
     }
+
     /// Drops the instance, deletes the record and the data dir unless `keep_data`.
+    /// Aliases pointing at the service are unbound with it.
     pub async fn remove_service(&self, id: &ServiceId, keep_data: bool) -> Result<(), RuntimeError> {
-        todo!()
+        let slot = self.inner.slot(id)?;
+        let mut live = slot.live.lock().await;
+        slot.removed.store(true, std::sync::atomic::Ordering::Release);
+        drop(live.take());
+        records::delete_service(&self.inner.store, id)?;
+        write(&self.inner.services).remove(id);
+        write(&self.inner.aliases).retain(|_, b| b.target != AliasTarget::Service(id.clone()));
+        drop(live);
+        if !keep_data {
+            remove_dir_if_exists(&slot.data_dir)?;
+        }
+        tracing::info!(service = %id, keep_data, "service removed");
+        Ok(())
     }
+
     /// Copies `services/<from>/` into `services/<to>/` (blue-green replace
     /// with `keep_data`). The target's instance must not have been called yet.
     pub async fn copy_data(&self, from: &ServiceId, to: &ServiceId) -> Result<(), RuntimeError> {
-        todo!()
+        let src = self.inner.slot(from)?;
+        let dst = self.inner.slot(to)?;
+        if from == to {
+            return Ok(());
+        }
+        // Holding the target's lock keeps a first call from instantiating it
+        // while files are copied under its feet.
+        let guard = dst.live.lock().await;
+        if guard.is_some() {
+            return Err(RuntimeError::ServiceInUse(to.to_string()));
+        }
+        let (a, b) = (src.data_dir.clone(), dst.data_dir.clone());
+        tokio::task::spawn_blocking(move || copy_tree(&a, &b))
+            .await
+            .map_err(|e| RuntimeError::Wasmtime(format!("copy task failed: {e}")))??;
+        drop(guard);
+        Ok(())
     }
+
     /// Binds an unbound alias; fails with `AliasTaken` otherwise.
     pub fn bind_alias(&self, alias: &Alias, target: AliasTarget, owner: &PeerId) -> Result<(), RuntimeError> {
-        todo!()
+        let mut aliases = write(&self.inner.aliases);
+        if let Some(b) = aliases.get(alias) {
+            return Err(RuntimeError::AliasTaken { alias: alias.to_string(), target: b.target.clone(), owner: b.owner.to_string() });
+        }
+        self.inner.check_target(&target)?;
+        let binding = AliasBinding { alias: alias.clone(), target, owner: owner.clone() };
+        records::insert_alias(&self.inner.store, &binding)?;
+        aliases.insert(alias.clone(), binding);
+        Ok(())
     }
+
     /// Atomically points a bound alias (owned by `owner`) at a new target;
     /// returns the old target. Calls in flight finish on the old target, new
     /// calls go to the new one.
     pub fn rebind_alias(&self, alias: &Alias, target: AliasTarget, owner: &PeerId) -> Result<AliasTarget, RuntimeError> {
-        todo!()
+        let mut aliases = write(&self.inner.aliases);
+        let b = aliases.get_mut(alias).ok_or_else(|| RuntimeError::AliasNotBound(alias.to_string()))?;
+        if b.owner != *owner {
+            return Err(RuntimeError::NotOwner(format!("alias {alias}"), b.owner.to_string()));
+        }
+        self.inner.check_target(&target)?;
+        records::update_alias(&self.inner.store, alias, &target)?;
+        Ok(std::mem::replace(&mut b.target, target))
     }
+
     pub fn unbind_alias(&self, alias: &Alias, owner: &PeerId) -> Result<(), RuntimeError> {
-        todo!()
+        let mut aliases = write(&self.inner.aliases);
+        let b = aliases.get(alias).ok_or_else(|| RuntimeError::AliasNotBound(alias.to_string()))?;
+        if b.owner != *owner {
+            return Err(RuntimeError::NotOwner(format!("alias {alias}"), b.owner.to_string()));
+        }
+        records::delete_alias(&self.inner.store, alias)?;
+        aliases.remove(alias);
+        Ok(())
     }
+
     pub fn alias(&self, alias: &Alias) -> Option<AliasBinding> {
-        todo!()
+        read(&self.inner.aliases).get(alias).cloned()
     }
+
     pub fn aliases(&self) -> Vec<AliasBinding> {
-        todo!()
+        read(&self.inner.aliases).values().cloned().collect()
     }
+
     /// Looks a service up by alias or id.
     pub fn resolve(&self, alias_or_id: &str) -> Option<ServiceInfo> {
-        todo!()
+        let slot = self.inner.resolve_slot(alias_or_id)?;
+        let aliases = read(&self.inner.aliases)
+            .values()
+            .filter(|b| b.target == AliasTarget::Service(slot.row.id.clone()))
+            .map(|b| b.alias.clone())
+            .collect();
+        Some(info(&slot, aliases))
     }
+
     pub fn list_services(&self) -> Vec<ServiceInfo> {
-        todo!()
+        let mut by_service: HashMap<ServiceId, Vec<Alias>> = HashMap::new();
+        for b in read(&self.inner.aliases).values() {
+            if let AliasTarget::Service(id) = &b.target {
+                by_service.entry(id.clone()).or_default().push(b.alias.clone());
+            }
+        }
+        let mut out: Vec<ServiceInfo> = read(&self.inner.services)
+            .values()
+            .map(|s| info(s, by_service.remove(&s.row.id).unwrap_or_default()))
+            .collect();
+        out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+        out
     }
+
+    /// Fails with `NotOwner` unless `owner` owns the service.
+    pub fn check_owner(&self, id: &ServiceId, owner: &PeerId) -> Result<(), RuntimeError> {
+        let slot = self.inner.slot(id)?;
+        if slot.row.owner != *owner {
+            return Err(RuntimeError::NotOwner(format!("service {id}"), slot.row.owner.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The exports of a service (its blueprint's facade).
+    pub fn service_exports(&self, alias_or_id: &str) -> Option<Result<Vec<FunctionSig>, RuntimeError>> {
+        let slot = self.inner.resolve_slot(alias_or_id)?;
+        Some(self.blueprint_exports(&slot.row.blueprint_id))
+    }
+
+    /// Whether the service currently has an instance (instances are created
+    /// on the first call and discarded after a trap).
+    pub fn is_instantiated(&self, id: &ServiceId) -> bool {
+        self.inner.slot(id).map(|s| s.is_instantiated()).unwrap_or(false)
+    }
+
+    /// Whether a call to the service is running now.
+    pub fn is_busy(&self, id: &ServiceId) -> bool {
+        self.inner.slot(id).map(|s| s.is_busy()).unwrap_or(false)
+    }
+
+    /// Calls to the service running or queued now (for `/metrics`).
+    pub fn calls_in_flight(&self, id: &ServiceId) -> usize {
+        self.inner.slot(id).map(|s| s.in_flight()).unwrap_or(0)
+    }
+
+    /// Artifact cache counters (for `/metrics`).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// The artifact cache directory of this engine
+    /// (`<state_dir>/cache/<engine key>`).
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.inner.cfg.state_dir.join("cache").join(self.inner.cache.engine_key())
+    }
+
+    /// The private data directory of a service.
+    pub fn data_dir(&self, id: &ServiceId) -> PathBuf {
+        self.inner.services_dir.join(id.as_str())
+    }
+
     /// Calls `function` of the service named by alias or id with a JSON array
     /// of arguments; returns the result as JSON (a single result unwrapped,
     /// none as `null`, several as an array). Uses the configured TTL.
     pub async fn call(&self, alias_or_id: &str, function: &str, args: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        todo!()
+        self.call_with_ttl(alias_or_id, function, args, self.inner.cfg.call_ttl).await
     }
+
     /// Same with an explicit TTL.
     pub async fn call_with_ttl(&self, alias_or_id: &str, function: &str, args: serde_json::Value, ttl: Duration) -> Result<serde_json::Value, CallError> {
-        todo!()
+        let inner = &self.inner;
+        let target = alias_or_id;
+        let slot = inner.resolve_slot(alias_or_id).ok_or_else(|| CallError::UnknownTarget { target: target.to_string() })?;
+        let internal = |message: String| CallError::Internal { target: target.to_string(), function: function.to_string(), message };
+        let prepared = inner.prepared_async(&slot.row.blueprint_id).await.map_err(|e| internal(e.to_string()))?;
+        let export = prepared.exports.find(function).ok_or_else(|| CallError::UnknownFunction {
+            target: target.to_string(),
+            function: function.to_string(),
+            available: prepared.exports.available(),
+        })?;
+        if !export.json_callable {
+            return Err(CallError::BadArguments {
+                target: target.to_string(),
+                function: function.to_string(),
+                message: format!("{} uses types that JSON cannot carry (resources, streams, futures)", export.sig),
+            });
+        }
+        let params = wit::json_args_to_vals(&export.sig.params, &args).map_err(|e| e.into_call_error(target, function))?;
+        let host_peer = inner.opts.host_peer.as_ref().unwrap_or(&slot.row.owner);
+        let env = CallEnv {
+            engine: &inner.engine,
+            host_peer,
+            ticks: &inner.ticks,
+            tick: inner.cfg.epoch_tick,
+            max_queue: inner.opts.max_queued_calls.max(1),
+        };
+        slot.call(&env, &prepared, target, function, export, params, ttl).await
     }
+
     /// Removes components, artifacts, blueprints and data dirs nothing
-    /// references. Returns what it removed, for the report.
+    /// references. Returns what it removed, for the report. Run it when no
+    /// deployment is in progress (a blueprint put but not yet used by a
+    /// service counts as unreferenced).
     pub fn gc(&self) -> Result<Vec<String>, RuntimeError> {
-        todo!()
+        self.inner.gc()
     }
+}
+
+fn info(slot: &ServiceSlot, mut aliases: Vec<Alias>) -> ServiceInfo {
+    aliases.sort();
+    ServiceInfo {
+        id: slot.row.id.clone(),
+        blueprint_id: slot.row.blueprint_id,
+        owner: slot.row.owner.clone(),
+        aliases,
+        created_at: slot.row.created_at,
+    }
+}
+
+impl Inner {
+    fn slot(&self, id: &ServiceId) -> Result<Arc<ServiceSlot>, RuntimeError> {
+        read(&self.services).get(id).cloned().ok_or_else(|| RuntimeError::UnknownService(id.to_string()))
+    }
+
+    fn resolve_slot(&self, alias_or_id: &str) -> Option<Arc<ServiceSlot>> {
+        if let Ok(alias) = Alias::new(alias_or_id) {
+            if let Some(AliasBinding { target: AliasTarget::Service(id), .. }) = read(&self.aliases).get(&alias) {
+                return read(&self.services).get(id).cloned();
+            }
+        }
+        let id = ServiceId::try_from(alias_or_id.to_string()).ok()?;
+        read(&self.services).get(&id).cloned()
+    }
+
+    fn check_target(&self, target: &AliasTarget) -> Result<(), RuntimeError> {
+        match target {
+            AliasTarget::Service(id) => self.slot(id).map(|_| ()),
+            AliasTarget::Spell(_) => Ok(()),
+        }
+    }
+
+    fn blueprint(&self, id: &BlueprintId) -> Result<Blueprint, RuntimeError> {
+        read(&self.blueprints).get(id).cloned().ok_or_else(|| RuntimeError::UnknownBlueprint(id.to_hex()))
+    }
+
+    fn component_exports(&self, hash: &ComponentHash) -> Result<Arc<Exports>, RuntimeError> {
+        if let Some(e) = read(&self.exports).get(hash) {
+            return Ok(e.clone());
+        }
+        let component = self.cache.load(hash, None)?;
+        let exports = Arc::new(Exports::of(&self.engine, &component));
+        write(&self.exports).insert(*hash, exports.clone());
+        Ok(exports)
+    }
+
+    fn facade_exports(&self, id: &BlueprintId) -> Result<Arc<Exports>, RuntimeError> {
+        let bp = self.blueprint(id)?;
+        let facade = bp.components.last().ok_or_else(|| RuntimeError::UnknownBlueprint(id.to_hex()))?;
+        self.component_exports(&facade.hash)
+    }
+
+    /// The linked blueprint, linking it (and loading its components) on
+    /// first use.
+    fn prepared(&self, id: &BlueprintId) -> Result<Arc<Prepared>, RuntimeError> {
+        if let Some(p) = read(&self.prepared).get(id) {
+            return Ok(p.clone());
+        }
+        let bp = self.blueprint(id)?;
+        let components = bp.components.iter().map(|c| self.cache.load(&c.hash, None)).collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = bp.components.iter().map(|c| c.name.clone()).collect();
+        let pres = link::link(&self.engine, &self.base_linker, id, &names, &components)?;
+        let limits = bp
+            .components
+            .iter()
+            .map(|c| c.memory_limit_mb.unwrap_or(self.opts.default_memory_limit_mb).saturating_mul(1 << 20))
+            .collect();
+        let exports = self.facade_exports(id)?;
+        let p = Arc::new(Prepared { names, limits, pres, exports });
+        write(&self.prepared).insert(*id, p.clone());
+        Ok(p)
+    }
+
+    /// [`Inner::prepared`] off the async worker threads when it has work to do.
+    async fn prepared_async(self: &Arc<Self>, id: &BlueprintId) -> Result<Arc<Prepared>, RuntimeError> {
+        if let Some(p) = read(&self.prepared).get(id) {
+            return Ok(p.clone());
+        }
+        let (me, id) = (self.clone(), *id);
+        tokio::task::spawn_blocking(move || me.prepared(&id))
+            .await
+            .map_err(|e| RuntimeError::Wasmtime(format!("linking task failed: {e}")))?
+    }
+
+    fn gc(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut removed = Vec::new();
+        let used_blueprints: HashSet<BlueprintId> = read(&self.services).values().map(|s| s.row.blueprint_id).collect();
+        let unused: Vec<BlueprintId> = read(&self.blueprints).keys().filter(|id| !used_blueprints.contains(id)).copied().collect();
+        for id in unused {
+            records::delete_blueprint(&self.store, &id)?;
+            write(&self.blueprints).remove(&id);
+            write(&self.prepared).remove(&id);
+            removed.push(format!("blueprint {id}"));
+        }
+        let used_components: HashSet<ComponentHash> =
+            read(&self.blueprints).values().flat_map(|bp| bp.components.iter().map(|c| c.hash)).collect();
+        for hash in records::components(&self.store)? {
+            if !used_components.contains(&hash) {
+                write(&self.exports).remove(&hash);
+                self.cache.remove(&hash)?;
+                removed.push(format!("component {hash}"));
+            }
+        }
+        removed.extend(self.cache.collect_foreign()?);
+        let known: HashSet<String> = read(&self.services).keys().map(|id| id.to_string()).collect();
+        let entries = std::fs::read_dir(&self.services_dir).map_err(|e| cache::io(&self.services_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| cache::io(&self.services_dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Only directories named like a service id are ours to remove.
+            if ServiceId::try_from(name.clone()).is_ok() && !known.contains(&name) {
+                remove_dir_if_exists(&entry.path())?;
+                removed.push(format!("data dir {name}"));
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(count = removed.len(), "runtime gc removed unreferenced items");
+        }
+        Ok(removed)
+    }
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(cache::io(path, e)),
+    }
+}
+
+/// Copies a directory tree. Symlinks are recreated as symlinks, never
+/// followed, so a guest cannot make the copy read outside its directory.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(to).map_err(|e| cache::io(to, e))?;
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(cache::io(from, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| cache::io(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ft = entry.file_type().map_err(|e| cache::io(&src, e))?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst).map_err(|e| cache::io(&src, e))?;
+        } else if ft.is_symlink() {
+            let link = std::fs::read_link(&src).map_err(|e| cache::io(&src, e))?;
+            std::os::unix::fs::symlink(&link, &dst).map_err(|e| cache::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The exports of a component, for `sysdeploy plan`, which must type-check
+/// init arguments without writing to the state directory: from the node's
+/// verified precompiled artifact when there is one (fast), else compiled in
+/// memory with a throwaway engine (slow, nothing written).
+pub fn inspect_exports(state_dir: &std::path::Path, store: Option<&Store>, hash: &ComponentHash, bytes: &[u8]) -> Result<Vec<FunctionSig>, RuntimeError> {
+    let engine = engine(&RuntimeConfig::new(PathBuf::new()))?;
+    if let Some(store) = store {
+        let key = cache::engine_key(&engine);
+        let path = state_dir.join("cache").join(&key).join(format!("{}.cwasm", hash.to_hex()));
+        if let (Ok(Some(digest)), Ok(data)) = (records::artifact_digest(store, hash, &key), std::fs::read(&path)) {
+            if blake3::hash(&data).to_hex().as_str() == digest {
+                // SAFETY: the bytes are an artifact this engine configuration
+                // produced, verified against the digest recorded when it was
+                // written; `deserialize` copies them.
+                if let Ok(c) = unsafe { wasmtime::component::Component::deserialize(&engine, &data) } {
+                    return Ok(Exports::of(&engine, &c).sigs());
+                }
+            }
+        }
+    }
+    let component = wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
+    Ok(Exports::of(&engine, &component).sigs())
 }

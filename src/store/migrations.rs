@@ -7,10 +7,10 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "001-meta",
-    sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
-},
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { name: "001-meta", sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;" },
+    Migration { name: "002-runtime", sql: crate::runtime::records::MIGRATION_SQL },
+    Migration { name: "003-deploy", sql: crate::deploy::journal::MIGRATION_SQL },
     // spell layer: spells, their KV, last-applied config KV, error log, run history
     Migration {
         name: "spell-001-spells",

@@ -1,0 +1,333 @@
+//! The config layers (defaults, file, legacy env, env, flags), each read and
+//! checked on its own into a flat map of key path → (value, source), and the
+//! figment provider that feeds them to the merge.
+//!
+//! Each layer is validated separately so a bad value is reported with its own
+//! source even when a higher layer overrides it.
+
+use super::catalog::{self, Catalog, Leaf, Mismatch, ENV_CONFIG, ENV_PREFIX};
+use super::problem::{ConfigProblem, Source};
+use super::FlagValue;
+use figment::value::{Dict, Map, Value as FigValue};
+use figment::{Metadata, Profile, Provider};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue};
+
+/// One layer, flattened: key path → checked value and where it came from.
+#[derive(Debug, Default)]
+pub(crate) struct Layer {
+    /// Figment metadata name; maps a merged value's tag back to this layer.
+    pub name: &'static str,
+    pub values: BTreeMap<String, (Json, Source)>,
+}
+
+impl Layer {
+    fn new(name: &'static str) -> Self {
+        Layer { name, values: BTreeMap::new() }
+    }
+}
+
+impl Provider for &Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Json::Object(Default::default());
+        for (path, (value, _)) in &self.values {
+            let mut node = &mut root;
+            let mut parts = path.split('.').peekable();
+            while let Some(part) = parts.next() {
+                let obj = node.as_object_mut().expect("only tables have children: the catalogue keeps leaves and tables apart");
+                if parts.peek().is_none() {
+                    obj.insert(part.to_string(), value.clone());
+                    break;
+                }
+                node = obj.entry(part.to_string()).or_insert_with(|| Json::Object(Default::default()));
+            }
+        }
+        match FigValue::serialize(root)? {
+            FigValue::Dict(_, dict) => Ok(Profile::Default.collect(dict)),
+            _ => unreachable!("an object serialises to a dict"),
+        }
+    }
+}
+
+/// The compiled-in defaults of every key that has one.
+pub(crate) fn defaults(cat: &Catalog) -> Layer {
+    let mut layer = Layer::new("default");
+    for leaf in cat.leaves() {
+        if let Some(d) = &leaf.default {
+            layer.values.insert(leaf.path.clone(), (d.clone(), Source::Default));
+        }
+    }
+    layer
+}
+
+/// Reads the config file named by `--config` or `SYSDEPLOY_CONFIG`, if any.
+pub(crate) fn file(
+    config_path: Option<&Path>,
+    env: &[(String, String)],
+    cat: &Catalog,
+    problems: &mut Vec<ConfigProblem>,
+) -> (Option<PathBuf>, Layer) {
+    let mut layer = Layer::new("file");
+    let (path, origin) = match config_path {
+        Some(p) => (p.to_path_buf(), Source::Flag { flag: "--config".into() }),
+        None => match env.iter().rev().find(|(k, v)| k == ENV_CONFIG && !v.is_empty()) {
+            Some((k, v)) => (PathBuf::from(v), Source::Env { var: k.clone() }),
+            None => return (None, layer),
+        },
+    };
+    let text = match read_text(&path) {
+        Ok(t) => t,
+        Err(Unreadable::Missing) => {
+            problems.push(ConfigProblem::FileMissing { path: path.clone(), origin });
+            return (Some(path), layer);
+        }
+        Err(Unreadable::Other(reason)) => {
+            problems.push(ConfigProblem::FileUnreadable { path: path.clone(), origin, reason });
+            return (Some(path), layer);
+        }
+    };
+    let (table, errors) = DeTable::parse_recoverable(&text);
+    if !errors.is_empty() {
+        // Recovered contents after a syntax error are guesses; report the
+        // syntax only, so the messages point at what to fix.
+        for e in errors {
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+            let message = e.message().replace('\n', "; ");
+            problems.push(ConfigProblem::Syntax { path: path.clone(), line, column, message });
+        }
+        return (Some(path), layer);
+    }
+    let walker = FileWalker { cat, path: &path, text: &text };
+    let mut found = Vec::new();
+    walker.table(table.get_ref(), "", &mut layer, &mut found);
+    // Tables iterate in key order; operators read files top to bottom.
+    found.sort_by_key(|p| match p.origin() {
+        Some(Source::File { line, .. }) => line,
+        _ => None,
+    });
+    problems.extend(found);
+    (Some(path), layer)
+}
+
+enum Unreadable {
+    Missing,
+    Other(String),
+}
+
+/// Reads a regular UTF-8 file, refusing anything else up front (a fifo would
+/// block the boot forever).
+fn read_text(path: &Path) -> Result<String, Unreadable> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unreadable::Missing),
+        Err(e) => return Err(Unreadable::Other(e.to_string())),
+    };
+    if meta.is_dir() {
+        return Err(Unreadable::Other("it is a directory".into()));
+    }
+    if !meta.is_file() {
+        return Err(Unreadable::Other("it is not a regular file (a fifo, socket or device)".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Unreadable::Other(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Unreadable::Other(format!("it is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (u32, u32) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line as u32, column as u32)
+}
+
+struct FileWalker<'a> {
+    cat: &'a Catalog,
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl FileWalker<'_> {
+    fn source(&self, offset: usize) -> Source {
+        Source::File { path: self.path.to_path_buf(), line: Some(line_col(self.text, offset).0) }
+    }
+
+    fn table(&self, table: &DeTable<'_>, prefix: &str, layer: &mut Layer, problems: &mut Vec<ConfigProblem>) {
+        for (key, value) in table.iter() {
+            let path = if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
+            let v = value.get_ref();
+            if let Some(leaf) = self.cat.leaf(&path) {
+                let origin = self.source(value.span().start);
+                match self.cat.check_toml(leaf.kind, v) {
+                    Ok(json) => {
+                        layer.values.insert(path, (json, origin));
+                    }
+                    Err(m) => problems.push(mismatch(self.cat, leaf, redact(leaf.secret, catalog::show_toml(v)), origin, m)),
+                }
+            } else if self.cat.is_table(&path) {
+                match v {
+                    DeValue::Table(t) => self.table(t, &path, layer, problems),
+                    _ => problems.push(ConfigProblem::WrongType {
+                        key: path.clone(),
+                        value: catalog::show_toml(v),
+                        origin: self.source(value.span().start),
+                        expected: format!("a table ([{path}])"),
+                    }),
+                }
+            } else {
+                let shown = redact(self.cat.looks_secret(&path), catalog::show_toml(v));
+                problems.push(unknown(self.cat, prefix, path, shown, self.source(key.span().start)));
+            }
+        }
+    }
+}
+
+/// Deprecated env names declared by packages, below the `SYSDEPLOY_` names.
+pub(crate) fn legacy_env(
+    env: &[(String, String)],
+    cat: &Catalog,
+    problems: &mut Vec<ConfigProblem>,
+    warnings: &mut Vec<String>,
+) -> Layer {
+    let mut layer = Layer::new("legacy env");
+    for leaf in cat.leaves() {
+        let current = leaf.env_var();
+        let overridden = env.iter().any(|(k, _)| *k == current);
+        for legacy in &leaf.legacy_env {
+            let Some((_, text)) = env.iter().rev().find(|(k, _)| k == legacy) else { continue };
+            let origin = Source::LegacyEnv { var: legacy.clone() };
+            if layer.values.contains_key(&leaf.path) {
+                warnings.push(format!("env {legacy} is deprecated and ignored: an earlier legacy name already sets {}; use {current}", leaf.path));
+                continue;
+            }
+            if overridden {
+                warnings.push(format!("env {legacy} is deprecated and ignored because {current} is also set; unset {legacy}"));
+            } else {
+                warnings.push(format!("env {legacy} is deprecated; rename it to {current}"));
+            }
+            match cat.check_text(leaf.kind, text) {
+                Ok(json) => {
+                    layer.values.insert(leaf.path.clone(), (json, origin));
+                }
+                Err(m) => problems.push(mismatch(cat, leaf, redact(leaf.secret, catalog::show_text(text)), origin, m)),
+            }
+        }
+    }
+    layer
+}
+
+/// `SYSDEPLOY_` env vars: `__` between levels, lower-cased keys.
+pub(crate) fn env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<ConfigProblem>) -> Layer {
+    let mut layer = Layer::new("env");
+    for (var, text) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        if var == ENV_CONFIG {
+            continue;
+        }
+        let path = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
+        let origin = Source::Env { var: var.clone() };
+        text_value(cat, &path, text, origin, &mut layer, problems);
+    }
+    layer
+}
+
+/// `--state-dir`, `--api-listen` and `--set KEY=VALUE`.
+pub(crate) fn flags(flags: &[FlagValue], cat: &Catalog, problems: &mut Vec<ConfigProblem>) -> Layer {
+    let mut layer = Layer::new("flags");
+    for f in flags {
+        let origin = Source::Flag { flag: f.flag.clone() };
+        text_value(cat, &f.key, &f.value, origin, &mut layer, problems);
+    }
+    layer
+}
+
+/// Checks one text value (env or flag) against the key at `path`.
+fn text_value(cat: &Catalog, path: &str, text: &str, origin: Source, layer: &mut Layer, problems: &mut Vec<ConfigProblem>) {
+    if let Some(leaf) = cat.leaf(path) {
+        match cat.check_text(leaf.kind, text) {
+            Ok(json) => {
+                layer.values.insert(path.to_string(), (json, origin));
+            }
+            Err(m) => problems.push(mismatch(cat, leaf, redact(leaf.secret, catalog::show_text(text)), origin, m)),
+        }
+    } else if cat.is_table(path) && !path.split('.').any(str::is_empty) {
+        problems.push(ConfigProblem::WrongType {
+            key: path.to_string(),
+            value: catalog::show_text(text),
+            origin,
+            expected: format!("a single key, not the table [{path}]; set its keys one by one ({})", cat.children(path).join(", ")),
+        });
+    } else {
+        let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        let shown = redact(cat.looks_secret(path), catalog::show_text(text));
+        problems.push(unknown(cat, parent, path.to_string(), shown, origin));
+    }
+}
+
+fn redact(secret: bool, shown: String) -> String {
+    if secret {
+        super::REDACTED.to_string()
+    } else {
+        shown
+    }
+}
+
+fn mismatch(cat: &Catalog, leaf: &Leaf, value: String, origin: Source, m: Mismatch) -> ConfigProblem {
+    match m {
+        Mismatch::Expected(expected) => ConfigProblem::WrongType { key: leaf.path.clone(), value, origin, expected },
+        Mismatch::UnknownPackages(unknown) => ConfigProblem::UnknownPackage {
+            key: leaf.path.clone(),
+            value,
+            origin,
+            unknown,
+            known: cat.packages.iter().map(|p| p.to_string()).collect(),
+        },
+    }
+}
+
+fn unknown(cat: &Catalog, parent: &str, key: String, value: String, origin: Source) -> ConfigProblem {
+    let mut hint = String::new();
+    if let Some(s) = cat.suggestion(&key) {
+        hint.push_str(&format!(" (did you mean {s}?)"));
+    }
+    if cat.is_table(parent) {
+        let where_ = if parent.is_empty() { "at the top level".to_string() } else { format!("in [{parent}]") };
+        hint.push_str(&format!("; known keys {where_}: {}", cat.children(parent).join(", ")));
+    }
+    ConfigProblem::UnknownKey { key, value, origin, hint }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column() {
+        let t = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, 6), (2, 1));
+        assert_eq!(line_col(t, 11), (2, 6));
+        assert_eq!(line_col(t, 999), (3, 1));
+    }
+
+    #[test]
+    fn layer_feeds_figment_nested_dicts() {
+        let mut l = Layer::new("x");
+        l.values.insert("a.b".into(), (Json::from(1), Source::Default));
+        l.values.insert("a.c".into(), (Json::from("s"), Source::Default));
+        let fig = figment::Figment::new().merge(&l);
+        assert_eq!(fig.find_value("a.b").unwrap().deserialize::<i64>().unwrap(), 1);
+        assert_eq!(fig.find_metadata("a.c").unwrap().name, "x");
+    }
+}

@@ -1,0 +1,478 @@
+//! The planner: a pure function from (desired, current) to a list of typed
+//! steps, each carrying its reason. No I/O, deterministic; tests assert on
+//! plans, not on side effects.
+
+use super::model::*;
+use crate::ids::{Alias, BlueprintId, PackageName, PeerId, ServiceId};
+use crate::runtime::wit::ArgError;
+use crate::runtime::FunctionSig;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// One step of a plan. The executor runs them; `plan` output prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Step {
+    /// Create the service, run its init calls, bind the alias.
+    Install { alias: Alias, package: PackageName, blueprint_id: BlueprintId, reason: String },
+    /// Nothing to do.
+    Keep { alias: Alias, package: PackageName },
+    /// Call the (on-change) init functions again on the same service.
+    Reinit { alias: Alias, package: PackageName, service_id: ServiceId, functions: Vec<String>, reason: String },
+    /// Blue-green: new service beside the old, data carried over when
+    /// `keep_data`, init, swap the alias, remove the old.
+    Replace { alias: Alias, package: PackageName, old_service_id: ServiceId, blueprint_id: BlueprintId, keep_data: bool, reason: String },
+    /// The deployer's service is no longer wanted.
+    Remove { alias: Alias, package: PackageName, service_id: ServiceId, reason: String },
+    /// The alias is held by something the host does not own; nothing of
+    /// theirs is touched and this alias is not deployed.
+    Conflict { alias: Alias, package: PackageName, owner: PeerId, reason: String },
+    InstallSpell { alias: Alias, package: PackageName, reason: String },
+    /// Script and/or trigger changed: updated in place, KV and history kept.
+    UpdateSpell { alias: Alias, package: PackageName, script: bool, trigger: bool, reason: String },
+    /// Write these configured KV keys (three-way: only keys whose configured
+    /// value changed since last applied).
+    KvApply { alias: Alias, package: PackageName, keys: Vec<String>, reason: String },
+    KeepSpell { alias: Alias, package: PackageName },
+    RemoveSpell { alias: Alias, package: PackageName, reason: String },
+}
+
+impl Step {
+    pub fn alias(&self) -> &Alias {
+        match self {
+            Step::Install { alias, .. }
+            | Step::Keep { alias, .. }
+            | Step::Reinit { alias, .. }
+            | Step::Replace { alias, .. }
+            | Step::Remove { alias, .. }
+            | Step::Conflict { alias, .. }
+            | Step::InstallSpell { alias, .. }
+            | Step::UpdateSpell { alias, .. }
+            | Step::KvApply { alias, .. }
+            | Step::KeepSpell { alias, .. }
+            | Step::RemoveSpell { alias, .. } => alias,
+        }
+    }
+    pub fn package(&self) -> &PackageName {
+        match self {
+            Step::Install { package, .. }
+            | Step::Keep { package, .. }
+            | Step::Reinit { package, .. }
+            | Step::Replace { package, .. }
+            | Step::Remove { package, .. }
+            | Step::Conflict { package, .. }
+            | Step::InstallSpell { package, .. }
+            | Step::UpdateSpell { package, .. }
+            | Step::KvApply { package, .. }
+            | Step::KeepSpell { package, .. }
+            | Step::RemoveSpell { package, .. } => package,
+        }
+    }
+    /// The step's kind as shown in reports and metrics (`install`, `kv-apply`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Install { .. } => "install",
+            Step::Keep { .. } => "keep",
+            Step::Reinit { .. } => "reinit",
+            Step::Replace { .. } => "replace",
+            Step::Remove { .. } => "remove",
+            Step::Conflict { .. } => "conflict",
+            Step::InstallSpell { .. } => "install-spell",
+            Step::UpdateSpell { .. } => "update-spell",
+            Step::KvApply { .. } => "kv-apply",
+            Step::KeepSpell { .. } => "keep-spell",
+            Step::RemoveSpell { .. } => "remove-spell",
+        }
+    }
+    /// Keeps change nothing.
+    pub fn is_change(&self) -> bool {
+        !matches!(self, Step::Keep { .. } | Step::KeepSpell { .. })
+    }
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Step::Keep { .. } | Step::KeepSpell { .. } => None,
+            Step::Install { reason, .. }
+            | Step::Reinit { reason, .. }
+            | Step::Replace { reason, .. }
+            | Step::Remove { reason, .. }
+            | Step::Conflict { reason, .. }
+            | Step::InstallSpell { reason, .. }
+            | Step::UpdateSpell { reason, .. }
+            | Step::KvApply { reason, .. }
+            | Step::RemoveSpell { reason, .. } => Some(reason),
+        }
+    }
+}
+
+/// The ordered steps. Removals of packages no longer wanted come first (in
+/// reverse dependency order), then every desired package in dependency order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn changes(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| s.is_change())
+    }
+    pub fn is_noop(&self) -> bool {
+        self.changes().next().is_none()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_noop() {
+            return writeln!(f, "no changes ({} deployed, all up to date)", self.steps.len());
+        }
+        let n = self.changes().count();
+        writeln!(f, "{n} change{}:", if n == 1 { "" } else { "s" })?;
+        for s in self.changes() {
+            writeln!(f, "  {:<13} {:<20} [{}] {}", s.kind(), s.alias().to_string(), s.package(), s.reason().unwrap_or(""))?;
+        }
+        let kept = self.steps.len() - n;
+        if kept > 0 {
+            writeln!(f, "  ({kept} unchanged)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a plan cannot be made. Reported all at once; nothing was touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PlanError {
+    #[error("package {package}, service {alias}: init function {function} is not exported by the service; it exports: {available}")]
+    UnknownInitFunction { package: PackageName, alias: Alias, function: String, available: String },
+    #[error("package {package}, service {alias}: init {function} takes {expected} argument(s), the manifest gives {got}")]
+    InitArity { package: PackageName, alias: Alias, function: String, expected: usize, got: usize },
+    #[error("package {package}, service {alias}: init {function}, parameter {param}: expected {expected}, got {got}{from}")]
+    InitArgType { package: PackageName, alias: Alias, function: String, param: String, expected: String, got: String, from: String },
+    #[error("alias {alias} is wanted by both package {first} and package {second}")]
+    DuplicateAlias { alias: Alias, first: PackageName, second: PackageName },
+}
+
+/// All problems found while planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanErrors(pub Vec<PlanError>);
+
+impl fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the plan has {} problem(s); nothing was changed:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+impl std::error::Error for PlanErrors {}
+
+/// Computes the plan. `host` is the host peer id: only what it owns may be
+/// changed.
+pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan, PlanErrors> {
+    let mut errors = Vec::new();
+    let mut steps = Vec::new();
+
+    // Every alias wanted, and by which package (duplicates are errors).
+    let mut wanted: BTreeMap<&Alias, &PackageName> = BTreeMap::new();
+    for p in &desired.packages {
+        let aliases = p.services.iter().map(|s| &s.alias).chain(p.spells.iter().map(|s| &s.alias));
+        for a in aliases {
+            if let Some(first) = wanted.insert(a, &p.name) {
+                errors.push(PlanError::DuplicateAlias { alias: a.clone(), first: first.clone(), second: p.name.clone() });
+            }
+        }
+    }
+    for p in &desired.packages {
+        for s in &p.services {
+            typecheck_init(s, desired.exports.get(&s.blueprint_id), &mut errors);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PlanErrors(errors));
+    }
+
+    // Removals first: a package that is gone frees its aliases before others
+    // deploy. Reverse order of the package names keeps it deterministic;
+    // dependents were deployed after dependencies, so undo in reverse.
+    let enabled: BTreeSet<&PackageName> = desired.packages.iter().map(|p| &p.name).collect();
+    let mut removals: Vec<&Deployed> = current.deployed.values().filter(|d| !wanted.contains_key(&d.alias)).collect();
+    removals.sort_by(|a, b| b.package.cmp(&a.package).then(a.alias.cmp(&b.alias)));
+    for d in removals {
+        let reason = if enabled.contains(&d.package) {
+            format!("no longer part of package {} {}", d.package, d.version)
+        } else {
+            format!("package {} is not enabled", d.package)
+        };
+        steps.push(match &d.kind {
+            DeployedKind::Service { service_id, .. } => {
+                Step::Remove { alias: d.alias.clone(), package: d.package.clone(), service_id: service_id.clone(), reason }
+            }
+            DeployedKind::Spell { .. } => Step::RemoveSpell { alias: d.alias.clone(), package: d.package.clone(), reason },
+        });
+    }
+
+    for p in &desired.packages {
+        for s in &p.services {
+            steps.push(plan_service(s, current, host));
+        }
+        for s in &p.spells {
+            steps.extend(plan_spell(s, current, host));
+        }
+    }
+    Ok(Plan { steps })
+}
+
+/// If someone other than the host holds `alias`, the conflict step.
+fn conflict(alias: &Alias, package: &PackageName, current: &Current, host: &PeerId) -> Option<Step> {
+    let holder = current.aliases.get(alias)?;
+    (holder.owner != *host).then(|| Step::Conflict {
+        alias: alias.clone(),
+        package: package.clone(),
+        owner: holder.owner.clone(),
+        reason: format!("alias is held by {} {} owned by {}; it is left untouched", holder.kind, holder.target, holder.owner),
+    })
+}
+
+fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
+    if let Some(c) = conflict(&s.alias, &s.package, current, host) {
+        return c;
+    }
+    let Some(d) = current.deployed.get(&s.alias) else {
+        return Step::Install {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            blueprint_id: s.blueprint_id,
+            reason: if current.aliases.contains_key(&s.alias) {
+                "alias is bound by this host but not recorded as deployed; installing afresh".into()
+            } else {
+                "not deployed yet".into()
+            },
+        };
+    };
+    let DeployedKind::Service { service_id, blueprint_id, components, init_hash, init_snapshot } = &d.kind else {
+        // Was a spell, now a service under the same alias.
+        return Step::Install {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            blueprint_id: s.blueprint_id,
+            reason: "alias changes from a spell to a service".into(),
+        };
+    };
+    if *blueprint_id != s.blueprint_id {
+        return Step::Replace {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            old_service_id: service_id.clone(),
+            blueprint_id: s.blueprint_id,
+            keep_data: s.keep_data,
+            reason: describe_component_change(components, &s.components(), &d.version, &s.version),
+        };
+    }
+    if *init_hash == s.init_hash() {
+        return Step::Keep { alias: s.alias.clone(), package: s.package.clone() };
+    }
+    let reason = describe_init_change(init_snapshot, s);
+    match s.on_config_change {
+        ConfigChange::Reinit => Step::Reinit {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            service_id: service_id.clone(),
+            functions: s.init.iter().filter(|i| i.run == InitRun::OnChange).map(|i| i.function.clone()).collect(),
+            reason,
+        },
+        ConfigChange::Replace => Step::Replace {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            old_service_id: service_id.clone(),
+            blueprint_id: s.blueprint_id,
+            keep_data: s.keep_data,
+            reason: format!("{reason}; this service is replaced rather than re-initialised"),
+        },
+    }
+}
+
+fn describe_component_change(old: &[(String, crate::ids::ComponentHash)], new: &[(String, crate::ids::ComponentHash)], old_v: &str, new_v: &str) -> String {
+    let mut parts = Vec::new();
+    let old_map: BTreeMap<&str, _> = old.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| n.as_str()).collect();
+    for (n, h) in new {
+        match old_map.get(n.as_str()) {
+            Some(oh) if *oh == h => {}
+            Some(oh) => parts.push(format!("component {n} changed ({} → {})", oh.short(), h.short())),
+            None => parts.push(format!("component {n} added ({})", h.short())),
+        }
+    }
+    for (n, _) in old {
+        if !new_names.contains(n.as_str()) {
+            parts.push(format!("component {n} removed"));
+        }
+    }
+    if parts.is_empty() {
+        parts.push("component order or settings changed".into());
+    }
+    let mut s = parts.join(", ");
+    if old_v != new_v {
+        s.push_str(&format!(" (version {old_v} → {new_v})"));
+    }
+    s
+}
+
+fn describe_init_change(old_snapshot: &[serde_json::Value], s: &DesiredService) -> String {
+    let mut changed = Vec::new();
+    for call in s.init.iter().filter(|i| i.run == InitRun::OnChange) {
+        if old_snapshot.contains(&call.fingerprint()) {
+            continue;
+        }
+        if call.inputs.is_empty() {
+            changed.push(format!("init {} arguments changed", call.function));
+        }
+        for i in &call.inputs {
+            if i.secret {
+                changed.push(format!("{} (secret) changed, from {}", i.key, i.source));
+            } else {
+                changed.push(format!("{} changed, now from {}", i.key, i.source));
+            }
+        }
+    }
+    if changed.is_empty() {
+        changed.push("init calls changed".into());
+    }
+    changed.dedup();
+    changed.join(", ")
+}
+
+/// The value remembered for a configured KV key: the value itself, or a
+/// digest for secret keys.
+pub fn kv_fingerprint(value: &serde_json::Value, secret: bool) -> serde_json::Value {
+    if secret {
+        let bytes = serde_json::to_vec(value).expect("json");
+        serde_json::json!({ "secret_digest": blake3::hash(&bytes).to_hex().to_string() })
+    } else {
+        value.clone()
+    }
+}
+
+/// The configured KV as it will be remembered after applying.
+pub fn kv_applied_of(s: &DesiredSpell) -> BTreeMap<String, serde_json::Value> {
+    s.kv.iter().map(|(k, v)| (k.clone(), kv_fingerprint(v, s.secret_keys.contains(k)))).collect()
+}
+
+fn plan_spell(s: &DesiredSpell, current: &Current, host: &PeerId) -> Vec<Step> {
+    if let Some(c) = conflict(&s.alias, &s.package, current, host) {
+        return vec![c];
+    }
+    let d = current.deployed.get(&s.alias);
+    let Some(Deployed { kind: DeployedKind::Spell { script_hash, trigger, kv_applied, .. }, .. }) = d else {
+        return vec![Step::InstallSpell {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            reason: if d.is_some() { "alias changes from a service to a spell".into() } else { "not deployed yet".into() },
+        }];
+    };
+    let mut out = Vec::new();
+    let script = *script_hash != s.script_hash;
+    let trig = *trigger != s.trigger;
+    if script || trig {
+        let mut why = Vec::new();
+        if script {
+            why.push(format!("script changed ({} → {})", &script_hash[..script_hash.len().min(12)], &s.script_hash[..s.script_hash.len().min(12)]));
+        }
+        if trig {
+            why.push(format!("trigger changed ({} → {})", describe_trigger(trigger), describe_trigger(&s.trigger)));
+        }
+        out.push(Step::UpdateSpell { alias: s.alias.clone(), package: s.package.clone(), script, trigger: trig, reason: why.join(", ") });
+    }
+    let now = kv_applied_of(s);
+    let keys: Vec<String> = now.iter().filter(|(k, v)| kv_applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+    if !keys.is_empty() {
+        let why: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let secret = s.secret_keys.contains(k);
+                let from: Vec<String> = s.kv_inputs.get(k).map(|v| v.iter().map(|i| format!("{} from {}", i.key, i.source)).collect()).unwrap_or_default();
+                let tag = if secret { " (secret)" } else { "" };
+                if from.is_empty() { format!("{k}{tag} changed") } else { format!("{k}{tag} changed ({})", from.join(", ")) }
+            })
+            .collect();
+        out.push(Step::KvApply { alias: s.alias.clone(), package: s.package.clone(), keys, reason: why.join(", ") });
+    }
+    if out.is_empty() {
+        out.push(Step::KeepSpell { alias: s.alias.clone(), package: s.package.clone() });
+    }
+    out
+}
+
+fn describe_trigger(t: &DesiredTrigger) -> String {
+    let start = t.start.map(|s| format!("at {s}")).unwrap_or_else(|| "now".into());
+    let mut s = if t.period_sec == 0 { format!("once, {start}") } else { format!("every {}s from {start}", t.period_sec) };
+    if let Some(e) = t.end {
+        s.push_str(&format!(" until {e}"));
+    }
+    s
+}
+
+/// Finds `name` among the exports: exact, or the bare function name of
+/// exactly one interface export.
+pub fn find_export<'a>(sigs: &'a [FunctionSig], name: &str) -> Option<&'a FunctionSig> {
+    if let Some(s) = sigs.iter().find(|s| s.name == name) {
+        return Some(s);
+    }
+    let mut hits = sigs.iter().filter(|s| s.name.rsplit('#').next() == Some(name));
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first)
+}
+
+fn typecheck_init(s: &DesiredService, sigs: Option<&Vec<FunctionSig>>, errors: &mut Vec<PlanError>) {
+    let Some(sigs) = sigs else { return };
+    for call in &s.init {
+        let Some(sig) = find_export(sigs, &call.function) else {
+            errors.push(PlanError::UnknownInitFunction {
+                package: s.package.clone(),
+                alias: s.alias.clone(),
+                function: call.function.clone(),
+                available: sigs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+            continue;
+        };
+        let args = serde_json::Value::Array(call.args.clone());
+        let got_of = |g: String| if call.is_secret() { "<redacted>".to_string() } else { g };
+        let from = if call.inputs.is_empty() {
+            String::new()
+        } else {
+            format!(" (from {})", call.inputs.iter().map(|i| format!("{} at {}", i.key, i.source)).collect::<Vec<_>>().join(", "))
+        };
+        match crate::runtime::wit::check_args(sig, &args) {
+            Ok(()) => {}
+            Err(ArgError::Mismatch { param, expected, got }) => errors.push(PlanError::InitArgType {
+                package: s.package.clone(),
+                alias: s.alias.clone(),
+                function: call.function.clone(),
+                param,
+                expected,
+                got: got_of(got),
+                from,
+            }),
+            Err(ArgError::WrongCount { expected, got, .. }) => errors.push(PlanError::InitArity {
+                package: s.package.clone(),
+                alias: s.alias.clone(),
+                function: call.function.clone(),
+                expected,
+                got,
+            }),
+            Err(e) => errors.push(PlanError::InitArgType {
+                package: s.package.clone(),
+                alias: s.alias.clone(),
+                function: call.function.clone(),
+                param: String::new(),
+                expected: e.to_string(),
+                got: got_of(String::new()),
+                from,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
