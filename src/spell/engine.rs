@@ -3,7 +3,9 @@
 //! the bounds (operation budget, wall-clock deadline, cancellation).
 //!
 //! Host API:
-//! `call_service(alias, function, args_array)` / `call_service(alias, function)`,
+//! `call(alias, function, args_array)` / `call(alias, function)` (custom
+//! syntax, see [`register_call_syntax`]) and the same as the plain function
+//! `call_service(alias, function[, args_array])`,
 //! `kv_get(k)` (`()` if absent), `kv_set(k, v)`, `kv_remove(k)`,
 //! `kv_list()` (sorted keys), `now()` (unix seconds), `log(level, msg)`,
 //! `spell_alias()`, `peer_id()`. `print`/`debug` go to the log too.
@@ -324,8 +326,7 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
         };
         host_call(&c, &alias, &function, args)
     });
-    // `call_service` is the same host call as a plain function (the scripts
-    // of the embedded distros use it).
+    // The same host call as a plain function, which the distro scripts use.
     let c = ctx.clone();
     e.register_fn("call_service", move |alias: ImmutableString, function: ImmutableString, args: Dynamic| {
         host_call(&c, &alias, &function, args)
