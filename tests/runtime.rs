@@ -78,6 +78,9 @@ async fn functions_are_found_at_top_level_and_in_interfaces() {
     assert_eq!(call(&h, &s, "sysdeploy:test/math#mul", json!([4, 5])).await.unwrap(), json!(20));
     // `mul` exists only in the interface, so the bare name is unambiguous.
     assert_eq!(call(&h, &s, "mul", json!([6, 7])).await.unwrap(), json!(42));
+    // Extreme TTLs neither overflow nor time out at once.
+    assert_eq!(h.rt.call_with_ttl(s.as_str(), "mul", json!([2, 2]), Duration::MAX).await.unwrap(), json!(4));
+    assert_eq!(h.rt.call_with_ttl(s.as_str(), "mul", json!([3, 2]), Duration::ZERO).await.unwrap(), json!(6));
     let e = call(&h, &s, "divide", json!([1, 2])).await.unwrap_err();
     match e {
         CallError::UnknownFunction { function, available, .. } => {

@@ -45,6 +45,11 @@ pub(crate) struct Live {
     facade: Instance,
 }
 
+/// Slack of the outer timeout beyond TTL + 2 ticks: the epoch interruption
+/// normally fires first; the outer timeout only catches a guest stuck where
+/// epochs are not checked (e.g. inside a host call).
+const OUTER_GRACE: Duration = Duration::from_millis(100);
+
 /// Marks the epoch callback's interruption of a call that ran out of time.
 #[derive(Debug, thiserror::Error)]
 #[error("time limit exceeded")]
@@ -133,7 +138,7 @@ impl ServiceSlot {
             return Err(CallError::UnknownTarget { target: target.to_string() });
         }
         let ttl_ms = ttl.as_millis() as u64;
-        let outer = ttl + env.tick * 2 + Duration::from_millis(100);
+        let outer = ttl.saturating_add(env.tick * 2).saturating_add(OUTER_GRACE);
         // Taken out of the slot for the call: it goes back only if the call
         // returns normally, so a trap, a timeout or a dropped future all
         // discard the instance and the next call starts fresh.
@@ -184,7 +189,7 @@ impl ServiceSlot {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let outer = ttl + env.tick * 2 + Duration::from_millis(100);
+        let outer = ttl.saturating_add(env.tick * 2).saturating_add(OUTER_GRACE);
         let mut facade = None;
         for (k, pre) in prepared.pres.iter().enumerate() {
             arm_deadline(&mut store, ttl, env.tick, k);
@@ -215,7 +220,7 @@ impl ServiceSlot {
 /// ticks, plus one because the current tick is already partly over, so the
 /// guest gets at least `ttl` and at most `ttl` + 2 ticks.
 fn arm_deadline(store: &mut wasmtime::Store<HostState>, ttl: Duration, tick: Duration, active: usize) {
-    let ticks = ttl.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1) as u64;
+    let ticks = u64::try_from(ttl.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1)).unwrap_or(u64::MAX / 2);
     let d = store.data_mut();
     d.deadline_tick = d.now_tick().saturating_add(ticks + 1);
     d.timed_out = false;

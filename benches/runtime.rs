@@ -1,0 +1,258 @@
+//! Runtime benchmark (`cargo bench --bench runtime`; not run by `cargo test`).
+//!
+//! Reports medians and ratios measured in one run, on the distros' real
+//! components and the test fixtures:
+//! 1. cold vs cached: compiling every component vs what a restart costs
+//!    (`Runtime::open` on a warm state dir + first call into each service:
+//!    verify + deserialize + link + instantiate + call), next to the floor of
+//!    bare wasmtime doing deserialize_file + instantiate of the same artifacts;
+//! 2. call overhead: `Runtime::call` (JSON → typed values → guest → JSON) vs
+//!    a bare typed wasmtime call of the same function;
+//! 3. runaway guest: how long after its TTL an endless loop is stopped.
+
+#[path = "../tests/fixtures/mod.rs"]
+mod fixtures;
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use sysdeploy::ids::{ComponentHash, ServiceId};
+use sysdeploy::runtime::{Blueprint, BlueprintComponent, RuntimeOptions};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Components to measure: the distros' artifacts (real Rust components)
+/// plus the echo fixture.
+fn components() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("distros");
+    if let Ok(dirs) = std::fs::read_dir(&root) {
+        for d in dirs.flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|e| e == "wasm") {
+                    out.push((p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+    }
+    out.push(("echo".into(), fixtures::component("echo")));
+    out.sort();
+    out
+}
+
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn bare_engine() -> Engine {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    Engine::new(&c).unwrap()
+}
+
+/// A bare linker: WASI plus the host interface stubbed, so the distros'
+/// components link as they do in the runtime.
+fn bare_linker(engine: &Engine) -> Linker<Bare> {
+    let mut l = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut l).unwrap();
+    let mut node = l.instance("sysdeploy:host/node@0.1.0").unwrap();
+    node.func_new("log", |_, _, _, _| Ok(())).unwrap();
+    node.func_new("peer-id", |_, _, _, r| {
+        r[0] = wasmtime::component::Val::String("peer".into());
+        Ok(())
+    })
+    .unwrap();
+    node.func_new("now-ms", |_, _, _, r| {
+        r[0] = wasmtime::component::Val::U64(0);
+        Ok(())
+    })
+    .unwrap();
+    l
+}
+
+fn bare_store(engine: &Engine) -> Store<Bare> {
+    let mut s = Store::new(engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
+    s.set_epoch_deadline(u64::MAX / 2);
+    s
+}
+
+/// A function each component can be called with, to make instantiation and
+/// first call comparable.
+fn probe(name: &str) -> Option<(&'static str, serde_json::Value)> {
+    match name {
+        "echo" => Some(("add", json!([1, 2]))),
+        "registry" => Some(("count", json!([]))),
+        "connector" => Some(("pending", json!([]))),
+        "aqua-ipfs" => Some(("get-local-api-multiaddr", json!([]))),
+        "trust-graph" => Some(("get-weight", json!(["p"]))),
+        _ => None,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let comps = components();
+    let total_kb: usize = comps.iter().map(|(_, b)| b.len()).sum::<usize>() / 1024;
+    println!("runtime benchmark: {} components, {total_kb} KiB of wasm; medians", comps.len());
+
+    // 1. Compile vs cached.
+    let engine = bare_engine();
+    let mut compile = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for (_, b) in &comps {
+            Component::new(&engine, b).unwrap();
+        }
+        compile.push(t.elapsed());
+    }
+    let compile = median(compile);
+
+    let state = tempfile::tempdir().unwrap();
+    let opts = RuntimeOptions { host_peer: Some(fixtures::host()), ..RuntimeOptions::default() };
+    let mut services: Vec<(ServiceId, &'static str, serde_json::Value)> = Vec::new();
+    let mut hashes: Vec<ComponentHash> = Vec::new();
+    {
+        let rt = fixtures::open(state.path(), opts.clone());
+        for (name, bytes) in &comps {
+            let hash = rt.add_component(bytes, None).unwrap();
+            hashes.push(hash);
+            let bp = rt.put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: name.clone(), hash, memory_limit_mb: None }] }).unwrap();
+            let id = rt.create_service(&bp, &fixtures::host()).await.unwrap();
+            if let Some((f, args)) = probe(name) {
+                services.push((id, f, args));
+            }
+        }
+    }
+    let mut cached = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        let rt = fixtures::open(state.path(), opts.clone());
+        for (id, f, args) in &services {
+            rt.call(id.as_str(), f, args.clone()).await.unwrap();
+        }
+        cached.push(t.elapsed());
+        assert_eq!(rt.cache_stats().misses, 0, "a restart must not compile");
+        drop(rt);
+    }
+    let cached = median(cached);
+
+    let artifacts: Vec<PathBuf> = {
+        let rt = fixtures::open(state.path(), opts.clone());
+        let dir = rt.artifact_dir();
+        hashes.iter().map(|h| dir.join(format!("{}.cwasm", h.to_hex()))).collect()
+    };
+    let mut floor = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        let engine = bare_engine();
+        let linker = bare_linker(&engine);
+        for p in &artifacts {
+            // SAFETY: artifacts written by the runtime above with this
+            // wasmtime version and an identical engine configuration.
+            let c = unsafe { Component::deserialize_file(&engine, p) }.unwrap();
+            let pre = linker.instantiate_pre(&c).unwrap();
+            let mut store = bare_store(&engine);
+            pre.instantiate_async(&mut store).await.unwrap();
+        }
+        floor.push(t.elapsed());
+    }
+    let floor = median(floor);
+    println!();
+    println!("cold vs cached ({} components)", comps.len());
+    println!("  compile all (parallel compilation)         {}", ms(compile));
+    println!("  bare wasmtime: engine + deserialize + inst  {}", ms(floor));
+    println!("  sysdeploy restart: open + first call each   {}", ms(cached));
+    println!("  ratio restart / bare floor                  {:.2}x", cached.as_secs_f64() / floor.as_secs_f64());
+    println!("  speed-up restart vs compile                 {:.1}x", compile.as_secs_f64() / cached.as_secs_f64());
+
+    // 2. JSON call path vs bare typed call.
+    let rt = fixtures::open(state.path(), opts.clone());
+    let echo = services.iter().find(|(_, f, _)| *f == "add").map(|(id, ..)| id.clone()).unwrap();
+    let n = 20_000;
+    let mut json_add = Vec::with_capacity(n);
+    for i in 0..n as u32 {
+        let t = Instant::now();
+        let r = rt.call(echo.as_str(), "add", json!([i, 1])).await.unwrap();
+        json_add.push(t.elapsed());
+        debug_assert_eq!(r, json!(i + 1));
+    }
+    let record = json!({
+        "flag": true, "s8": -1, "u8": 2, "s16": -3, "u16": 4, "s32": -5, "u32": 6, "s64": -7, "u64": 8,
+        "f32": 0.5, "f64": 2.25, "letter": "λ", "name": "sysdeploy", "tags": ["a", "bc"], "maybe": 9,
+        "outcome": {"ok": 1}, "done": {"ok": null}, "pair": [10, "ten"], "at": {"x": 1, "y": 2},
+        "shape": {"circle": 1.25}, "color": "green", "perms": ["write"]
+    });
+    let mut json_record = Vec::with_capacity(n);
+    for _ in 0..n {
+        let args = json!([record.clone()]);
+        let t = Instant::now();
+        rt.call(echo.as_str(), "echo-everything", args).await.unwrap();
+        json_record.push(t.elapsed());
+    }
+    let (json_add, json_record) = (median(json_add), median(json_record));
+
+    let engine = bare_engine();
+    let linker = bare_linker(&engine);
+    let c = Component::new(&engine, fixtures::component("echo")).unwrap();
+    let mut store = bare_store(&engine);
+    let inst = linker.instantiate_pre(&c).unwrap().instantiate_async(&mut store).await.unwrap();
+    let add = inst.get_typed_func::<(u32, u32), (u32,)>(&mut store, "add").unwrap();
+    let mut bare_add = Vec::with_capacity(n);
+    for i in 0..n as u32 {
+        let t = Instant::now();
+        let (r,) = add.call_async(&mut store, (i, 1)).await.unwrap();
+        bare_add.push(t.elapsed());
+        debug_assert_eq!(r, i + 1);
+    }
+    let bare_add = median(bare_add);
+    println!();
+    println!("call overhead ({n} calls each)");
+    println!("  bare typed call add(u32, u32)               {}", us(bare_add));
+    println!("  Runtime::call add, JSON in/out              {}", us(json_add));
+    println!("  overhead of the JSON path                   {}", us(json_add.saturating_sub(bare_add)));
+    println!("  Runtime::call echo-everything (22 fields)   {}", us(json_record));
+    println!("  ratio JSON add / bare add                   {:.1}x", json_add.as_secs_f64() / bare_add.as_secs_f64());
+
+    // 3. Runaway guest.
+    let rt = fixtures::open(state.path(), opts);
+    let misbehave = rt.add_component(&fixtures::component("misbehave"), None).unwrap();
+    let bp = rt.put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: "misbehave".into(), hash: misbehave, memory_limit_mb: None }] }).unwrap();
+    let spin = rt.create_service(&bp, &fixtures::host()).await.unwrap();
+    let ttl = Duration::from_millis(50);
+    let tick = fixtures::config(state.path()).epoch_tick;
+    let mut stop = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        let r = rt.call_with_ttl(spin.as_str(), "spin", json!([]), ttl).await;
+        stop.push(t.elapsed());
+        assert!(r.is_err());
+    }
+    let stop = median(stop);
+    println!();
+    println!("runaway guest (TTL {} ms, tick {} ms, incl. re-instantiation)", ttl.as_millis(), tick.as_millis());
+    println!("  stopped after                               {}", ms(stop));
+    println!("  target TTL + 2 ticks                        {}", ms(ttl + tick * 2));
+}
