@@ -164,6 +164,9 @@ impl Node {
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
+    pub fn spells(&self) -> &Spells {
+        &self.spells
+    }
 
     fn set_health(&self, h: Health) {
         *self.health.write().unwrap_or_else(|p| p.into_inner()) = h;
@@ -317,7 +320,7 @@ impl Backend for NodeBackend {
 
 /// `sysdeploy run`: boot, then serve until SIGINT/SIGTERM (or exit after
 /// deploying with `once`).
-pub fn run(config: EffectiveConfig, load_opts: LoadOptions, once: bool) -> Exit {
+pub fn run(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sysdeploy").build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -327,15 +330,15 @@ pub fn run(config: EffectiveConfig, load_opts: LoadOptions, once: bool) -> Exit 
     };
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let exit = rt.block_on(run_async(config, load_opts, once));
+    let exit = rt.block_on(run_async(config, load_opts, catalog, once));
     // Guest calls that outlive shutdown must not hold the process.
     rt.shutdown_timeout(Duration::from_secs(1));
     exit
 }
 
-async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, once: bool) -> Exit {
+async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
     let listen = config.node.api_listen;
-    let node = match Node::open(config, load_opts, crate::distro::embedded()) {
+    let node = match Node::open(config, load_opts, catalog) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {}", e.message);
@@ -379,11 +382,14 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, once: bool) 
     // Deploy, unless a signal comes first (then the interrupted step is
     // finished or rolled back by the next boot's recovery).
     let deployed = tokio::select! {
+        // A signal that arrived while a step was running wins at the next
+        // await, instead of a coin flip against the deployment finishing.
+        biased;
+        _ = signals.next_shutdown() => None,
         r = async {
             let recovered = node.recover().await?;
             node.deploy(recovered).await
         } => Some(r),
-        _ = signals.next_shutdown() => None,
     };
     let exit = match deployed {
         None => {
@@ -492,11 +498,16 @@ impl Signals {
 pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(deploy::Plan, Option<PeerId>), DeployFailure> {
     let mut desired = desired::resolve(catalog, config).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
     let dir = &config.node.state_dir;
+    let mut store = None;
     let (host, current) = if dir.join("node.key").exists() {
         let state = StateDir::open_shared(dir).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let host = state.peer_id().clone();
         let current = match Store::open_read_only(&state.store_path()) {
-            Ok(store) => current_readonly(&store, &host).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?,
+            Ok(s) => {
+                let c = current_readonly(&s, &host).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
+                store = Some(s);
+                c
+            }
             Err(crate::store::StoreError::Missing { .. }) => deploy::Current::default(),
             Err(e) => return Err(DeployFailure::new(Exit::StoreUnusable, e)),
         };
@@ -513,7 +524,7 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
             let facade = s.blueprint.components.last().expect("validated: at least one component");
             let bytes = deploy::ComponentSource::bytes(&source, &facade.hash)
                 .ok_or_else(|| DeployFailure::new(Exit::Invalid, format!("package {}: component {} missing", p.name, facade.name)))?;
-            let sigs = crate::runtime::inspect_exports(&bytes).map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
+            let sigs = crate::runtime::inspect_exports(dir, store.as_ref(), &facade.hash, &bytes).map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
             desired.exports.insert(s.blueprint_id, sigs);
         }
     }

@@ -34,18 +34,26 @@ struct FakeServices {
 impl FakeServices {
     fn new() -> Self {
         let mut f = Self::default();
-        f.handlers.insert("echo.echo".into(), Box::new(|args| Ok(args)));
-        f.handlers.insert("math.add".into(), Box::new(|args| {
-            let a = args[0].as_i64().ok_or("expected a number")?;
-            let b = args[1].as_i64().ok_or("expected a number")?;
-            Ok(json!(a + b))
-        }));
+        f.handlers.insert("echo.echo".into(), Box::new(Ok));
+        f.handlers.insert(
+            "math.add".into(),
+            Box::new(|args| {
+                let a = args[0].as_i64().ok_or("expected a number")?;
+                let b = args[1].as_i64().ok_or("expected a number")?;
+                Ok(json!(a + b))
+            }),
+        );
         f
     }
 }
 
 impl ServiceCaller for FakeServices {
-    fn call(&self, alias: &str, function: &str, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
+    fn call(
+        &self,
+        alias: &str,
+        function: &str,
+        args: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
         self.calls.lock().unwrap().push((alias.into(), function.into(), args.clone()));
         let key = format!("{alias}.{function}");
         let alias = alias.to_string();
@@ -425,8 +433,16 @@ async fn host_api() {
         kv_set("echo", call_service("echo", "echo", [1, "a", #{x: 2.5, y: [true, ()]}]));
         log("warn", "hello from a spell");
         print("printed");
+        kv_set("no-args", call("echo", "echo"));
+        let k = 2;
+        let f = |x, y| x * y * k;
+        kv_set("fn-ptr", call(f, 3, 7));
+        kv_set("fn-ptr-named", call(Fn("to_upper"), "abc"));
+        try { call("echo", "echo", 7); } catch (e) { kv_set("bad-args", e); }
     "#;
-    spells.install(&def("api-test", script, Trigger::periodic(60)), &kv(&[("old", json!(1)), ("keep", json!(2))])).unwrap();
+    spells
+        .install(&def("api-test", script, Trigger::periodic(60)), &kv(&[("old", json!(1)), ("keep", json!(2))]))
+        .unwrap();
     let out = spells.run_once(&a).await.unwrap();
     assert_eq!(out.status, RunStatus::Ok, "{out:?}");
     let got = spells.kv(&a).unwrap();
@@ -438,9 +454,22 @@ async fn host_api() {
     assert_eq!(got["keys"], json!(["alias", "keep", "now", "peer"]));
     assert_eq!(got["missing"], json!(true));
     assert_eq!(got["echo"], json!([1, "a", {"x": 2.5, "y": [true, null]}]));
-    assert_eq!(out.kv_changed, vec!["alias", "echo", "keys", "missing", "now", "old", "peer"]);
+    assert_eq!(got["no-args"], json!([]));
+    assert_eq!(got["fn-ptr"], json!(42), "call(f, ..) still calls a closure");
+    assert_eq!(got["fn-ptr-named"], json!("ABC"));
+    assert!(got["bad-args"].as_str().unwrap().contains("args must be an array"), "{}", got["bad-args"]);
+    assert_eq!(
+        out.kv_changed,
+        vec!["alias", "bad-args", "echo", "fn-ptr", "fn-ptr-named", "keys", "missing", "no-args", "now", "old", "peer"]
+    );
     let calls = f.services.calls.lock().unwrap().clone();
-    assert_eq!(calls, vec![("echo".into(), "echo".into(), json!([1, "a", {"x": 2.5, "y": [true, null]}]))]);
+    assert_eq!(
+        calls,
+        vec![
+            ("echo".into(), "echo".into(), json!([1, "a", {"x": 2.5, "y": [true, null]}])),
+            ("echo".into(), "echo".into(), json!([])),
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -452,10 +481,11 @@ async fn scripts_are_sandboxed() {
     let out = spells.run_once(&a).await.unwrap();
     assert_eq!(out.status, RunStatus::Failed);
     // values that are not JSON cannot be stored
-    spells.update(&def("sneaky", r#"kv_set("f", Fn("print"));"#, Trigger::once())).unwrap();
+    spells.update(&def("sneaky", r#"kv_set("f", |x| x + 1);"#, Trigger::once())).unwrap();
     let out = spells.run_once(&a).await.unwrap();
     assert_eq!(out.status, RunStatus::Failed);
-    assert!(out.error.unwrap().contains("cannot be stored as JSON"));
+    let msg = out.error.unwrap();
+    assert!(msg.contains("cannot be stored as JSON"), "{msg}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -615,4 +645,42 @@ async fn read_only_readers_see_spells() {
     assert_eq!(all.len(), 1);
     assert_eq!((all[0].last_run, all[0].next_run), (Some(B), Some(B + 10)));
     assert_eq!(all[0].last_applied_kv, kv(&[("a", json!(1))]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_a_spell_during_its_run_keeps_it_removed() {
+    let f = Fixture::new();
+    let spells = f.spells_at(B);
+    let a = alias("slow");
+    let script = r#"kv_set("x", 1); call("slow", "wait", []);"#;
+    spells.install(&def("slow", script, Trigger::periodic(60)), &kv(&[("seed", json!(0))])).unwrap();
+    let run = tokio::spawn({
+        let spells = spells.clone();
+        let a = a.clone();
+        async move { spells.run_once(&a).await }
+    });
+    f.services.entered.notified().await;
+    spells.remove(&a).unwrap();
+    f.services.release.notify_one();
+    assert_eq!(run.await.unwrap().unwrap().status, RunStatus::Ok);
+    assert!(spells.get(&a).is_none());
+    assert!(spells.kv(&a).is_none(), "the finished run must not bring KV back");
+    // the alias is free for a fresh spell with fresh KV
+    spells.install(&def("slow", COUNTER, Trigger::once()), &BTreeMap::new()).unwrap();
+    assert!(spells.kv(&a).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn kv_writes_are_bounded() {
+    let f = Fixture::new();
+    let spells = f.spells_at(B);
+    let a = alias("big");
+    let long_key = "k".repeat(sysdeploy::spell::MAX_KEY_LEN + 1);
+    spells.install(&def("big", &format!(r#"kv_set("{long_key}", 1);"#), Trigger::once()), &BTreeMap::new()).unwrap();
+    let out = spells.run_once(&a).await.unwrap();
+    assert!(out.error.unwrap().contains("kv key must be 1 to 256 bytes"));
+    spells.update(&def("big", r#"let s = "x"; s.pad(1048577, "x"); kv_set("v", s);"#, Trigger::once())).unwrap();
+    let out = spells.run_once(&a).await.unwrap();
+    assert_eq!(out.status, RunStatus::Failed, "{out:?}");
+    assert!(spells.kv(&a).unwrap().is_empty());
 }

@@ -82,27 +82,6 @@ pub struct Deployer {
     pub policy: ApplyPolicy,
 }
 
-/// Crash points, compiled in only with the `failpoints` feature: the process
-/// kills itself with SIGKILL when the failpoint named in `FAILPOINTS` is
-/// reached (`FAILPOINTS=deploy::install::created=return`).
-macro_rules! crash_point {
-    ($name:literal) => {
-        fail::fail_point!($name, |_| {
-            crate::deploy::executor::die($name);
-        });
-    };
-}
-
-#[doc(hidden)]
-pub fn die(at: &str) -> ! {
-    eprintln!("failpoint {at}: killing this process with SIGKILL");
-    // SAFETY: kill(2) on our own pid with a valid signal number.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
-    std::process::abort()
-}
-
 /// What one step failed with.
 #[derive(Debug, Clone)]
 struct StepFailure {

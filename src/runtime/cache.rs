@@ -124,13 +124,19 @@ impl ComponentCache {
         self.artifacts_dir.join(format!("{}.cwasm", hash.to_hex()))
     }
 
-    /// Stores the component bytes if absent and records them.
+    /// Stores the component bytes if absent (or of the wrong size, i.e.
+    /// damaged) and records them. Writes nothing when both are in place, so a
+    /// no-op boot does not touch the store.
     pub(crate) fn store_bytes(&self, bytes: &[u8], hash: &ComponentHash) -> Result<(), RuntimeError> {
         let path = self.component_path(hash);
-        if !path.exists() {
+        let intact = fs::metadata(&path).map(|m| m.len() == bytes.len() as u64).unwrap_or(false);
+        if !intact {
             write_atomic(&path, bytes)?;
         }
-        records::put_component(&self.store, hash, bytes.len() as u64)
+        if !records::has_component(&self.store, hash)? {
+            records::put_component(&self.store, hash, bytes.len() as u64)?;
+        }
+        Ok(())
     }
 
     /// The loaded component: from memory, else from a verified artifact, else
@@ -145,19 +151,21 @@ impl ComponentCache {
         if let Some(c) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(hash) {
             return Ok(c.clone());
         }
-        let component = match self.load_artifact(hash)? {
+        let result = self.load_artifact(hash).and_then(|found| match found {
             Some(c) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                c
+                Ok(c)
             }
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                self.compile(hash, bytes)?
+                self.compile(hash, bytes)
             }
-        };
-        self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(*hash, component.clone());
+        });
+        if let Ok(component) = &result {
+            self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(*hash, component.clone());
+        }
         self.loading.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
-        Ok(component)
+        result
     }
 
     /// Loads the artifact if it exists and its digest matches the record.

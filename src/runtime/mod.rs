@@ -399,10 +399,11 @@ impl Runtime {
     /// Aliases pointing at the service are unbound with it.
     pub async fn remove_service(&self, id: &ServiceId, keep_data: bool) -> Result<(), RuntimeError> {
         let slot = self.inner.slot(id)?;
+        // Waits for a running call to finish; queued calls then see `removed`.
         let mut live = slot.live.lock().await;
+        records::delete_service(&self.inner.store, id)?;
         slot.removed.store(true, std::sync::atomic::Ordering::Release);
         drop(live.take());
-        records::delete_service(&self.inner.store, id)?;
         write(&self.inner.services).remove(id);
         write(&self.inner.aliases).retain(|_, b| b.target != AliasTarget::Service(id.clone()));
         drop(live);
@@ -757,12 +758,26 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// The exports of a component's bytes, compiled in memory with a throwaway
-/// engine: for `sysdeploy plan`, which must type-check init arguments without
-/// writing to the state directory. Slow (a compile); the node itself uses
-/// [`Runtime::blueprint_exports`] over its cache.
-pub fn inspect_exports(bytes: &[u8]) -> Result<Vec<FunctionSig>, RuntimeError> {
+/// The exports of a component, for `sysdeploy plan`, which must type-check
+/// init arguments without writing to the state directory: from the node's
+/// verified precompiled artifact when there is one (fast), else compiled in
+/// memory with a throwaway engine (slow, nothing written).
+pub fn inspect_exports(state_dir: &std::path::Path, store: Option<&Store>, hash: &ComponentHash, bytes: &[u8]) -> Result<Vec<FunctionSig>, RuntimeError> {
     let engine = engine(&RuntimeConfig::new(PathBuf::new()))?;
+    if let Some(store) = store {
+        let key = cache::engine_key(&engine);
+        let path = state_dir.join("cache").join(&key).join(format!("{}.cwasm", hash.to_hex()));
+        if let (Ok(Some(digest)), Ok(data)) = (records::artifact_digest(store, hash, &key), std::fs::read(&path)) {
+            if blake3::hash(&data).to_hex().as_str() == digest {
+                // SAFETY: the bytes are an artifact this engine configuration
+                // produced, verified against the digest recorded when it was
+                // written; `deserialize` copies them.
+                if let Ok(c) = unsafe { wasmtime::component::Component::deserialize(&engine, &data) } {
+                    return Ok(Exports::of(&engine, &c).sigs());
+                }
+            }
+        }
+    }
     let component = wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
     Ok(Exports::of(&engine, &component).sigs())
 }

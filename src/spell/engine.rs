@@ -3,7 +3,9 @@
 //! the bounds (operation budget, wall-clock deadline, cancellation).
 //!
 //! Host API:
-//! `call_service(alias, function, args_array)` / `call_service(alias, function)`,
+//! `call(alias, function, args_array)` / `call(alias, function)` (custom
+//! syntax, see [`register_call_syntax`]) and the same as the plain function
+//! `call_service(alias, function[, args_array])`,
 //! `kv_get(k)` (`()` if absent), `kv_set(k, v)`, `kv_remove(k)`,
 //! `kv_list()` (sorted keys), `now()` (unix seconds), `log(level, msg)`,
 //! `spell_alias()`, `peer_id()`. `print`/`debug` go to the log too.
@@ -12,7 +14,9 @@ use super::schedule::Clock;
 use super::ServiceCaller;
 use crate::ids::{Alias, PeerId};
 use rhai::packages::{Package, StandardPackage};
-use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Module, Scope, Shared, AST};
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, EvalContext, Expression, FnPtr, ImmutableString, Module, Scope, Shared, AST,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -80,8 +84,7 @@ impl Overlay {
         }
     }
     fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> =
-            self.base.keys().filter(|k| !self.writes.contains_key(*k)).cloned().collect();
+        let mut keys: Vec<String> = self.base.keys().filter(|k| !self.writes.contains_key(*k)).cloned().collect();
         keys.extend(self.writes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()));
         keys.sort();
         keys
@@ -162,9 +165,51 @@ fn limited_engine(std: &Shared<Module>, max_operations: u64) -> Engine {
 }
 
 /// The engine that compiles scripts (install-time validation and the AST
-/// cache). Compilation does not depend on the host functions.
+/// cache). Compilation does not depend on the host functions, only on the
+/// `call` syntax.
 pub(crate) fn compiler(std: &Shared<Module>) -> Engine {
-    limited_engine(std, 0)
+    let mut e = limited_engine(std, 0);
+    register_call_syntax(&mut e, |_, _| Err("call: this engine only compiles scripts".into()));
+    e
+}
+
+/// `call(alias, function)` and `call(alias, function, args)`.
+///
+/// `call` is Rhai's built-in for calling function pointers, and a registered
+/// function of that name is never reached; so the host call is custom syntax
+/// `call(expr, expr, ...)` and the evaluator gets the argument expressions.
+/// `call(f, args..)` with a function pointer `f` keeps working (see
+/// [`call_fn_ptr`]); the method form `f.call(..)` does not parse any more.
+fn register_call_syntax(
+    e: &mut Engine,
+    eval: impl Fn(&mut EvalContext, &[Expression]) -> Result<Dynamic, Box<EvalAltResult>> + Send + Sync + 'static,
+) {
+    e.register_custom_syntax_with_state_raw(
+        "call",
+        |segments, look_ahead, _| {
+            let next = match segments.last().map(|s| s.as_str()) {
+                Some("call") => "(",
+                Some("(") | Some(",") => "$expr$",
+                Some("$expr$") if look_ahead == "," => ",",
+                Some("$expr$") => ")",
+                _ => return Ok(None),
+            };
+            Ok(Some(next.into()))
+        },
+        false,
+        move |ec, inputs, _| eval(ec, inputs),
+    );
+}
+
+/// `call(f, args..)` for a function pointer `f`: calls the function it
+/// names with its curried values (a closure's captures) and `args`.
+fn call_fn_ptr(ec: &mut EvalContext, f: &FnPtr, rest: &[Expression]) -> Result<Dynamic, Box<EvalAltResult>> {
+    let mut args: Vec<Dynamic> = f.curry().to_vec();
+    for e in rest {
+        args.push(ec.eval_expression_tree(e)?);
+    }
+    let mut refs: Vec<&mut Dynamic> = args.iter_mut().collect();
+    ec.call_fn_raw(f.fn_name(), false, false, &mut refs)
 }
 
 /// Compiles a script, returning a readable message on failure.
@@ -256,16 +301,32 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
     e.on_debug(move |s, _, pos| log_event(&a, "debug", &format!("{pos:?} {s}")));
 
     let c = ctx.clone();
-    e.register_fn("call", move |alias: ImmutableString, function: ImmutableString, args: Dynamic| {
+    register_call_syntax(&mut e, move |ec, inputs| {
+        let name = |v: Dynamic, what: &str| {
+            v.into_immutable_string()
+                .map_err(|t| -> Box<EvalAltResult> { format!("call: the {what} must be a string, got {t}").into() })
+        };
+        let first = ec.eval_expression_tree(&inputs[0])?;
+        if let Some(f) = first.read_lock::<FnPtr>() {
+            let f = f.clone();
+            return call_fn_ptr(ec, &f, &inputs[1..]);
+        }
+        if !(2..=3).contains(&inputs.len()) {
+            return Err(format!(
+                "call takes (alias, function) or (alias, function, args_array), got {} arguments",
+                inputs.len()
+            )
+            .into());
+        }
+        let alias = name(first, "service alias")?;
+        let function = name(ec.eval_expression_tree(&inputs[1])?, "function name")?;
+        let args = match inputs.get(2) {
+            Some(a) => ec.eval_expression_tree(a)?,
+            None => Dynamic::from_array(Array::new()),
+        };
         host_call(&c, &alias, &function, args)
     });
-    let c = ctx.clone();
-    e.register_fn("call", move |alias: ImmutableString, function: ImmutableString| {
-        host_call(&c, &alias, &function, Dynamic::from_array(Array::new()))
-    });
-    // Rhai resolves `call(x, ..)` syntactically as a function-pointer call,
-    // so the `call` registrations above are unreachable from scripts; the
-    // same host call is exposed as `call_service` (used by the distros).
+    // The same host call as a plain function, which the distro scripts use.
     let c = ctx.clone();
     e.register_fn("call_service", move |alias: ImmutableString, function: ImmutableString, args: Dynamic| {
         host_call(&c, &alias, &function, args)
@@ -289,7 +350,9 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
         let json = to_json(&format!("kv_set({k:?})"), &v)?;
         let size = json.to_string().len();
         if size > MAX_VALUE_BYTES {
-            return Err(format!("kv_set({k:?}): value is {size} bytes of JSON; at most {MAX_VALUE_BYTES} are allowed").into());
+            return Err(
+                format!("kv_set({k:?}): value is {size} bytes of JSON; at most {MAX_VALUE_BYTES} are allowed").into()
+            );
         }
         c.kv.lock().unwrap_or_else(|p| p.into_inner()).writes.insert(k.to_string(), Some(json));
         Ok(())

@@ -116,7 +116,13 @@ pub struct SpellConfig {
 impl SpellConfig {
     /// Defaults: 5,000,000 operations, 60 s per run, last 20 errors, last 100 runs.
     pub fn new(peer_id: PeerId) -> Self {
-        Self { peer_id, max_operations: 5_000_000, run_ttl: Duration::from_secs(60), error_log_len: 20, history_len: 100 }
+        Self {
+            peer_id,
+            max_operations: 5_000_000,
+            run_ttl: Duration::from_secs(60),
+            error_log_len: 20,
+            history_len: 100,
+        }
     }
 }
 
@@ -219,14 +225,18 @@ pub enum SpellError {
     Compile { alias: String, message: String },
     #[error("spell {alias}: invalid trigger: {reason}")]
     InvalidTrigger { alias: String, reason: String },
-    #[error("spell {alias}: initial kv key {key:?}: {reason}")]
+    #[error("spell {alias}: configured kv key {key:?}: {reason}")]
     InvalidKv { alias: String, key: String, reason: String },
     #[error("spell {alias} is running already; runs of one spell never overlap, try again when it finishes")]
     Busy { alias: String },
     #[error("spell {alias}: stored data is damaged ({what}); remove the spell so the deployer reinstalls it")]
     Corrupt { alias: String, what: String },
     #[error("spell store: {op}: {source}")]
-    Sql { op: &'static str, #[source] source: rusqlite::Error },
+    Sql {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("spell {alias}: the run could not be started or finished: {message}")]
     Run { alias: String, message: String },
 }
@@ -266,6 +276,21 @@ fn record(conn: &rusqlite::Connection, row: store::Row, now: u64) -> Result<Spel
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
+}
+
+/// Configured KV obeys the same bounds as KV a script writes.
+fn check_kv(alias: &Alias, kv: &BTreeMap<String, Value>) -> Result<(), SpellError> {
+    for (k, v) in kv {
+        let reason = if k.is_empty() || k.len() > MAX_KEY_LEN {
+            format!("keys must be 1 to {MAX_KEY_LEN} bytes long")
+        } else if v.to_string().len() > MAX_VALUE_BYTES {
+            format!("value exceeds {MAX_VALUE_BYTES} bytes of JSON")
+        } else {
+            continue;
+        };
+        return Err(SpellError::InvalidKv { alias: alias.to_string(), key: k.clone(), reason });
+    }
+    Ok(())
 }
 
 /// The spell layer's handle: cheap to clone, shared by the deployer, the API
@@ -402,18 +427,7 @@ impl Spells {
     /// configuration) and schedules it. The script must compile.
     pub fn install(&self, def: &SpellDef, initial_kv: &BTreeMap<String, Value>) -> Result<SpellId, SpellError> {
         self.check_def(def)?;
-        for (k, v) in initial_kv {
-            let reason = if k.is_empty() || k.len() > MAX_KEY_LEN {
-                Some(format!("keys must be 1 to {MAX_KEY_LEN} bytes long"))
-            } else if v.to_string().len() > MAX_VALUE_BYTES {
-                Some(format!("value exceeds {MAX_VALUE_BYTES} bytes of JSON"))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(SpellError::InvalidKv { alias: def.alias.to_string(), key: k.clone(), reason });
-            }
-        }
+        check_kv(&def.alias, initial_kv)?;
         self.ast(&def.alias, &def.script_hash, &def.script)?;
         let now = self.inner.clock.now();
         let id = SpellId::random();
@@ -504,6 +518,7 @@ impl Spells {
     /// configuration did not change are kept. Returns the keys written; an
     /// unchanged configuration writes nothing at all.
     pub fn kv_apply(&self, alias: &Alias, configured: &BTreeMap<String, Value>) -> Result<Vec<String>, SpellError> {
+        check_kv(alias, configured)?;
         let mut conn = self.inner.store.lock();
         let tx = conn.transaction().map_err(store::sql("begin kv apply"))?;
         let row = store::by_alias(&tx, alias)?.ok_or_else(|| SpellError::Unknown { alias: alias.to_string() })?;
@@ -657,7 +672,9 @@ impl Spells {
                 .await;
                 match joined {
                     Ok(f) => f,
-                    Err(e) if e.is_panic() => Finish::Failed("the script interpreter panicked; this is a bug in sysdeploy".into()),
+                    Err(e) if e.is_panic() => {
+                        Finish::Failed("the script interpreter panicked; this is a bug in sysdeploy".into())
+                    }
                     Err(e) => return Err(SpellError::Run { alias: alias.to_string(), message: e.to_string() }),
                 }
             }
@@ -675,7 +692,13 @@ impl Spells {
     /// Records a finished run in one transaction: KV writes (success only),
     /// schedule bookkeeping, history and error log. A spell removed during
     /// the run is left removed.
-    fn commit(&self, row: &store::Row, started_at: u64, finished_at: u64, finish: Finish) -> Result<RunOutcome, SpellError> {
+    fn commit(
+        &self,
+        row: &store::Row,
+        started_at: u64,
+        finished_at: u64,
+        finish: Finish,
+    ) -> Result<RunOutcome, SpellError> {
         let cfg = &self.inner.cfg;
         let (status, error, writes) = match finish {
             Finish::Ok(w) => (RunStatus::Ok, None, w),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// Longest single sleep: the wall clock is re-read at least this often, so a
 /// clock jump delays a run by at most this much.
@@ -61,7 +61,10 @@ impl SchedulerHandle {
         if tokio::time::timeout(grace, &mut supervisor).await.is_ok() {
             return;
         }
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "spell runs still going after the grace period; cancelling them");
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "spell runs still going after the grace period; cancelling them"
+        );
         self.cancel.cancel();
         if tokio::time::timeout(CANCEL_WAIT, &mut supervisor).await.is_err() {
             tracing::error!("spell runs did not stop after cancellation; abandoning them (nothing they wrote is kept)");
@@ -73,13 +76,15 @@ impl SchedulerHandle {
 async fn supervise(spells: Spells, mut stop: watch::Receiver<bool>, cancel: Cancel, signal: impl Future<Output = ()>) {
     tokio::pin!(signal);
     let mut changes = spells.subscribe();
-    let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
+    // Spell tasks; dropping the set (e.g. when this task is aborted) aborts them.
+    let mut tasks = JoinSet::new();
+    // Spell id of each live task.
+    let mut live: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
         if *stop.borrow_and_update() {
             break;
         }
         changes.borrow_and_update();
-        tasks.retain(|_, t| !t.is_finished());
         let listed = {
             let conn = spells.inner.store.lock();
             store::ids(&conn)
@@ -88,10 +93,11 @@ async fn supervise(spells: Spells, mut stop: watch::Receiver<bool>, cancel: Canc
         match listed {
             Ok(ids) => {
                 for (id, alias) in ids {
-                    tasks.entry(id.clone()).or_insert_with(|| {
+                    if !live.values().any(|l| *l == id) {
                         tracing::debug!(spell = %alias, "scheduling spell");
-                        tokio::spawn(spell_loop(spells.clone(), id, stop.clone(), cancel.clone()))
-                    });
+                        let task = tasks.spawn(spell_loop(spells.clone(), id.clone(), stop.clone(), cancel.clone()));
+                        live.insert(task.id(), id);
+                    }
                 }
             }
             Err(e) => {
@@ -104,11 +110,19 @@ async fn supervise(spells: Spells, mut stop: watch::Receiver<bool>, cancel: Canc
             _ = stop.changed() => {}
             _ = changes.changed() => {}
             _ = sleep_opt(retry) => {}
+            Some(done) = tasks.join_next_with_id() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a spell task failed; it is restarted");
+                        e.id()
+                    }
+                };
+                live.remove(&task);
+            }
         }
     }
-    for (_, t) in tasks {
-        let _ = t.await;
-    }
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn sleep_opt(d: Option<Duration>) {

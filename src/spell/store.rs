@@ -203,7 +203,10 @@ fn read_map(conn: &Connection, table: &str, alias: &str, id: &str) -> Result<BTr
     rows.into_iter()
         .map(|(k, v)| match serde_json::from_str(&v) {
             Ok(v) => Ok((k, v)),
-            Err(e) => Err(SpellError::Corrupt { alias: alias.to_string(), what: format!("{table} key {k:?} is not JSON: {e}") }),
+            Err(e) => Err(SpellError::Corrupt {
+                alias: alias.to_string(),
+                what: format!("{table} key {k:?} is not JSON: {e}"),
+            }),
         })
         .collect()
 }
@@ -243,8 +246,11 @@ pub(crate) fn set_applied_kv(conn: &Connection, id: &str, kv: &BTreeMap<String, 
 
 /// Appends an error and keeps only the newest `keep`.
 pub(crate) fn push_error(conn: &Connection, id: &str, at: u64, message: &str, keep: usize) -> Result<(), SpellError> {
-    conn.execute("INSERT INTO spell_errors (spell_id, at, message) VALUES (?1, ?2, ?3)", params![id, at as i64, message])
-        .map_err(sql("record spell error"))?;
+    conn.execute(
+        "INSERT INTO spell_errors (spell_id, at, message) VALUES (?1, ?2, ?3)",
+        params![id, at as i64, message],
+    )
+    .map_err(sql("record spell error"))?;
     conn.execute(
         "DELETE FROM spell_errors WHERE spell_id = ?1 AND id NOT IN
              (SELECT id FROM spell_errors WHERE spell_id = ?1 ORDER BY id DESC LIMIT ?2)",
