@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use sysdeploy::config::schema::ValueType;
+use sysdeploy::config::{self, LoadOptions};
 use sysdeploy::distro::{self, Catalog, ClockStart, ConfigChange, InitRun, LookupFn, TemplateError};
 use sysdeploy::ids::{ComponentHash, PackageName, PeerId};
 
@@ -265,6 +266,43 @@ fn a_fifth_package_is_a_new_folder_and_nothing_else() {
     for p in &distro::embedded().packages {
         assert_eq!(c.package(&p.name), Some(p));
     }
+
+    // The config layer picks the new section up from the schemas alone: it is
+    // enabled by default, takes env overrides, and its init resolves from them.
+    let opts = LoadOptions {
+        env: vec![("SYSDEPLOY_SYSTEM_SERVICES__KV_STORE__GREETING".into(), "hi".into())],
+        ..LoadOptions::default()
+    };
+    let cfg = config::load(&opts, &c.schemas()).unwrap();
+    assert!(cfg.system_services.enable.contains(&pkg("kv-store")));
+    let section = &cfg.system_services.packages[&pkg("kv-store")];
+    assert_eq!(section["greeting"].value, json!("hi"));
+    assert_eq!(kv.services[0].init[0].resolve(section).unwrap().calls, vec![vec![json!("hi")]]);
+    let file = tmp.path().join("node.toml");
+    std::fs::write(&file, "[system_services.kv_store]\ngreting = \"typo\"\n").unwrap();
+    let err = config::load(&LoadOptions { config_path: Some(file), ..LoadOptions::default() }, &c.schemas()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("system_services.kv_store.greting") && msg.contains("node.toml"), "{msg}");
+}
+
+#[test]
+fn legacy_env_names_of_the_manifests_work_and_lose_to_sysdeploy_names() {
+    let schemas = distro::package_schemas();
+    let load = |env: &[(&str, &str)]| {
+        let opts = LoadOptions { env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..LoadOptions::default() };
+        config::load(&opts, &schemas).unwrap()
+    };
+    let legacy = ("FLUENCE_ENV_DECIDER_IPFS_MULTIADDR", "/dns4/legacy/tcp/5001");
+    let cfg = load(&[legacy]);
+    let v = &cfg.system_services.packages[&pkg("decider")]["worker_ipfs_multiaddr"];
+    assert_eq!(v.value, json!("/dns4/legacy/tcp/5001"));
+    let cfg = load(&[legacy, ("SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WORKER_IPFS_MULTIADDR", "/dns4/new/tcp/5001")]);
+    let v = &cfg.system_services.packages[&pkg("decider")]["worker_ipfs_multiaddr"];
+    assert_eq!(v.value, json!("/dns4/new/tcp/5001"));
+    // The resolved spell KV follows the effective config.
+    let decider = distro::embedded().package(&pkg("decider")).unwrap();
+    let kv = decider.spells[0].resolve_kv(&cfg.system_services.packages[&pkg("decider")]).unwrap();
+    assert_eq!(kv["worker_ipfs_multiaddr"].value, json!("/dns4/new/tcp/5001"));
 }
 
 #[test]
