@@ -11,7 +11,7 @@ use crate::deploy::{self, ApplyPolicy, Deployer, DesiredSpell, FailurePolicy, Ou
 use crate::distro::Catalog;
 use crate::ids::{Alias, PeerId};
 use crate::runtime::{CallError, Runtime, RuntimeConfig, RuntimeOptions};
-use crate::spell::{Scheduler, ServiceCaller, SpellConfig, SpellDef, Spells, Start, Trigger};
+use crate::spell::{self, Scheduler, ServiceCaller, SpellConfig, SpellDef, Spells, Start, Trigger};
 use crate::state::StateDir;
 use crate::store::Store;
 use serde_json::{json, Value};
@@ -135,6 +135,10 @@ impl Node {
         let metrics = Metrics::new();
         let mut scfg = SpellConfig::new(state.peer_id().clone());
         scfg.run_ttl = ttl;
+        let m = metrics.clone();
+        scfg.on_run = Some(spell::RunHook(Arc::new(move |alias: &Alias, out: &spell::RunOutcome| {
+            m.spell_run(alias.as_str(), out.status == spell::RunStatus::Ok)
+        })));
         let spells = Spells::new(store.clone(), Arc::new(RuntimeCaller { runtime: runtime.clone(), metrics: metrics.clone() }), scfg);
         let deployer = Deployer {
             runtime: runtime.clone(),
@@ -166,6 +170,9 @@ impl Node {
     }
     pub fn spells(&self) -> &Spells {
         &self.spells
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn set_health(&self, h: Health) {

@@ -55,4 +55,9 @@ async fn decider_spell_drains_the_connector_queue_and_counts_progress() {
     assert_eq!(rt.call("connector", "pending", json!([])).await.unwrap(), json!(0));
     assert_eq!(node.spells().kv(&spell).unwrap()["processed"], json!(20));
     assert!(node.spells().errors(&spell).is_empty());
+    let metrics = node.metrics().render();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("sysdeploy_spell_runs_total{alias=\"decider\"} 2")),
+        "spell runs are counted per alias:\n{metrics}"
+    );
 }

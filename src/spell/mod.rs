@@ -111,6 +111,18 @@ pub struct SpellConfig {
     pub error_log_len: usize,
     /// Finished runs kept per spell in the schedule history.
     pub history_len: usize,
+    /// Told of every finished run (the node feeds its metrics from it).
+    pub on_run: Option<RunHook>,
+}
+
+/// A callback for finished runs: `(alias, outcome)`.
+#[derive(Clone)]
+pub struct RunHook(pub Arc<dyn Fn(&Alias, &RunOutcome) + Send + Sync>);
+
+impl std::fmt::Debug for RunHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunHook")
+    }
 }
 
 impl SpellConfig {
@@ -122,6 +134,7 @@ impl SpellConfig {
             run_ttl: Duration::from_secs(60),
             error_log_len: 20,
             history_len: 100,
+            on_run: None,
         }
     }
 }
@@ -682,6 +695,9 @@ impl Spells {
         let finished_at = inner.clock.now();
         let outcome = self.commit(&row, started_at, finished_at, finish)?;
         drop(guard);
+        if let Some(hook) = &inner.cfg.on_run {
+            (hook.0)(alias, &outcome);
+        }
         match &outcome.error {
             None => tracing::debug!(spell = %alias, "spell run finished"),
             Some(e) => tracing::warn!(spell = %alias, status = outcome.status.as_str(), "spell run failed: {e}"),
