@@ -208,6 +208,17 @@ impl Node {
             d.apply(&desired, &plan).await
         };
         report.recovered = recovered;
+        // Replaced and removed services leave blueprints, components and
+        // artifacts behind; collect them now instead of at the next boot, so a
+        // converged node holds nothing it does not use.
+        match self.runtime.gc() {
+            Ok(removed) => {
+                for r in removed {
+                    tracing::info!("gc: removed {r}");
+                }
+            }
+            Err(e) => tracing::warn!("collecting unused components after the deployment failed: {e}; the next boot retries"),
+        }
         let stats = self.runtime.cache_stats();
         self.metrics.cache(stats.hits.saturating_sub(misses_before.hits), stats.misses.saturating_sub(misses_before.misses));
         for s in &report.steps {
