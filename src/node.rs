@@ -346,6 +346,12 @@ pub fn run(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Ca
 
 async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
     let listen = config.node.api_listen;
+    // Bad input is refused before the state directory is touched (no lock
+    // taken, no store opened, no recovery run): resolving is pure and cheap.
+    if let Err(e) = desired::resolve(catalog, &config) {
+        eprint!("error: {e}");
+        return Exit::Invalid;
+    }
     let node = match Node::open(config, load_opts, catalog) {
         Ok(n) => n,
         Err(e) => {

@@ -8,3 +8,5 @@ mod common;
 #[cfg(feature = "failpoints")]
 #[path = "reliability/crash.rs"]
 mod crash;
+#[path = "reliability/corpus.rs"]
+mod corpus;

@@ -21,7 +21,12 @@ use sysdeploy::spell::{ServiceCaller, SpellConfig, SpellRecord, Spells};
 use sysdeploy::state::StateDir;
 use sysdeploy::store::Store;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
+/// The binary under test. `SYSDEPLOY_TEST_BIN` overrides the one cargo
+/// built: on a machine where several worktrees share one target dir, the
+/// uplifted `target/debug/sysdeploy` can be replaced by another build while
+/// the tests run, so a developer points this at a private copy.
+pub static BIN: std::sync::LazyLock<PathBuf> =
+    std::sync::LazyLock::new(|| std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy"))));
 pub const KV: &str = "kv-store";
 pub const TICKER: &str = "ticker";
 /// The value the ticker spell writes into its own KV when it runs.
@@ -237,7 +242,7 @@ fixed = "never changes"
 
     /// Runs the binary with a clean environment plus `env`.
     pub fn run(&self, args: &[String], env: &[(&str, &str)]) -> Out {
-        let out = Command::new(BIN)
+        let out = Command::new(&*BIN)
             .args(args)
             .current_dir(self.dir.path())
             .env_clear()
