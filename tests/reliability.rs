@@ -10,3 +10,6 @@ mod common;
 mod crash;
 #[path = "reliability/corpus.rs"]
 mod corpus;
+#[cfg(feature = "failpoints")]
+#[path = "reliability/model.rs"]
+mod model;
