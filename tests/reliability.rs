@@ -13,3 +13,5 @@ mod corpus;
 #[cfg(feature = "failpoints")]
 #[path = "reliability/model.rs"]
 mod model;
+#[path = "reliability/fuzz.rs"]
+mod fuzz;
