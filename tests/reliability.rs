@@ -15,3 +15,5 @@ mod corpus;
 mod model;
 #[path = "reliability/fuzz.rs"]
 mod fuzz;
+#[path = "reliability/faults.rs"]
+mod faults;
