@@ -37,6 +37,10 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("deploy::kv-apply::applied", "kv-apply"),
     ("deploy::remove-spell::started", "remove-spell"),
     ("deploy::remove-spell::unbound", "remove-spell"),
+    ("runtime::cache::temp-written", "cache-write"),
+    ("runtime::cache::artifact-written", "cache-write"),
+    ("runtime::gc::blueprint-removed", "gc"),
+    ("runtime::gc::component-files-removed", "gc"),
 ];
 
 #[doc(hidden)]

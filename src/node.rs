@@ -218,6 +218,17 @@ impl Node {
             d.apply(&desired, &plan).await
         };
         report.recovered = recovered;
+        // Replaced and removed services leave blueprints, components and
+        // artifacts behind; collect them now instead of at the next boot, so a
+        // converged node holds nothing it does not use.
+        match self.runtime.gc() {
+            Ok(removed) => {
+                for r in removed {
+                    tracing::info!("gc: removed {r}");
+                }
+            }
+            Err(e) => tracing::warn!("collecting unused components after the deployment failed: {e}; the next boot retries"),
+        }
         let stats = self.runtime.cache_stats();
         self.metrics.cache(stats.hits.saturating_sub(misses_before.hits), stats.misses.saturating_sub(misses_before.misses));
         for s in &report.steps {
@@ -345,6 +356,12 @@ pub fn run(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Ca
 
 async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
     let listen = config.node.api_listen;
+    // Bad input is refused before the state directory is touched (no lock
+    // taken, no store opened, no recovery run): resolving is pure and cheap.
+    if let Err(e) = desired::resolve(catalog, &config) {
+        eprint!("error: {e}");
+        return Exit::Invalid;
+    }
     let node = match Node::open(config, load_opts, catalog) {
         Ok(n) => n,
         Err(e) => {

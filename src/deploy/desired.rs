@@ -19,6 +19,8 @@ pub enum DesiredError {
     DependencyDisabled { package: PackageName, dependency: PackageName },
     #[error("package {package}, {what}: {message}")]
     Template { package: PackageName, what: String, message: String },
+    #[error("package {package}, spell {alias}: the script does not compile: {message}; fix the script")]
+    Script { package: PackageName, alias: crate::ids::Alias, message: String },
 }
 
 /// All problems found.
@@ -115,6 +117,12 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
         }
         let mut spells = Vec::new();
         for sp in &pkg.spells {
+            // A script that does not compile is bad input: refuse it here,
+            // before any step runs, not halfway through the deployment.
+            if let Err(message) = crate::spell::check_script(&sp.script) {
+                errors.push(DesiredError::Script { package: pkg.name.clone(), alias: sp.alias.clone(), message });
+                continue;
+            }
             let trigger = match sp.resolve_trigger(&section) {
                 Ok(t) => DesiredTrigger {
                     start: match t.start {

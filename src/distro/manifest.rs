@@ -20,6 +20,10 @@ use std::sync::{Arc, Mutex};
 /// Name of the manifest file inside each package folder.
 pub const MANIFEST_FILE: &str = "distro.toml";
 
+/// Largest `memory_limit_mb`: a 32-bit WebAssembly memory cannot grow past
+/// 4 GiB, so a larger cap is a typo that would silently mean "no cap".
+pub const MAX_MEMORY_LIMIT_MB: u64 = 4096;
+
 // ------------------------------------------------------------------- model
 
 /// Every package of a distros folder, validated, topologically sorted by
@@ -240,6 +244,8 @@ pub enum ManifestErrorKind {
     BadComponentEntry(String),
     #[error("memory_limit_mb must be at least 1")]
     ZeroMemoryLimit,
+    #[error("memory_limit_mb = {0} is more than a 32-bit WebAssembly memory can use; at most 4096 (4 GiB)")]
+    HugeMemoryLimit(u64),
     #[error("{0:?} is not a valid config key name (lowercase letters, digits and '_', starting with a letter, at most 64 bytes)")]
     BadConfigKeyName(String),
     #[error("default is {got}, but the key is declared as {}", .expected.describe())]
@@ -283,17 +289,37 @@ pub struct ManifestErrors(pub Vec<ManifestError>);
 
 impl fmt::Display for ManifestErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        // All problems count, but a hostile or generated manifest must not
+        // turn the report into a dump: at most MAX_SHOWN, each cut at MAX_LINE.
+        const MAX_SHOWN: usize = 100;
+        const MAX_LINE: usize = 1000;
+        for (i, e) in self.0.iter().take(MAX_SHOWN).enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{e}")?;
+            f.write_str(&elide(&e.to_string(), MAX_LINE))?;
+        }
+        if self.0.len() > MAX_SHOWN {
+            write!(f, "\n… and {} more problems; fix the ones above first", self.0.len() - MAX_SHOWN)?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for ManifestErrors {}
+
+/// `line` cut to about `max` characters by eliding its middle, so both the
+/// key it starts with and the explanation it ends with stay readable.
+fn elide(line: &str, max: usize) -> String {
+    let n = line.chars().count();
+    if n <= max {
+        return line.to_string();
+    }
+    let head: String = line.chars().take(max * 2 / 3).collect();
+    let tail: String = line.chars().skip(n - max / 3).collect();
+    format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
+}
+
 
 // ------------------------------------------------------------- file access
 
@@ -842,6 +868,9 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
         if rs.memory_limit_mb == Some(0) {
             c.err(format!("{base}.memory_limit_mb"), ManifestErrorKind::ZeroMemoryLimit);
         }
+        if let Some(n) = rs.memory_limit_mb.filter(|n| *n > MAX_MEMORY_LIMIT_MB) {
+            c.err(format!("{base}.memory_limit_mb"), ManifestErrorKind::HugeMemoryLimit(n));
+        }
         if rs.components.is_empty() {
             c.err(format!("{base}.components"), ManifestErrorKind::NoComponents);
         }
@@ -854,6 +883,10 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 toml::Value::Table(t) if t.keys().all(|k| k == "file" || k == "memory_limit_mb") && t.get("file").is_some_and(|f| f.is_str()) => {
                     let limit = match t.get("memory_limit_mb") {
                         None => rs.memory_limit_mb,
+                        Some(toml::Value::Integer(n)) if *n > MAX_MEMORY_LIMIT_MB as i64 => {
+                            c.err(format!("{key}.memory_limit_mb"), ManifestErrorKind::HugeMemoryLimit(*n as u64));
+                            None
+                        }
                         Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u64),
                         Some(toml::Value::Integer(0)) => {
                             c.err(format!("{key}.memory_limit_mb"), ManifestErrorKind::ZeroMemoryLimit);

@@ -696,6 +696,9 @@ impl Inner {
             write(&self.blueprints).remove(&id);
             write(&self.prepared).remove(&id);
             removed.push(format!("blueprint {id}"));
+            // Blueprint record gone, its components still stored: the next
+            // gc sees them unreferenced and removes them.
+            crash_point!("runtime::gc::blueprint-removed");
         }
         let used_components: HashSet<ComponentHash> =
             read(&self.blueprints).values().flat_map(|bp| bp.components.iter().map(|c| c.hash)).collect();

@@ -261,6 +261,13 @@ pub fn kv_changes(last_applied: &BTreeMap<String, Value>, configured: &BTreeMap<
     configured.iter().filter(|(k, v)| last_applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
 }
 
+/// Compiles a spell script with the same limits as [`Spells::install`], so
+/// input validation can refuse a script that does not compile before the
+/// deployment touches anything.
+pub fn check_script(script: &str) -> Result<(), String> {
+    engine::compile(&engine::compiler(&engine::std_module()), script).map(|_| ())
+}
+
 /// All spells in a store, for readers without a [`Spells`] handle (`plan`,
 /// `status` on a read-only store). `now` is used for `next_run`.
 pub fn read_spells(store: &Store, now: u64) -> Result<Vec<SpellRecord>, SpellError> {
