@@ -498,21 +498,13 @@ fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
     let services = services
         .into_iter()
         .map(|s| {
-            let names: Vec<&Alias> = aliases
+            let names: Vec<Alias> = aliases
                 .iter()
                 .filter(|a| matches!(&a.target, crate::runtime::AliasTarget::Service(id) if *id == s.id))
-                .map(|a| &a.alias)
+                .map(|a| a.alias.clone())
                 .collect();
-            let entry = names.iter().find_map(|a| deployed.get(*a));
-            json!({
-                "id": s.id,
-                "aliases": names,
-                "blueprint_id": s.blueprint_id,
-                "owner": s.owner,
-                "created_at": s.created_at,
-                "package": entry.map(|e| e.package.to_string()),
-                "version": entry.map(|e| e.version.clone()),
-            })
+            let entry = names.iter().find_map(|a| deployed.get(a));
+            crate::node::service_json(&s.id, &names, &s.blueprint_id, &s.owner, s.created_at, entry)
         })
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

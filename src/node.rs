@@ -270,15 +270,7 @@ impl Node {
             .into_iter()
             .map(|s| {
                 let entry = s.aliases.iter().find_map(|a| deployed.get(a));
-                json!({
-                    "id": s.id,
-                    "aliases": s.aliases,
-                    "blueprint_id": s.blueprint_id,
-                    "owner": s.owner,
-                    "created_at": s.created_at,
-                    "package": entry.map(|e| e.package.to_string()),
-                    "version": entry.map(|e| e.version.clone()),
-                })
+                service_json(&s.id, &s.aliases, &s.blueprint_id, &s.owner, s.created_at, entry)
             })
             .collect();
         json!({ "services": list })
@@ -300,6 +292,26 @@ impl Node {
             .collect();
         json!({ "spells": list })
     }
+}
+
+/// One service as `/v1/services` and `status --json` show it.
+pub fn service_json(
+    id: &crate::ids::ServiceId,
+    aliases: &[Alias],
+    blueprint_id: &crate::ids::BlueprintId,
+    owner: &PeerId,
+    created_at: i64,
+    entry: Option<&deploy::Deployed>,
+) -> Value {
+    json!({
+        "id": id,
+        "aliases": aliases,
+        "blueprint_id": blueprint_id,
+        "owner": owner,
+        "created_at": created_at,
+        "package": entry.map(|e| e.package.to_string()),
+        "version": entry.map(|e| e.version.clone()),
+    })
 }
 
 /// The API's view of the node.
