@@ -9,7 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
+/// The binary under test. `CARGO_BIN_EXE_sysdeploy` normally; a target dir
+/// shared by several checkouts overwrites that path with whichever build ran
+/// last, so `SYSDEPLOY_TEST_BIN` may name a private copy instead.
+fn bin() -> PathBuf {
+    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
+}
 const PERIOD: &str = "system_services.decider.decider_period_sec";
 const PERIOD_ENV: &str = "SYSDEPLOY_SYSTEM_SERVICES__DECIDER__DECIDER_PERIOD_SEC";
 const WALLET_ENV: &str = "SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WALLET_KEY";
@@ -57,7 +62,7 @@ impl Sandbox {
     }
     /// Runs the binary with a clean environment plus `env`.
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(args)
             .current_dir(self.dir.path())
             .env_clear()
