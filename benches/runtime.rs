@@ -146,10 +146,13 @@ async fn main() {
             }
         }
     }
-    let mut cached = Vec::new();
+    let (mut cached, mut store_open, mut rt_open) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..9 {
         let t = Instant::now();
-        let rt = fixtures::open(state.path(), opts.clone());
+        let store = sysdeploy::store::Store::open(&state.path().join("state.db")).unwrap();
+        store_open.push(t.elapsed());
+        let rt = sysdeploy::runtime::Runtime::open_with(store, fixtures::config(state.path()), opts.clone()).unwrap();
+        rt_open.push(t.elapsed());
         for (id, f, args) in &services {
             rt.call(id.as_str(), f, args.clone()).await.unwrap();
         }
@@ -157,7 +160,7 @@ async fn main() {
         assert_eq!(rt.cache_stats().misses, 0, "a restart must not compile");
         drop(rt);
     }
-    let cached = median(cached);
+    let (cached, store_open, rt_open) = (median(cached), median(store_open), median(rt_open));
 
     let artifacts: Vec<PathBuf> = {
         let rt = fixtures::open(state.path(), opts.clone());
@@ -185,6 +188,10 @@ async fn main() {
     println!("  compile all (parallel compilation)         {}", ms(compile));
     println!("  bare wasmtime: engine + deserialize + inst  {}", ms(floor));
     println!("  sysdeploy restart: open + first call each   {}", ms(cached));
+    println!("    of which SQLite store open                {}", ms(store_open));
+    println!("    of which runtime open (engine, linker)    {}", ms(rt_open.saturating_sub(store_open)));
+    let artifact_bytes: u64 = artifacts.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    println!("    artifacts verified (blake3)               {} KiB", artifact_bytes / 1024);
     println!("  ratio restart / bare floor                  {:.2}x", cached.as_secs_f64() / floor.as_secs_f64());
     println!("  speed-up restart vs compile                 {:.1}x", compile.as_secs_f64() / cached.as_secs_f64());
 
@@ -228,12 +235,28 @@ async fn main() {
         debug_assert_eq!(r, i + 1);
     }
     let bare_add = median(bare_add);
+    // The same record through a bare dynamic call with prebuilt values: the
+    // floor for `echo-everything`, so the difference is the JSON conversion.
+    let func = inst.get_func(&mut store, "echo-everything").unwrap();
+    let sig = rt.service_exports(echo.as_str()).unwrap().unwrap().into_iter().find(|f| f.name == "echo-everything").unwrap();
+    let vals = sysdeploy::runtime::wit::json_args_to_vals(&sig.params, &json!([record.clone()])).unwrap();
+    let mut bare_record = Vec::with_capacity(n);
+    for _ in 0..n {
+        let params = vals.clone();
+        let mut results = [wasmtime::component::Val::Bool(false)];
+        let t = Instant::now();
+        func.call_async(&mut store, &params, &mut results).await.unwrap();
+        bare_record.push(t.elapsed());
+    }
+    let bare_record = median(bare_record);
     println!();
     println!("call overhead ({n} calls each)");
     println!("  bare typed call add(u32, u32)               {}", us(bare_add));
     println!("  Runtime::call add, JSON in/out              {}", us(json_add));
     println!("  overhead of the JSON path                   {}", us(json_add.saturating_sub(bare_add)));
+    println!("  bare dynamic call echo-everything (Vals)    {}", us(bare_record));
     println!("  Runtime::call echo-everything (22 fields)   {}", us(json_record));
+    println!("  overhead of the JSON path, record           {}", us(json_record.saturating_sub(bare_record)));
     println!("  ratio JSON add / bare add                   {:.1}x", json_add.as_secs_f64() / bare_add.as_secs_f64());
 
     // 3. Runaway guest.

@@ -124,8 +124,16 @@ pub(crate) fn link(
 ) -> Result<Vec<InstancePre<HostState>>, RuntimeError> {
     let mut pres = Vec::with_capacity(components.len());
     for (k, component) in components.iter().enumerate() {
-        let mut linker = base.clone();
         let ty = component.component_type();
+        let forwarded = ty.imports(engine).any(|(import, _)| (0..k).any(|j| components[j].get_export_index(None, import).is_some()));
+        if !forwarded {
+            // Only host imports (the common single-component case): the base
+            // linker serves as is, no clone needed.
+            let pre = base.instantiate_pre(component).map_err(|e| import_error(id, &names[k], component, engine, e))?;
+            pres.push(pre);
+            continue;
+        }
+        let mut linker = base.clone();
         for (import, ext) in ty.imports(engine) {
             // The latest earlier component exporting this name provides it.
             let Some(j) = (0..k).rev().find(|&j| components[j].get_export_index(None, import).is_some()) else { continue };

@@ -74,6 +74,28 @@ pub fn json_args_to_vals(params: &[(String, WitType)], args: &Value) -> Result<V
 /// Converts one JSON value to a component value of type `ty`; `path` names
 /// the parameter (and the position inside it) for error messages.
 pub fn json_to_val(ty: &WitType, v: &Value, path: &str) -> Result<Val, ArgError> {
+    convert(ty, v, &Seg::Root(path))
+}
+
+/// Where a value sits inside a parameter, built on the stack so the success
+/// path allocates nothing for it; rendered only for an error.
+enum Seg<'a> {
+    Root(&'a str),
+    Field(&'a Seg<'a>, &'a str),
+    Index(&'a Seg<'a>, usize),
+}
+
+impl fmt::Display for Seg<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seg::Root(s) => f.write_str(s),
+            Seg::Field(p, n) => write!(f, "{p}.{n}"),
+            Seg::Index(p, i) => write!(f, "{p}[{i}]"),
+        }
+    }
+}
+
+fn convert(ty: &WitType, v: &Value, path: &Seg<'_>) -> Result<Val, ArgError> {
     let mismatch = || ArgError::Mismatch { param: path.to_string(), expected: ty.to_string(), got: excerpt(v) };
     Ok(match ty {
         WitType::Bool => Val::Bool(v.as_bool().ok_or_else(mismatch)?),
@@ -101,20 +123,20 @@ pub fn json_to_val(ty: &WitType, v: &Value, path: &str) -> Result<Val, ArgError>
             let vals = items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| json_to_val(element, item, &format!("{path}[{i}]")))
+                .map(|(i, item)| convert(element, item, &Seg::Index(path, i)))
                 .collect::<Result<_, _>>()?;
             Val::List(vals)
         }
         WitType::Option { inner } => match v {
             Value::Null => Val::Option(None),
-            other => Val::Option(Some(Box::new(json_to_val(inner, other, path)?))),
+            other => Val::Option(Some(Box::new(convert(inner, other, path)?))),
         },
         WitType::Result { ok, err } => {
             let obj = v.as_object().filter(|o| o.len() == 1).ok_or_else(mismatch)?;
             let (case, payload) = obj.iter().next().expect("one entry");
             let payload_val = |t: &Option<Box<WitType>>, sub: &str| -> Result<Option<Box<Val>>, ArgError> {
                 match t {
-                    Some(t) => Ok(Some(Box::new(json_to_val(t, payload, &format!("{path}.{sub}"))?))),
+                    Some(t) => Ok(Some(Box::new(convert(t, payload, &Seg::Field(path, sub))?))),
                     None if payload.is_null() => Ok(None),
                     None => Err(mismatch()),
                 }
@@ -131,30 +153,35 @@ pub fn json_to_val(ty: &WitType, v: &Value, path: &str) -> Result<Val, ArgError>
                 .iter()
                 .zip(arr)
                 .enumerate()
-                .map(|(i, (t, item))| json_to_val(t, item, &format!("{path}[{i}]")))
+                .map(|(i, (t, item))| convert(t, item, &Seg::Index(path, i)))
                 .collect::<Result<_, _>>()?;
             Val::Tuple(vals)
         }
         WitType::Record { fields } => {
             let obj = v.as_object().ok_or_else(mismatch)?;
-            if let Some(unknown) = obj.keys().find(|k| !fields.iter().any(|(f, _)| f == *k)) {
+            let mut vals = Vec::with_capacity(fields.len());
+            let mut present = 0;
+            for (name, fty) in fields {
+                let sub = Seg::Field(path, name);
+                let val = match (obj.get(name), fty) {
+                    (Some(fv), _) => {
+                        present += 1;
+                        convert(fty, fv, &sub)?
+                    }
+                    (None, WitType::Option { .. }) => Val::Option(None),
+                    (None, _) => {
+                        return Err(ArgError::Mismatch { param: sub.to_string(), expected: fty.to_string(), got: "nothing (field missing)".into() })
+                    }
+                };
+                vals.push((name.clone(), val));
+            }
+            if present < obj.len() {
+                let unknown = obj.keys().find(|k| !fields.iter().any(|(f, _)| f == *k)).expect("an extra key exists");
                 return Err(ArgError::Mismatch {
                     param: format!("{path}.{unknown}"),
                     expected: format!("no such field; {ty} has fields {}", field_names(fields)),
                     got: excerpt(&obj[unknown]),
                 });
-            }
-            let mut vals = Vec::with_capacity(fields.len());
-            for (name, fty) in fields {
-                let sub = format!("{path}.{name}");
-                let val = match (obj.get(name), fty) {
-                    (Some(fv), _) => json_to_val(fty, fv, &sub)?,
-                    (None, WitType::Option { .. }) => Val::Option(None),
-                    (None, _) => {
-                        return Err(ArgError::Mismatch { param: sub, expected: fty.to_string(), got: "nothing (field missing)".into() })
-                    }
-                };
-                vals.push((name.clone(), val));
             }
             Val::Record(vals)
         }
@@ -169,7 +196,7 @@ pub fn json_to_val(ty: &WitType, v: &Value, path: &str) -> Result<Val, ArgError>
             };
             let (_, cty) = cases.iter().find(|(c, _)| c == case).ok_or_else(mismatch)?;
             let payload = match (cty, payload) {
-                (Some(t), Some(p)) => Some(Box::new(json_to_val(t, p, &format!("{path}.{case}"))?)),
+                (Some(t), Some(p)) => Some(Box::new(convert(t, p, &Seg::Field(path, case))?)),
                 (None, None) | (None, Some(Value::Null)) => None,
                 _ => return Err(mismatch()),
             };
