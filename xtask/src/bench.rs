@@ -491,11 +491,12 @@ fn scale(s: &mut Suite) -> anyhow::Result<()> {
         }
         let noop_med = median(&noop);
         boot_med.insert(n, noop_med);
-        let r = s.row("scale", format!("N={n}: pure plan (deploy::plan, in process)"), "ms", vec![plan_us / 1e3]);
+        let r = s.row("scale", format!("N={n}: pure plan (deploy::plan, in process)"), "µs", vec![plan_us]);
         if n == 1000 {
-            r.at_most(20.0);
+            r.at_most(20_000.0);
         }
-        s.row("scale", format!("N={n}: resolve desired state (in process)"), "ms", vec![resolve_us / 1e3]);
+        s.row("scale", format!("N={n}: plan per service"), "µs", vec![plan_us / n as f64]);
+        s.row("scale", format!("N={n}: resolve desired state (in process)"), "µs", vec![resolve_us]);
         s.row("scale", format!("N={n}: `sysdeploy plan` (process)"), "ms", plan_cli);
         s.row("scale", format!("N={n}: no-op boot, run --once (process)"), "ms", noop);
         let r = s.row("scale", format!("N={n}: no-op boot to /health 200 (process)"), "ms", health);
