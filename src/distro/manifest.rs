@@ -365,11 +365,15 @@ pub struct FileRead {
 pub struct DiskFiles {
     root: PathBuf,
     reads: Mutex<Vec<FileRead>>,
+    /// Files already read, by (folder, path): services sharing a component
+    /// share one copy of its bytes and hash it once (N services referencing
+    /// one `.wasm` would otherwise hold N copies).
+    cache: Mutex<BTreeMap<(String, String), FileData>>,
 }
 
 impl DiskFiles {
     pub fn new(root: &Path) -> DiskFiles {
-        DiskFiles { root: root.to_path_buf(), reads: Mutex::new(Vec::new()) }
+        DiskFiles { root: root.to_path_buf(), reads: Mutex::new(Vec::new()), cache: Mutex::new(BTreeMap::new()) }
     }
     /// Every file read so far, sorted by folder and path, deduplicated.
     pub fn reads(&self) -> Vec<FileRead> {
@@ -382,6 +386,10 @@ impl DiskFiles {
 
 impl PackageFiles for DiskFiles {
     fn read(&self, dir: &str, rel: &str) -> Result<FileData, FileError> {
+        let key = (dir.to_string(), rel.to_string());
+        if let Some(d) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(d.clone());
+        }
         let path = self.root.join(dir).join(rel);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -395,7 +403,9 @@ impl PackageFiles for DiskFiles {
             path,
             blake3,
         });
-        Ok(FileData { bytes: Bytes::Shared(bytes.into()), blake3 })
+        let data = FileData { bytes: Bytes::Shared(bytes.into()), blake3 };
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, data.clone());
+        Ok(data)
     }
 }
 
@@ -1145,4 +1155,32 @@ pub fn load(root_label: &str, sources: &[ManifestSource], files: &dyn PackageFil
     let mut slots: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
     let packages = order.iter().map(|n| slots[by_name[n]].take().expect("each package once").package).collect();
     Ok(Catalog { packages })
+}
+
+#[cfg(test)]
+mod disk_files_tests {
+    use super::*;
+
+    /// Services sharing a component share one copy of its bytes: a folder
+    /// with many services must not hold (and hash) the file once per service.
+    #[test]
+    fn services_sharing_a_component_share_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("shared");
+        std::fs::create_dir_all(&pkg).unwrap();
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/v1/kv-store/kv-store.wasm");
+        std::fs::copy(&wasm, pkg.join("kv-store.wasm")).unwrap();
+        let mut m = String::from("[package]\nname = \"shared\"\nversion = \"0.1.0\"\n");
+        for alias in ["one", "two", "three"] {
+            m.push_str(&format!("\n[[service]]\nalias = \"{alias}\"\ncomponents = [\"kv-store.wasm\"]\n"));
+        }
+        std::fs::write(pkg.join("distro.toml"), m).unwrap();
+        let catalog = load_dir(dir.path()).unwrap();
+        let comps: Vec<&ComponentSpec> = catalog.packages[0].services.iter().map(|s| &s.components[0]).collect();
+        assert_eq!(comps.len(), 3);
+        for c in &comps[1..] {
+            assert_eq!(c.hash, comps[0].hash);
+            assert!(std::ptr::eq(c.bytes.as_ptr(), comps[0].bytes.as_ptr()), "each service got its own copy of the component bytes");
+        }
+    }
 }
