@@ -170,11 +170,16 @@ impl Deployer {
         }
 
         // Then packages by dependency level; a level's packages in parallel.
+        // Steps are grouped by package once (linear in the plan's size).
+        let mut by_package: BTreeMap<&PackageName, Vec<&Step>> = BTreeMap::new();
+        for s in plan.steps.iter().filter(|s| !is_removal(s)) {
+            by_package.entry(s.package()).or_default().push(s);
+        }
         let levels = levels(desired);
         for level in levels {
             let mut futs = Vec::new();
             for p in level {
-                let steps: Vec<&Step> = plan.steps.iter().filter(|s| s.package() == &p.name && !is_removal(s)).collect();
+                let steps: Vec<&Step> = by_package.remove(&p.name).unwrap_or_default();
                 let blocked: Vec<&PackageName> = p.depends_on.iter().filter(|d| failed_packages.contains(*d)).collect();
                 let stop_now = stop;
                 let services = &services;
