@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_set)]
     pub set: Vec<(String, String)>,
 
+    /// Deploy the packages of this folder (`<dir>/<package>/distro.toml`)
+    /// instead of the ones embedded in the binary: for developing packages
+    /// and for tests. Validated exactly like the build validates distros/.
+    #[arg(long, global = true, value_name = "DIR", env = "SYSDEPLOY_DISTROS_DIR")]
+    pub distros_dir: Option<PathBuf>,
+
     /// Log format on stderr; the filter comes from RUST_LOG (default: info)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -160,6 +166,10 @@ impl Cli {
 #[derive(Debug)]
 pub struct Context {
     pub config: EffectiveConfig,
+    /// The packages to deploy: embedded, or loaded from `--distros-dir`.
+    pub catalog: &'static crate::distro::Catalog,
+    /// How the config was loaded, so `run` can re-read it on reload.
+    pub load_opts: LoadOptions,
     pub schemas: Vec<PackageSchema>,
     pub log_format: LogFormat,
 }
@@ -201,16 +211,31 @@ pub fn main() -> ExitCode {
     run(cli, env).into()
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.is_empty() => EnvFilter::try_new(&s).unwrap_or_else(|e| {
-            eprintln!("warning: RUST_LOG={s:?} is not a valid filter ({e}); logging at info");
-            EnvFilter::new("info")
-        }),
-        _ => EnvFilter::new("info"),
+/// Compiler crates whose debug/trace output is gigabytes per cold boot (every
+/// IR pass of every function); kept at `warn` unless RUST_LOG names them.
+const NOISY_TARGETS: &[&str] = &["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "regalloc2", "wasmtime_cranelift", "wasmtime_internal_cranelift"];
+
+/// The effective log filter for a RUST_LOG value (`None`: unset).
+fn log_filter(rust_log: Option<&str>) -> String {
+    let base = match rust_log.map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "info".to_string(),
     };
+    if base.contains("cranelift") || base.contains("regalloc") {
+        return base;
+    }
+    let quiet: Vec<String> = NOISY_TARGETS.iter().map(|t| format!("{t}=warn")).collect();
+    format!("{base},{}", quiet.join(","))
+}
+
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = EnvFilter::try_new(log_filter(rust_log.as_deref())).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG={:?} is not a valid filter ({e}); logging at info", rust_log.unwrap_or_default());
+        EnvFilter::new(log_filter(None))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -224,7 +249,18 @@ fn init_logging(format: LogFormat) {
 
 /// Loads the config and dispatches; `env` is the process environment.
 pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
-    let schemas = crate::distro::package_schemas();
+    let catalog: &'static crate::distro::Catalog = match &cli.distros_dir {
+        None => crate::distro::embedded(),
+        Some(dir) => match crate::distro::Catalog::load_dir(dir) {
+            // One catalog per process: leaking it gives it the embedded one's lifetime.
+            Ok(c) => Box::leak(Box::new(c)),
+            Err(e) => {
+                report(cli.log_format, format!("--distros-dir {}: {e}", dir.display()));
+                return Exit::Invalid;
+            }
+        },
+    };
+    let schemas = catalog.schemas();
     let opts = LoadOptions { config_path: cli.config.clone(), env, flags: cli.flag_values() };
     let config = match config::load(&opts, &schemas) {
         Ok(c) => c,
@@ -233,7 +269,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
             return Exit::Invalid;
         }
     };
-    let ctx = Context { config, schemas, log_format: cli.log_format };
+    let ctx = Context { config, catalog, load_opts: opts, schemas, log_format: cli.log_format };
     match cli.command {
         Command::Run { once } => cmd_run(&ctx, once),
         Command::Plan { json } => cmd_plan(&ctx, json),
@@ -243,35 +279,34 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
     }
 }
 
-/// `run`: lock the state directory, open (create, migrate) the store, deploy.
+/// `run`: lock the state directory, recover, deploy, then serve API and
+/// spells until SIGINT/SIGTERM (`--once`: deploy and exit).
 fn cmd_run(ctx: &Context, once: bool) -> Exit {
-    let state = match StateDir::open_exclusive(ctx.state_dir()) {
-        Ok(s) => s,
-        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
-    };
-    let store = match Store::open(&state.store_path()) {
-        Ok(s) => s,
-        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
-    };
-    tracing::info!(state_dir = %state.path().display(), peer_id = %state.peer_id(), "state directory open and locked");
     if let Some(f) = &ctx.config.config_file {
         tracing::info!(file = %f.display(), "config file loaded");
     }
     for e in ctx.config.entries() {
         tracing::debug!(key = %e.key, value = %e.value, source = %e.source, "config");
     }
-    deploy_and_serve(ctx, &state, &store, once)
+    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), ctx.catalog, once)
 }
 
-/// PLACEHOLDER (deployer / node issues): deploy, then serve until a signal.
-fn deploy_and_serve(ctx: &Context, _state: &StateDir, _store: &Store, _once: bool) -> Exit {
-    ctx.fail(Exit::DeployFailed, "deploying arrives with the deployer issue; the state directory and store are ready, nothing was deployed")
-}
-
-/// `plan`: read-only; never takes the lock.
-fn cmd_plan(ctx: &Context, _json: bool) -> Exit {
-    // PLACEHOLDER (deployer issue): desired (config + distros) vs current (store) → plan.
-    ctx.fail(Exit::DeployFailed, "planning arrives with the deployer issue")
+/// `plan`: read-only; never takes the lock, never writes.
+fn cmd_plan(ctx: &Context, json: bool) -> Exit {
+    let (plan, host) = match crate::node::plan_readonly(&ctx.config, ctx.catalog) {
+        Ok(p) => p,
+        Err(e) => return ctx.fail(e.exit, e.message),
+    };
+    if json {
+        let doc = json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("plan serialises"));
+    } else {
+        if host.is_none() {
+            println!("state directory {} is not initialised yet; the first `sysdeploy run` does this:", ctx.state_dir().display());
+        }
+        print!("{plan}");
+    }
+    Exit::Ok
 }
 
 /// `call`: arguments are checked here; the HTTP call arrives with the API issue.
@@ -288,8 +323,24 @@ fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
             return ctx.fail(Exit::Invalid, format!("JSON-ARGS {args:?} is not a JSON array; pass e.g. '[\"key-1\", 42]' or nothing for []"))
         }
     }
-    // PLACEHOLDER (API issue): POST /v1/services/{alias}/call/{function} with the token.
-    ctx.fail(Exit::DeployFailed, "calling services arrives with the HTTP API issue")
+    let args: Json = serde_json::from_str(args).expect("checked above");
+    let state = match StateDir::open_shared(ctx.state_dir()) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let token = match state.api_token() {
+        Ok(t) => t,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    let addr = ctx.config.node.api_listen;
+    match crate::api::client::call(addr, &token, alias, function, args) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            Exit::Ok
+        }
+        Err(e @ crate::api::client::ClientError::NodeNotRunning { .. }) => ctx.fail(Exit::DeployFailed, e),
+        Err(e) => ctx.fail(Exit::DeployFailed, e),
+    }
 }
 
 /// `config`: the effective config with sources; secrets redacted.
@@ -331,13 +382,17 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
     Exit::Ok
 }
 
-/// `status`: identity and store; read-only, never takes the lock.
+/// `status`: identity, store, what is deployed (services with aliases and
+/// blueprints, spells) and the last deployment; read-only, never takes the lock.
 fn cmd_status(ctx: &Context, json: bool) -> Exit {
     let dir = ctx.state_dir();
     let known = MIGRATIONS.len() as i64;
     if !dir.exists() {
         if json {
-            println!("{}", json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "deployment": null }));
+            println!(
+                "{}",
+                json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "services": [], "spells": [], "deployment": null })
+            );
         } else {
             println!("state directory: {} (does not exist yet; `sysdeploy run` creates it)", dir.display());
             println!("deployment:      no deployment yet");
@@ -349,30 +404,136 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
     let store_path = state.store_path();
-    let version = match Store::open_read_only(&store_path) {
-        Ok(store) => match store.lock().query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
-            Ok(v) => Some(v),
-            Err(source) => return ctx.fail(Exit::StoreUnusable, StoreError::Corrupt { path: store_path, source }),
-        },
+    let store = match Store::open_read_only(&store_path) {
+        Ok(store) => Some(store),
         Err(StoreError::Missing { .. }) => None,
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
+    let deployed = match &store {
+        Some(store) => match read_deployed(store, &store_path) {
+            Ok(d) => Some(d),
+            Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+        },
+        None => None,
+    };
+    let version = deployed.as_ref().map(|d| d.schema_version);
+    let empty = Deployment::default();
+    let d = deployed.as_ref().unwrap_or(&empty);
     if json {
         let store = version.map(|v| json!({ "path": store_path, "schema_version": v, "known_schema_version": known }));
-        println!(
-            "{}",
-            json!({ "state_dir": dir, "initialised": true, "peer_id": state.peer_id(), "store": store, "deployment": null })
-        );
+        let doc = json!({
+            "state_dir": dir,
+            "initialised": true,
+            "peer_id": state.peer_id(),
+            "store": store,
+            "services": d.services,
+            "spells": d.spells,
+            "deployment": d.last,
+        });
+        println!("{doc}");
+        return Exit::Ok;
+    }
+    println!("state directory: {}", dir.display());
+    println!("peer id:         {}", state.peer_id());
+    match version {
+        Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
+        None => println!("state store:     {} (not created yet)", store_path.display()),
+    }
+    let text = |v: &Json| v.as_str().map(str::to_string).unwrap_or_else(|| "-".to_string());
+    if d.services.is_empty() {
+        println!("services:        none");
     } else {
-        println!("state directory: {}", dir.display());
-        println!("peer id:         {}", state.peer_id());
-        match version {
-            Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
-            None => println!("state store:     {} (not created yet)", store_path.display()),
+        println!("services:");
+        for s in &d.services {
+            let aliases: Vec<String> = s["aliases"].as_array().into_iter().flatten().map(text).collect();
+            let aliases = if aliases.is_empty() { "(no alias)".to_string() } else { aliases.join(", ") };
+            let package = match (s["package"].as_str(), s["version"].as_str()) {
+                (Some(p), Some(v)) => format!("  package {p} {v}"),
+                _ => String::new(),
+            };
+            println!("  {aliases:<20} service {}  blueprint {}{package}", text(&s["id"]), text(&s["blueprint_id"]));
         }
-        println!("deployment:      no deployment yet");
+    }
+    if d.spells.is_empty() {
+        println!("spells:          none");
+    } else {
+        println!("spells:");
+        for s in &d.spells {
+            let period = s["trigger"]["period_sec"].as_u64().map_or_else(|| "-".to_string(), |p| format!("every {p} s"));
+            println!("  {:<20} spell {}  {period}, {} runs", text(&s["alias"]), text(&s["id"]), s["run_count"].as_u64().unwrap_or(0));
+        }
+    }
+    match &d.last {
+        None => println!("deployment:      no deployment yet"),
+        Some(r) => {
+            println!("last deployment: {}", text(&r["summary"]));
+            for f in r["failures"].as_array().into_iter().flatten() {
+                println!("  failed: {}", text(f));
+            }
+        }
     }
     Exit::Ok
+}
+
+/// What `status` shows from the store, as JSON values.
+#[derive(Default)]
+struct Deployment {
+    schema_version: i64,
+    /// Every service in the runtime's records (so orphans would show, with no alias).
+    services: Vec<Json>,
+    spells: Vec<Json>,
+    /// The last report, plus its one-line `summary` and its `failures`.
+    last: Option<Json>,
+}
+
+fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
+    let schema_version = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(|source| StoreError::Corrupt { path: path.to_path_buf(), source }.to_string())?;
+    let journal = crate::deploy::journal::Journal::new(store.clone());
+    let deployed = journal.deployed().map_err(|e| format!("{}: reading deployments: {e}", path.display()))?;
+    let aliases = crate::runtime::records::aliases(store).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = crate::runtime::records::services(store).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = services
+        .into_iter()
+        .map(|s| {
+            let names: Vec<Alias> = aliases
+                .iter()
+                .filter(|a| matches!(&a.target, crate::runtime::AliasTarget::Service(id) if *id == s.id))
+                .map(|a| a.alias.clone())
+                .collect();
+            let entry = names.iter().find_map(|a| deployed.get(a));
+            crate::node::service_json(&s.id, &names, &s.blueprint_id, &s.owner, s.created_at, entry)
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let spells = crate::spell::read_spells(store, now)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "alias": s.alias,
+                "owner": s.owner,
+                "script_hash": s.script_hash,
+                "trigger": s.trigger,
+                "last_run": s.last_run,
+                "next_run": s.next_run,
+                "run_count": s.run_count,
+            })
+        })
+        .collect();
+    let last = journal.last_report().map_err(|e| format!("{}: reading the last deployment: {e}", path.display()))?.map(|mut v| {
+        if let Ok(r) = serde_json::from_value::<crate::deploy::Report>(v.clone()) {
+            if let Json::Object(o) = &mut v {
+                o.insert("summary".into(), json!(r.summary()));
+                o.insert("failures".into(), json!(r.failures()));
+            }
+        }
+        v
+    });
+    Ok(Deployment { schema_version, services, spells, last })
 }
 
 #[cfg(test)]
@@ -383,6 +544,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trace_does_not_include_the_compiler_unless_asked() {
+        assert!(log_filter(None).starts_with("info,cranelift_codegen=warn"));
+        assert!(log_filter(Some("trace")).starts_with("trace,cranelift_codegen=warn"));
+        assert_eq!(log_filter(Some("trace,cranelift_codegen=trace")), "trace,cranelift_codegen=trace");
+        for f in [log_filter(None), log_filter(Some("debug,sysdeploy=trace"))] {
+            tracing_subscriber::EnvFilter::try_new(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! sysdeploy: declarative boot-time deployer of system services and spells
 //! for nodes that host WebAssembly services. See ARCHITECTURE.md for the map.
+#[macro_use]
+pub mod failpoint;
+
 pub mod api;
 pub mod cli;
 pub mod config;

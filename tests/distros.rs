@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use sysdeploy::config::schema::ValueType;
+use sysdeploy::config::{self, LoadOptions};
 use sysdeploy::distro::{self, Catalog, ClockStart, ConfigChange, InitRun, LookupFn, TemplateError};
 use sysdeploy::ids::{ComponentHash, PackageName, PeerId};
 
@@ -265,6 +266,43 @@ fn a_fifth_package_is_a_new_folder_and_nothing_else() {
     for p in &distro::embedded().packages {
         assert_eq!(c.package(&p.name), Some(p));
     }
+
+    // The config layer picks the new section up from the schemas alone: it is
+    // enabled by default, takes env overrides, and its init resolves from them.
+    let opts = LoadOptions {
+        env: vec![("SYSDEPLOY_SYSTEM_SERVICES__KV_STORE__GREETING".into(), "hi".into())],
+        ..LoadOptions::default()
+    };
+    let cfg = config::load(&opts, &c.schemas()).unwrap();
+    assert!(cfg.system_services.enable.contains(&pkg("kv-store")));
+    let section = &cfg.system_services.packages[&pkg("kv-store")];
+    assert_eq!(section["greeting"].value, json!("hi"));
+    assert_eq!(kv.services[0].init[0].resolve(section).unwrap().calls, vec![vec![json!("hi")]]);
+    let file = tmp.path().join("node.toml");
+    std::fs::write(&file, "[system_services.kv_store]\ngreting = \"typo\"\n").unwrap();
+    let err = config::load(&LoadOptions { config_path: Some(file), ..LoadOptions::default() }, &c.schemas()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("system_services.kv_store.greting") && msg.contains("node.toml"), "{msg}");
+}
+
+#[test]
+fn legacy_env_names_of_the_manifests_work_and_lose_to_sysdeploy_names() {
+    let schemas = distro::package_schemas();
+    let load = |env: &[(&str, &str)]| {
+        let opts = LoadOptions { env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..LoadOptions::default() };
+        config::load(&opts, &schemas).unwrap()
+    };
+    let legacy = ("FLUENCE_ENV_DECIDER_IPFS_MULTIADDR", "/dns4/legacy/tcp/5001");
+    let cfg = load(&[legacy]);
+    let v = &cfg.system_services.packages[&pkg("decider")]["worker_ipfs_multiaddr"];
+    assert_eq!(v.value, json!("/dns4/legacy/tcp/5001"));
+    let cfg = load(&[legacy, ("SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WORKER_IPFS_MULTIADDR", "/dns4/new/tcp/5001")]);
+    let v = &cfg.system_services.packages[&pkg("decider")]["worker_ipfs_multiaddr"];
+    assert_eq!(v.value, json!("/dns4/new/tcp/5001"));
+    // The resolved spell KV follows the effective config.
+    let decider = distro::embedded().package(&pkg("decider")).unwrap();
+    let kv = decider.spells[0].resolve_kv(&cfg.system_services.packages[&pkg("decider")]).unwrap();
+    assert_eq!(kv["worker_ipfs_multiaddr"].value, json!("/dns4/new/tcp/5001"));
 }
 
 #[test]
@@ -347,5 +385,339 @@ fn spell_scripts_compile() {
         for s in &p.spells {
             engine.compile(&*s.script).unwrap_or_else(|e| panic!("{} ({}): {e}", s.alias, p.name));
         }
+    }
+}
+
+// ------------------------------------------- the packages through the runtime
+
+mod through_runtime {
+    use super::*;
+    use rhai::{Dynamic, Engine, ImmutableString};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use sysdeploy::distro::{Package, ServiceSpec};
+    use sysdeploy::ids::ServiceId;
+    use sysdeploy::runtime::{AliasTarget, CallError, Runtime, RuntimeConfig, RuntimeOptions};
+    use sysdeploy::store::Store;
+
+    fn host() -> PeerId {
+        PeerId::from_ed25519_public(&[9u8; 32])
+    }
+
+    /// A runtime over a state directory that can be reopened (a restart).
+    struct Node {
+        dir: tempfile::TempDir,
+        rt: Runtime,
+    }
+
+    fn open(dir: &Path) -> Runtime {
+        let store = Store::open(&dir.join("state.db")).unwrap();
+        let cfg = RuntimeConfig { state_dir: dir.to_path_buf(), call_ttl: Duration::from_secs(20), epoch_tick: Duration::from_millis(10) };
+        Runtime::open_with(store, cfg, RuntimeOptions { host_peer: Some(host()), ..RuntimeOptions::default() }).unwrap()
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = open(dir.path());
+            Node { dir, rt }
+        }
+
+        fn restart(self) -> Node {
+            let Node { dir, rt } = self;
+            drop(rt);
+            let rt = open(dir.path());
+            Node { dir, rt }
+        }
+
+        /// Installs a service the way the deployer does: components with their
+        /// build-time hashes, blueprint, service, alias, then its init calls
+        /// resolved against `config`.
+        async fn install(&self, svc: &ServiceSpec, config: &BTreeMap<String, Value>) -> ServiceId {
+            for c in &svc.components {
+                assert_eq!(self.rt.add_component(&c.bytes, Some(c.hash)).unwrap(), c.hash);
+            }
+            let bp = self.rt.put_blueprint(&svc.blueprint()).unwrap();
+            assert_eq!(bp, svc.blueprint().id());
+            let id = self.rt.create_service(&bp, &host()).await.unwrap();
+            self.rt.bind_alias(&svc.alias, AliasTarget::Service(id.clone()), &host()).unwrap();
+            for init in &svc.init {
+                let r = init.resolve(config).unwrap();
+                for args in r.calls {
+                    let out = self.call(svc.alias.as_str(), &r.function, Value::Array(args)).await;
+                    assert!(out.get("err").is_none(), "init {} failed: {out}", r.function);
+                }
+            }
+            id
+        }
+
+        async fn call(&self, alias: &str, f: &str, args: Value) -> Value {
+            self.rt.call(alias, f, args).await.unwrap_or_else(|e| panic!("{alias}.{f}: {e}"))
+        }
+    }
+
+    fn system(name: &str) -> &'static Package {
+        distro::embedded().package(&pkg(name)).unwrap()
+    }
+
+    fn err_text(v: &Value) -> String {
+        v.get("err").and_then(Value::as_str).unwrap_or_else(|| panic!("expected an err result, got {v}")).to_string()
+    }
+
+    #[tokio::test]
+    async fn aqua_ipfs_validates_stores_and_keeps_multiaddrs() {
+        let p = system("aqua-ipfs");
+        let node = Node::new();
+        node.install(&p.services[0], &values(p, &[("external_api_multiaddr", json!("/dns4/ipfs.example.com/tcp/443/https"))])).await;
+        assert_eq!(node.call("aqua-ipfs", "get-local-api-multiaddr", json!([])).await, json!({"ok": "/ip4/127.0.0.1/tcp/5001"}));
+        assert_eq!(node.call("aqua-ipfs", "get-external-api-multiaddr", json!([])).await, json!({"ok": "/dns4/ipfs.example.com/tcp/443/https"}));
+        for bad in ["127.0.0.1:5001", "/ip4/300.1.1.1/tcp/5001", "/ip4/127.0.0.1", "/ip4/127.0.0.1/tcp/99999", "/ip6/zz/tcp/1"] {
+            let out = node.call("aqua-ipfs", "set-external-api-multiaddr", json!([bad])).await;
+            assert!(err_text(&out).contains("is invalid"), "{bad}: {out}");
+        }
+        let out = node.call("aqua-ipfs", "set-local-api-multiaddr", json!(["/ip6/::1/tcp/5001"])).await;
+        assert_eq!(out, json!({"ok": null}));
+        // A restart needs no re-init: the values live in the data directory.
+        let node = node.restart();
+        assert_eq!(node.call("aqua-ipfs", "get-local-api-multiaddr", json!([])).await, json!({"ok": "/ip6/::1/tcp/5001"}));
+        assert_eq!(node.call("aqua-ipfs", "get-external-api-multiaddr", json!([])).await, json!({"ok": "/dns4/ipfs.example.com/tcp/443/https"}));
+    }
+
+    fn signing_key(label: &str) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(blake3::hash(format!("sysdeploy trust-graph fixture: {label}").as_bytes()).as_bytes())
+    }
+
+    fn peer(k: &ed25519_dalek::SigningKey) -> String {
+        PeerId::from_ed25519_public(k.verifying_key().as_bytes()).to_string()
+    }
+
+    fn link(issuer: &ed25519_dalek::SigningKey, issued_for: &str, expires_at: u64, issued_at: u64) -> Value {
+        use ed25519_dalek::Signer;
+        let mut m = b"sysdeploy-trust-v1\0".to_vec();
+        m.extend_from_slice(&(issued_for.len() as u32).to_le_bytes());
+        m.extend_from_slice(issued_for.as_bytes());
+        m.extend_from_slice(&expires_at.to_le_bytes());
+        m.extend_from_slice(&issued_at.to_le_bytes());
+        json!({
+            "issued-for": issued_for,
+            "issuer-public-key": hex::encode(issuer.verifying_key().as_bytes()),
+            "signature": hex::encode(issuer.sign(&m).to_bytes()),
+            "expires-at": expires_at,
+            "issued-at": issued_at,
+        })
+    }
+
+    #[tokio::test]
+    async fn trust_graph_weighs_chains_and_rejects_bad_signatures_and_expired_links() {
+        let p = system("trust-graph");
+        let node = Node::new();
+        node.install(&p.services[0], &values(p, &[])).await;
+        let (root, relay, worker) = (signing_key("root"), signing_key("relay"), signing_key("worker"));
+        let weight = |peer: String| {
+            let node = &node;
+            async move { node.call("trust-graph", "get-weight", json!([peer])).await }
+        };
+        assert_eq!(weight(peer(&root)).await, json!(16));
+        assert_eq!(weight(peer(&relay)).await, json!(8));
+        assert_eq!(weight(peer(&worker)).await, json!(4));
+        assert_eq!(weight(peer(&signing_key("nobody"))).await, Value::Null);
+        let certs = node.call("trust-graph", "get-certs", json!([peer(&worker)])).await;
+        assert_eq!(certs.as_array().unwrap().len(), 1);
+        assert_eq!(certs[0]["chain"].as_array().unwrap().len(), 3);
+
+        let (far, past) = (4_102_444_800u64, 1_700_000_000u64);
+        let root_link = link(&root, &peer(&root), far, past);
+        let newcomer = signing_key("newcomer");
+
+        // A valid new chain is accepted, and inserting it twice is a no-op.
+        let good = json!({"chain": [root_link.clone(), link(&root, &peer(&newcomer), far, past)]});
+        assert_eq!(node.call("trust-graph", "insert-cert", json!([good.clone()])).await, json!({"ok": null}));
+        assert_eq!(node.call("trust-graph", "insert-cert", json!([good])).await, json!({"ok": null}));
+        assert_eq!(node.call("trust-graph", "get-certs", json!([peer(&newcomer)])).await.as_array().unwrap().len(), 1);
+
+        // Tampering with a signed field breaks the signature.
+        let mut tampered = link(&root, &peer(&newcomer), far, past);
+        tampered["expires-at"] = json!(far + 1);
+        let out = node.call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), tampered]}])).await;
+        assert!(err_text(&out).contains("link 1") && err_text(&out).contains("bad signature"), "{out}");
+
+        // A link signed by someone who is not the previous link's subject.
+        let out = node.call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), link(&newcomer, &peer(&worker), far, past)]}])).await;
+        assert!(err_text(&out).contains("the chain is broken"), "{out}");
+
+        // Expired links are rejected even when correctly signed.
+        let out = node.call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), link(&root, &peer(&newcomer), past + 10, past)]}])).await;
+        assert!(err_text(&out).contains("expired at"), "{out}");
+
+        // Chains must start at a root.
+        let stranger = signing_key("stranger");
+        let out = node.call("trust-graph", "insert-cert", json!([{"chain": [link(&stranger, &peer(&stranger), far, past)]}])).await;
+        assert!(err_text(&out).contains("is not a root"), "{out}");
+
+        // Roots can be added at run time; the graph survives a restart.
+        assert_eq!(node.call("trust-graph", "set-root", json!([peer(&stranger), 2])).await, json!({"ok": null}));
+        let node = node.restart();
+        assert_eq!(node.call("trust-graph", "get-weight", json!([peer(&stranger)])).await, json!(2));
+        assert_eq!(node.call("trust-graph", "get-weight", json!([peer(&worker)])).await, json!(4));
+    }
+
+    #[tokio::test]
+    async fn registry_keeps_newest_records_and_clears_expired_ones() {
+        let p = system("registry");
+        let node = Node::new();
+        node.install(&p.services[0], &values(p, &[("expired_period_sec", json!(100))])).await;
+        assert_eq!(node.call("registry", "get-expiry", json!([])).await, json!(100));
+        let ok = json!({"ok": null});
+        assert_eq!(node.call("registry", "register", json!(["a", "1", "12D3KooWA", 1000])).await, ok);
+        assert_eq!(node.call("registry", "register", json!(["a", "2", "12D3KooWA", 1050])).await, ok);
+        assert_eq!(node.call("registry", "register", json!(["b", "x", "12D3KooWB", 1010])).await, ok);
+        let out = node.call("registry", "register", json!(["a", "old", "12D3KooWA", 900])).await;
+        assert!(err_text(&out).contains("older than the stored one"), "{out}");
+        assert_eq!(node.call("registry", "get", json!(["a"])).await, json!({"key": "a", "value": "2", "issuer": "12D3KooWA", "timestamp": 1050}));
+        assert_eq!(node.call("registry", "get", json!(["zzz"])).await, Value::Null);
+        // period 0 = the expiry set at init (100 s): b (1010) expires at 1110, a at 1150.
+        assert_eq!(node.call("registry", "clear-expired", json!([1120, 0])).await, json!(1));
+        assert_eq!(node.call("registry", "count", json!([])).await, json!(1));
+        let node = node.restart();
+        assert_eq!(node.call("registry", "clear-expired", json!([1200, 1000])).await, json!(0));
+        assert_eq!(node.call("registry", "clear-expired", json!([2050, 1000])).await, json!(1));
+        assert_eq!(node.call("registry", "count", json!([])).await, json!(0));
+        assert!(err_text(&node.call("registry", "set-expiry", json!([0])).await).contains("at least 1"));
+    }
+
+    #[tokio::test]
+    async fn connector_queue_survives_restart_and_wallet_key_init_is_optional() {
+        let p = system("decider");
+        let node = Node::new();
+        // wallet_key unset: its init call is skipped.
+        node.install(&p.services[0], &values(p, &[])).await;
+        assert_eq!(node.call("connector", "has-wallet-key", json!([])).await, json!(false));
+        for (i, item) in ["deal-1", "deal-2", "deal-3"].iter().enumerate() {
+            assert_eq!(node.call("connector", "enqueue", json!([item])).await, json!(i + 1));
+        }
+        let polled = node.call("connector", "poll", json!([2])).await;
+        assert_eq!(polled, json!([{"id": 1, "item": "deal-1"}, {"id": 2, "item": "deal-2"}]));
+        assert_eq!(node.call("connector", "ack", json!([1])).await, json!({"ok": null}));
+        assert!(err_text(&node.call("connector", "ack", json!([1])).await).contains("no queued item has id 1"));
+        let node = node.restart();
+        assert_eq!(node.call("connector", "pending", json!([])).await, json!(2));
+        assert_eq!(node.call("connector", "enqueue", json!(["deal-4"])).await, json!(4), "ids are never reused");
+
+        // With the secret set, the init call hands it over.
+        let init = &p.services[0].init[0];
+        let key = LookupFn(|k: &str| (k == "wallet_key").then(|| (json!("0xabc123"), true)));
+        let r = init.resolve(&key).unwrap();
+        assert_eq!(node.call("connector", &r.function, Value::Array(r.calls[0].clone())).await, json!({"ok": null}));
+        assert_eq!(node.call("connector", "has-wallet-key", json!([])).await, json!(true));
+        let out = node.call("connector", "set-wallet-key", json!(["has a space"])).await;
+        assert!(!err_text(&out).contains("has a space"), "the key was echoed: {out}");
+    }
+
+    /// Runs a spell script once against the runtime, with the host API of the
+    /// spell engine (`call`, `kv_*`, `now`, `log`, `spell_alias`, `peer_id`).
+    async fn run_spell(rt: &Runtime, script: &str, alias: &str, kv: Arc<Mutex<BTreeMap<String, Value>>>, now: i64) {
+        let (rt, script, alias) = (rt.clone(), script.to_string(), alias.to_string());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut e = Engine::new();
+            e.register_fn("call_service", move |a: ImmutableString, f: ImmutableString, args: Dynamic| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+                let args: Value = rhai::serde::from_dynamic(&args)?;
+                let out = handle.block_on(rt.call(&a, &f, args)).map_err(|e| e.to_string())?;
+                rhai::serde::to_dynamic(out)
+            });
+            let k = kv.clone();
+            e.register_fn("kv_get", move |key: &str| -> Dynamic {
+                k.lock().unwrap().get(key).map(|v| rhai::serde::to_dynamic(v).unwrap()).unwrap_or(Dynamic::UNIT)
+            });
+            let k = kv.clone();
+            e.register_fn("kv_set", move |key: &str, v: Dynamic| {
+                k.lock().unwrap().insert(key.to_string(), rhai::serde::from_dynamic(&v).unwrap());
+            });
+            let k = kv.clone();
+            e.register_fn("kv_remove", move |key: &str| {
+                k.lock().unwrap().remove(key);
+            });
+            e.register_fn("now", move || now);
+            e.register_fn("log", |_level: &str, _msg: Dynamic| {});
+            let a = alias.clone();
+            e.register_fn("spell_alias", move || a.clone());
+            e.register_fn("peer_id", || host().to_string());
+            e.run(&script).unwrap_or_else(|err| panic!("spell {alias}: {err}"));
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn registry_spell_clears_expired_records() {
+        let p = system("registry");
+        let node = Node::new();
+        let vals = values(p, &[]);
+        node.install(&p.services[0], &vals).await;
+        node.call("registry", "register", json!(["old", "v", "12D3KooWA", 1_000])).await;
+        node.call("registry", "register", json!(["new", "v", "12D3KooWA", 100_000])).await;
+        let spell = &p.spells[0];
+        let kv: BTreeMap<String, Value> = spell.resolve_kv(&vals).unwrap().into_iter().map(|(k, r)| (k, r.value)).collect();
+        let kv = Arc::new(Mutex::new(kv));
+        run_spell(&node.rt, &spell.script, "registry-spell", kv.clone(), 100_000).await;
+        assert_eq!(node.call("registry", "count", json!([])).await, json!(1));
+        run_spell(&node.rt, &spell.script, "registry-spell", kv.clone(), 100_001).await;
+        let kv = kv.lock().unwrap();
+        assert_eq!((kv["total_cleared"].clone(), kv["last_cleared"].clone()), (json!(1), json!(0)));
+        assert_eq!(kv["expired_period_sec"], json!(86400));
+    }
+
+    #[tokio::test]
+    async fn decider_spell_drains_the_connector_queue() {
+        let p = system("decider");
+        let node = Node::new();
+        let vals = values(p, &[]);
+        node.install(&p.services[0], &vals).await;
+        for i in 0..20 {
+            node.call("connector", "enqueue", json!([format!("item-{i}")])).await;
+        }
+        let spell = &p.spells[0];
+        let kv: BTreeMap<String, Value> = spell.resolve_kv(&vals).unwrap().into_iter().map(|(k, r)| (k, r.value)).collect();
+        assert_eq!(kv["batch_size"], json!(16));
+        let kv = Arc::new(Mutex::new(kv));
+        run_spell(&node.rt, &spell.script, "decider", kv.clone(), 1).await;
+        assert_eq!(node.call("connector", "pending", json!([])).await, json!(4));
+        run_spell(&node.rt, &spell.script, "decider", kv.clone(), 2).await;
+        assert_eq!(node.call("connector", "pending", json!([])).await, json!(0));
+        assert_eq!(kv.lock().unwrap()["processed"], json!(20));
+    }
+
+    #[tokio::test]
+    async fn kv_store_test_packages_behave_as_documented() {
+        let load = |v: &str| Catalog::load_dir(&repo().join("tests/distros").join(v)).unwrap();
+        let node = Node::new();
+        let v1 = load("v1");
+        let p = &v1.packages[0];
+        let id = node.install(&p.services[0], &values(p, &[("greeting", json!("hi"))])).await;
+        assert_eq!(node.call("kv-store", "greeting", json!([])).await, json!("hi"));
+        node.call("kv-store", "put", json!(["k", "v"])).await;
+        assert_eq!(node.call("kv-store", "get", json!(["k"])).await, json!("v"));
+        assert_eq!(node.call("kv-store", "version", json!([])).await, json!(1));
+
+        let v2 = load("v2");
+        let svc2 = &v2.packages[0].services[0];
+        for c in &svc2.components {
+            node.rt.add_component(&c.bytes, Some(c.hash)).unwrap();
+        }
+        let bp2 = node.rt.put_blueprint(&svc2.blueprint()).unwrap();
+        let id2 = node.rt.create_service(&bp2, &host()).await.unwrap();
+        node.rt.copy_data(&id, &id2).await.unwrap();
+        assert_eq!(node.call(id2.as_str(), "version", json!([])).await, json!(2));
+        assert_eq!(node.call(id2.as_str(), "get", json!(["k"])).await, json!("v"), "data carried over");
+
+        let fail = load("fail-init");
+        let svcf = &fail.packages[0].services[0];
+        for c in &svcf.components {
+            node.rt.add_component(&c.bytes, Some(c.hash)).unwrap();
+        }
+        let bpf = node.rt.put_blueprint(&svcf.blueprint()).unwrap();
+        let idf = node.rt.create_service(&bpf, &host()).await.unwrap();
+        let err = node.rt.call(idf.as_str(), "set-greeting", json!(["x"])).await.unwrap_err();
+        assert!(matches!(err, CallError::Trap { .. }), "{err}");
     }
 }

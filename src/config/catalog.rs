@@ -372,7 +372,7 @@ mod tests {
     use super::*;
 
     fn cat() -> Catalog {
-        let (c, defects) = Catalog::new(&crate::distro::package_schemas());
+        let (c, defects) = Catalog::new(&super::super::tests::fixture());
         assert!(defects.is_empty(), "{defects:?}");
         c
     }

@@ -216,6 +216,10 @@ pub(crate) fn legacy_env(
             } else {
                 warnings.push(format!("env {legacy} is deprecated; rename it to {current}"));
             }
+            if let Some(p) = not_utf8(leaf, text, &origin) {
+                problems.push(p);
+                continue;
+            }
             match cat.check_text(leaf.kind, text) {
                 Ok(json) => {
                     layer.values.insert(leaf.path.clone(), (json, origin));
@@ -255,6 +259,10 @@ pub(crate) fn flags(flags: &[FlagValue], cat: &Catalog, problems: &mut Vec<Confi
 /// Checks one text value (env or flag) against the key at `path`.
 fn text_value(cat: &Catalog, path: &str, text: &str, origin: Source, layer: &mut Layer, problems: &mut Vec<ConfigProblem>) {
     if let Some(leaf) = cat.leaf(path) {
+        if let Some(p) = not_utf8(leaf, text, &origin) {
+            problems.push(p);
+            return;
+        }
         match cat.check_text(leaf.kind, text) {
             Ok(json) => {
                 layer.values.insert(path.to_string(), (json, origin));
@@ -273,6 +281,19 @@ fn text_value(cat: &Catalog, path: &str, text: &str, origin: Source, layer: &mut
         let shown = redact(cat.looks_secret(path), catalog::show_text(text));
         problems.push(unknown(cat, parent, path.to_string(), shown, origin));
     }
+}
+
+/// The process environment reaches the loader lossily converted (`cli::main`),
+/// so bytes that were not UTF-8 arrive as U+FFFD. Such a value is garbled
+/// (a wrong locale, a binary secret pasted raw): refuse it instead of
+/// deploying the replacement characters.
+fn not_utf8(leaf: &Leaf, text: &str, origin: &Source) -> Option<ConfigProblem> {
+    text.contains('\u{FFFD}').then(|| ConfigProblem::WrongType {
+        key: leaf.path.clone(),
+        value: redact(leaf.secret, catalog::show_text(text)),
+        origin: origin.clone(),
+        expected: "valid UTF-8 text; the value holds bytes that are not UTF-8 (shown as \u{FFFD}): re-export it as UTF-8".into(),
+    })
 }
 
 fn redact(secret: bool, shown: String) -> String {

@@ -103,16 +103,37 @@ pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every problem is reported, but a hostile or generated file must
+        // not turn the report into a dump: at most MAX_SHOWN problems, each
+        // cut at MAX_LINE characters.
+        const MAX_SHOWN: usize = 100;
+        const MAX_LINE: usize = 1000;
         let n = self.0.len();
         write!(f, "invalid configuration ({n} problem{}); nothing was changed:", if n == 1 { "" } else { "s" })?;
-        for p in &self.0 {
-            write!(f, "\n  - {p}")?;
+        for p in self.0.iter().take(MAX_SHOWN) {
+            write!(f, "\n  - {}", elide(&p.to_string(), MAX_LINE))?;
+        }
+        if n > MAX_SHOWN {
+            write!(f, "\n  … and {} more problems; fix the ones above first", n - MAX_SHOWN)?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// `line` cut to about `max` characters by eliding its middle, so both the
+/// key it starts with and the explanation it ends with stay readable.
+fn elide(line: &str, max: usize) -> String {
+    let n = line.chars().count();
+    if n <= max {
+        return line.to_string();
+    }
+    let head: String = line.chars().take(max * 2 / 3).collect();
+    let tail: String = line.chars().skip(n - max / 3).collect();
+    format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
+}
+
 
 #[cfg(test)]
 mod tests {

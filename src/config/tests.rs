@@ -6,8 +6,58 @@ use super::*;
 use serde_json::json;
 use std::path::Path;
 
+/// A fixed set of package schemas, so these tests do not move when the
+/// embedded distros change (black-box tests cover the real ones).
+pub(super) fn fixture() -> Vec<PackageSchema> {
+    fn key(name: &str, ty: ValueType, default: Option<serde_json::Value>, secret: bool, legacy: &[&str]) -> KeySpec {
+        KeySpec {
+            name: name.into(),
+            ty,
+            default,
+            required: false,
+            secret,
+            doc: String::new(),
+            legacy_env: legacy.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+    let ipfs = json!("/ip4/127.0.0.1/tcp/5001");
+    vec![
+        PackageSchema {
+            package: "aqua-ipfs".into(),
+            keys: vec![
+                key("external_api_multiaddr", ValueType::String, Some(ipfs.clone()), false, &["FLUENCE_ENV_AQUA_IPFS_EXTERNAL_API_MULTIADDR"]),
+                key("local_api_multiaddr", ValueType::String, Some(ipfs.clone()), false, &["FLUENCE_ENV_AQUA_IPFS_LOCAL_API_MULTIADDR"]),
+            ],
+        },
+        PackageSchema { package: "trust-graph".into(), keys: vec![] },
+        PackageSchema {
+            package: "registry".into(),
+            keys: vec![
+                key("registry_period_sec", ValueType::Integer, Some(json!(3600)), false, &[]),
+                key("expired_period_sec", ValueType::Integer, Some(json!(86400)), false, &[]),
+            ],
+        },
+        PackageSchema {
+            package: "decider".into(),
+            keys: vec![
+                key("decider_period_sec", ValueType::Integer, Some(json!(120)), false, &[]),
+                key("worker_period_sec", ValueType::Integer, Some(json!(900)), false, &[]),
+                key("worker_ipfs_multiaddr", ValueType::String, Some(ipfs), false, &["FLUENCE_ENV_DECIDER_IPFS_MULTIADDR"]),
+                key("wallet_key", ValueType::String, None, true, &[]),
+            ],
+        },
+    ]
+}
+
 fn schemas() -> Vec<PackageSchema> {
-    crate::distro::package_schemas()
+    fixture()
+}
+
+#[test]
+fn the_embedded_schemas_are_valid() {
+    let (_, defects) = catalog::Catalog::new(&crate::distro::package_schemas());
+    assert!(defects.is_empty(), "{defects:?}");
+    EffectiveConfig::defaults(&crate::distro::package_schemas()).expect("embedded defaults load");
 }
 
 /// Writes `text` as a config file in `dir` and returns options reading it.
@@ -33,7 +83,12 @@ fn defaults_alone_are_complete() {
     assert_eq!(c.system_services.on_failure, OnFailure::Stop);
     assert_eq!(c.system_services.call_ttl_ms, 60_000);
     let enabled: Vec<&str> = c.system_services.enable.iter().map(|p| p.as_str()).collect();
-    assert_eq!(enabled, ["aqua-ipfs", "trust-graph", "registry", "decider"]);
+    // Every embedded package, in the catalog's dependency order.
+    let all: Vec<String> = schemas().iter().map(|s| s.package.clone()).collect();
+    assert_eq!(enabled, all);
+    for p in ["aqua-ipfs", "trust-graph", "registry", "decider"] {
+        assert!(enabled.contains(&p), "{p} is enabled by default");
+    }
     assert_eq!(c.system_services.packages.len(), 4, "every package has an entry, even with no keys");
     let decider = &c.system_services.packages[&PackageName::new("decider").unwrap()];
     assert_eq!(decider["decider_period_sec"].value, json!(120));
@@ -221,7 +276,8 @@ fn legacy_env_is_honoured_below_the_new_name_with_a_warning() {
 #[test]
 fn required_keys_of_enabled_packages_must_be_set() {
     let mut s = schemas();
-    s[3].keys.iter_mut().find(|k| k.name == "wallet_key").unwrap().required = true;
+    let decider = s.iter_mut().find(|p| p.package == "decider").unwrap();
+    decider.keys.iter_mut().find(|k| k.name == "wallet_key").unwrap().required = true;
     let e = load(&LoadOptions::default(), &s).unwrap_err();
     assert_eq!(e.0.len(), 1);
     let msg = e.to_string();

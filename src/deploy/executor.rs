@@ -82,27 +82,6 @@ pub struct Deployer {
     pub policy: ApplyPolicy,
 }
 
-/// Crash points, compiled in only with the `failpoints` feature: the process
-/// kills itself with SIGKILL when the failpoint named in `FAILPOINTS` is
-/// reached (`FAILPOINTS=deploy::install::created=return`).
-macro_rules! crash_point {
-    ($name:literal) => {
-        fail::fail_point!($name, |_| {
-            crate::deploy::executor::die($name);
-        });
-    };
-}
-
-#[doc(hidden)]
-pub fn die(at: &str) -> ! {
-    eprintln!("failpoint {at}: killing this process with SIGKILL");
-    // SAFETY: kill(2) on our own pid with a valid signal number.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
-    std::process::abort()
-}
-
 /// What one step failed with.
 #[derive(Debug, Clone)]
 struct StepFailure {
@@ -114,18 +93,7 @@ impl Deployer {
     /// The current state: the deployer's entries plus every bound alias.
     pub fn current(&self) -> Result<Current, DeployError> {
         let deployed = self.journal.deployed()?;
-        let aliases = self
-            .runtime
-            .aliases()
-            .into_iter()
-            .map(|b| {
-                let (kind, target) = match &b.target {
-                    AliasTarget::Service(id) => ("service", id.to_string()),
-                    AliasTarget::Spell(id) => ("spell", id.clone()),
-                };
-                (b.alias, AliasHolder { owner: b.owner, kind: kind.into(), target })
-            })
-            .collect();
+        let aliases = alias_holders(self.runtime.aliases());
         Ok(Current { host: Some(self.host.clone()), deployed, aliases })
     }
 
@@ -645,6 +613,20 @@ impl Deployer {
         }
         Ok(done)
     }
+}
+
+/// Who holds each bound alias, as the planner sees it.
+pub fn alias_holders(bindings: Vec<crate::runtime::AliasBinding>) -> BTreeMap<Alias, AliasHolder> {
+    bindings
+        .into_iter()
+        .map(|b| {
+            let (kind, target) = match &b.target {
+                AliasTarget::Service(id) => ("service", id.to_string()),
+                AliasTarget::Spell(id) => ("spell", id.clone()),
+            };
+            (b.alias, AliasHolder { owner: b.owner, kind: kind.into(), target })
+        })
+        .collect()
 }
 
 fn is_transient(e: &CallError) -> bool {

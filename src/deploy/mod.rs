@@ -1,5 +1,6 @@
 //! The deployer: desired state (config + distros) vs current state (store) →
 //! pure plan → one executor that applies it crash-safely.
+pub mod desired;
 pub mod executor;
 pub mod journal;
 pub mod model;

@@ -20,6 +20,10 @@ use std::sync::{Arc, Mutex};
 /// Name of the manifest file inside each package folder.
 pub const MANIFEST_FILE: &str = "distro.toml";
 
+/// Largest `memory_limit_mb`: a 32-bit WebAssembly memory cannot grow past
+/// 4 GiB, so a larger cap is a typo that would silently mean "no cap".
+pub const MAX_MEMORY_LIMIT_MB: u64 = 4096;
+
 // ------------------------------------------------------------------- model
 
 /// Every package of a distros folder, validated, topologically sorted by
@@ -240,6 +244,8 @@ pub enum ManifestErrorKind {
     BadComponentEntry(String),
     #[error("memory_limit_mb must be at least 1")]
     ZeroMemoryLimit,
+    #[error("memory_limit_mb = {0} is more than a 32-bit WebAssembly memory can use; at most 4096 (4 GiB)")]
+    HugeMemoryLimit(u64),
     #[error("{0:?} is not a valid config key name (lowercase letters, digits and '_', starting with a letter, at most 64 bytes)")]
     BadConfigKeyName(String),
     #[error("default is {got}, but the key is declared as {}", .expected.describe())]
@@ -283,17 +289,37 @@ pub struct ManifestErrors(pub Vec<ManifestError>);
 
 impl fmt::Display for ManifestErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        // All problems count, but a hostile or generated manifest must not
+        // turn the report into a dump: at most MAX_SHOWN, each cut at MAX_LINE.
+        const MAX_SHOWN: usize = 100;
+        const MAX_LINE: usize = 1000;
+        for (i, e) in self.0.iter().take(MAX_SHOWN).enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{e}")?;
+            f.write_str(&elide(&e.to_string(), MAX_LINE))?;
+        }
+        if self.0.len() > MAX_SHOWN {
+            write!(f, "\n… and {} more problems; fix the ones above first", self.0.len() - MAX_SHOWN)?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for ManifestErrors {}
+
+/// `line` cut to about `max` characters by eliding its middle, so both the
+/// key it starts with and the explanation it ends with stay readable.
+fn elide(line: &str, max: usize) -> String {
+    let n = line.chars().count();
+    if n <= max {
+        return line.to_string();
+    }
+    let head: String = line.chars().take(max * 2 / 3).collect();
+    let tail: String = line.chars().skip(n - max / 3).collect();
+    format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
+}
+
 
 // ------------------------------------------------------------- file access
 
@@ -339,11 +365,15 @@ pub struct FileRead {
 pub struct DiskFiles {
     root: PathBuf,
     reads: Mutex<Vec<FileRead>>,
+    /// Files already read, by (folder, path): services sharing a component
+    /// share one copy of its bytes and hash it once (N services referencing
+    /// one `.wasm` would otherwise hold N copies).
+    cache: Mutex<BTreeMap<(String, String), FileData>>,
 }
 
 impl DiskFiles {
     pub fn new(root: &Path) -> DiskFiles {
-        DiskFiles { root: root.to_path_buf(), reads: Mutex::new(Vec::new()) }
+        DiskFiles { root: root.to_path_buf(), reads: Mutex::new(Vec::new()), cache: Mutex::new(BTreeMap::new()) }
     }
     /// Every file read so far, sorted by folder and path, deduplicated.
     pub fn reads(&self) -> Vec<FileRead> {
@@ -356,6 +386,10 @@ impl DiskFiles {
 
 impl PackageFiles for DiskFiles {
     fn read(&self, dir: &str, rel: &str) -> Result<FileData, FileError> {
+        let key = (dir.to_string(), rel.to_string());
+        if let Some(d) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(d.clone());
+        }
         let path = self.root.join(dir).join(rel);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -369,7 +403,9 @@ impl PackageFiles for DiskFiles {
             path,
             blake3,
         });
-        Ok(FileData { bytes: Bytes::Shared(bytes.into()), blake3 })
+        let data = FileData { bytes: Bytes::Shared(bytes.into()), blake3 };
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, data.clone());
+        Ok(data)
     }
 }
 
@@ -842,6 +878,9 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
         if rs.memory_limit_mb == Some(0) {
             c.err(format!("{base}.memory_limit_mb"), ManifestErrorKind::ZeroMemoryLimit);
         }
+        if let Some(n) = rs.memory_limit_mb.filter(|n| *n > MAX_MEMORY_LIMIT_MB) {
+            c.err(format!("{base}.memory_limit_mb"), ManifestErrorKind::HugeMemoryLimit(n));
+        }
         if rs.components.is_empty() {
             c.err(format!("{base}.components"), ManifestErrorKind::NoComponents);
         }
@@ -854,6 +893,10 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 toml::Value::Table(t) if t.keys().all(|k| k == "file" || k == "memory_limit_mb") && t.get("file").is_some_and(|f| f.is_str()) => {
                     let limit = match t.get("memory_limit_mb") {
                         None => rs.memory_limit_mb,
+                        Some(toml::Value::Integer(n)) if *n > MAX_MEMORY_LIMIT_MB as i64 => {
+                            c.err(format!("{key}.memory_limit_mb"), ManifestErrorKind::HugeMemoryLimit(*n as u64));
+                            None
+                        }
                         Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u64),
                         Some(toml::Value::Integer(0)) => {
                             c.err(format!("{key}.memory_limit_mb"), ManifestErrorKind::ZeroMemoryLimit);
@@ -1112,4 +1155,32 @@ pub fn load(root_label: &str, sources: &[ManifestSource], files: &dyn PackageFil
     let mut slots: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
     let packages = order.iter().map(|n| slots[by_name[n]].take().expect("each package once").package).collect();
     Ok(Catalog { packages })
+}
+
+#[cfg(test)]
+mod disk_files_tests {
+    use super::*;
+
+    /// Services sharing a component share one copy of its bytes: a folder
+    /// with many services must not hold (and hash) the file once per service.
+    #[test]
+    fn services_sharing_a_component_share_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("shared");
+        std::fs::create_dir_all(&pkg).unwrap();
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/v1/kv-store/kv-store.wasm");
+        std::fs::copy(&wasm, pkg.join("kv-store.wasm")).unwrap();
+        let mut m = String::from("[package]\nname = \"shared\"\nversion = \"0.1.0\"\n");
+        for alias in ["one", "two", "three"] {
+            m.push_str(&format!("\n[[service]]\nalias = \"{alias}\"\ncomponents = [\"kv-store.wasm\"]\n"));
+        }
+        std::fs::write(pkg.join("distro.toml"), m).unwrap();
+        let catalog = load_dir(dir.path()).unwrap();
+        let comps: Vec<&ComponentSpec> = catalog.packages[0].services.iter().map(|s| &s.components[0]).collect();
+        assert_eq!(comps.len(), 3);
+        for c in &comps[1..] {
+            assert_eq!(c.hash, comps[0].hash);
+            assert!(std::ptr::eq(c.bytes.as_ptr(), comps[0].bytes.as_ptr()), "each service got its own copy of the component bytes");
+        }
+    }
 }

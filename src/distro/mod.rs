@@ -108,6 +108,14 @@ impl ServiceSpec {
     }
 }
 
+/// A package's section of the effective config (`[system_services.<package>]`),
+/// as the config layer produces it: `resolve(t, &section)`.
+impl ConfigLookup for BTreeMap<String, crate::config::ConfigValue> {
+    fn lookup(&self, key: &str) -> Option<(std::borrow::Cow<'_, Value>, bool)> {
+        self.get(key).map(|v| (std::borrow::Cow::Borrowed(&v.value), v.secret))
+    }
+}
+
 /// An init call resolved against the config: what the deployer calls and
 /// compares with what it applied last time.
 #[derive(Clone, PartialEq, Eq)]
@@ -244,5 +252,31 @@ impl SpellSpec {
     /// blake3 of the script, hex.
     pub fn script_hash_hex(&self) -> String {
         hex::encode(self.script_hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigValue;
+    use serde_json::json;
+
+    #[test]
+    fn resolves_against_config_values_and_carries_the_secret_flag() {
+        let decider = embedded().package(&PackageName::new("decider").unwrap()).unwrap();
+        let init = &decider.services[0].init[0];
+        let section: BTreeMap<String, ConfigValue> = BTreeMap::from([(
+            "wallet_key".to_string(),
+            ConfigValue { value: json!("0x1234"), source: crate::config::Source::Env { var: "X".into() }, secret: true },
+        )]);
+        let r = init.resolve(&section).unwrap();
+        assert!(r.secret);
+        assert_eq!(r.calls, vec![vec![json!("0x1234")]]);
+        let t = &decider.spells[0].kv["worker_period_sec"];
+        let section = BTreeMap::from([(
+            "worker_period_sec".to_string(),
+            ConfigValue { value: json!(5), source: crate::config::Source::Default, secret: false },
+        )]);
+        assert_eq!(resolve(t, &section).unwrap().value, json!(5));
     }
 }

@@ -74,6 +74,10 @@ impl fmt::Display for Placeholder {
     }
 }
 
+/// Loads a `${file:..}` data file for [`Template::parse`]: its value and
+/// whether it is JSON, or `None` when the loader already reported why not.
+pub type FileLoader<'a> = dyn FnMut(&str) -> Option<(Arc<Value>, bool)> + 'a;
+
 /// Where a placeholder sits in its template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -105,7 +109,7 @@ impl Template {
     /// is then rejected; the error list may be empty).
     pub fn parse(
         source: Value,
-        load_file: &mut dyn FnMut(&str) -> Option<(Arc<Value>, bool)>,
+        load_file: &mut FileLoader<'_>,
     ) -> Result<Template, Vec<TemplateSyntaxError>> {
         let mut errors = Vec::new();
         let mut failed = false;
@@ -201,7 +205,7 @@ fn collect<'a>(node: &'a Node, out: &mut Vec<(&'a Placeholder, Position)>) {
 
 fn parse_node(
     v: &Value,
-    load_file: &mut dyn FnMut(&str) -> Option<(Arc<Value>, bool)>,
+    load_file: &mut FileLoader<'_>,
     errors: &mut Vec<TemplateSyntaxError>,
     failed: &mut bool,
 ) -> Node {
@@ -230,7 +234,7 @@ fn parse_node(
 
 fn parse_string(
     s: &str,
-    load_file: &mut dyn FnMut(&str) -> Option<(Arc<Value>, bool)>,
+    load_file: &mut FileLoader<'_>,
     errors: &mut Vec<TemplateSyntaxError>,
     failed: &mut bool,
 ) -> Node {
@@ -239,10 +243,10 @@ fn parse_string(
     let mut rest = s;
     while let Some(at) = rest.find('$') {
         let after = &rest[at..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             lit.push_str(&rest[..at]);
             lit.push_str("${");
-            rest = &after[3..];
+            rest = tail;
         } else if let Some(inner) = after.strip_prefix("${") {
             lit.push_str(&rest[..at]);
             let Some(end) = inner.find('}') else {
@@ -282,7 +286,7 @@ fn parse_string(
 fn parse_placeholder(
     whole: &str,
     inner: &str,
-    load_file: &mut dyn FnMut(&str) -> Option<(Arc<Value>, bool)>,
+    load_file: &mut FileLoader<'_>,
     failed: &mut bool,
 ) -> Result<Option<Placeholder>, TemplateSyntaxError> {
     if inner.trim().is_empty() {

@@ -248,6 +248,9 @@ impl ComponentCache {
         let artifact = component.serialize().map_err(|e| RuntimeError::Wasmtime(format!("serialising {}: {e:#}", hash.short())))?;
         let path = self.artifact_path(hash);
         write_atomic(&path, &artifact)?;
+        // The artifact is on disk but has no recorded digest yet: the next
+        // load must discard it rather than trust it.
+        crash_point!("runtime::cache::artifact-written");
         records::put_artifact(&self.store, hash, &self.engine_key, blake3::hash(&artifact).to_hex().as_str(), artifact.len() as u64)?;
         tracing::info!(component = %hash.short(), bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "compiled component");
         Ok(component)
@@ -264,6 +267,8 @@ impl ComponentCache {
                 Err(e) => return Err(io(&path, e)),
             }
         }
+        // Files gone, record still there: the next gc removes the record.
+        crash_point!("runtime::gc::component-files-removed");
         records::delete_component(&self.store, hash)?;
         Ok(removed)
     }
@@ -311,6 +316,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
+        // A temp file left behind here is collected by `gc`.
+        crash_point!("runtime::cache::temp-written");
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
     })();

@@ -696,6 +696,9 @@ impl Inner {
             write(&self.blueprints).remove(&id);
             write(&self.prepared).remove(&id);
             removed.push(format!("blueprint {id}"));
+            // Blueprint record gone, its components still stored: the next
+            // gc sees them unreferenced and removes them.
+            crash_point!("runtime::gc::blueprint-removed");
         }
         let used_components: HashSet<ComponentHash> =
             read(&self.blueprints).values().flat_map(|bp| bp.components.iter().map(|c| c.hash)).collect();
@@ -756,4 +759,28 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
         }
     }
     Ok(())
+}
+
+/// The exports of a component, for `sysdeploy plan`, which must type-check
+/// init arguments without writing to the state directory: from the node's
+/// verified precompiled artifact when there is one (fast), else compiled in
+/// memory with a throwaway engine (slow, nothing written).
+pub fn inspect_exports(state_dir: &std::path::Path, store: Option<&Store>, hash: &ComponentHash, bytes: &[u8]) -> Result<Vec<FunctionSig>, RuntimeError> {
+    let engine = engine(&RuntimeConfig::new(PathBuf::new()))?;
+    if let Some(store) = store {
+        let key = cache::engine_key(&engine);
+        let path = state_dir.join("cache").join(&key).join(format!("{}.cwasm", hash.to_hex()));
+        if let (Ok(Some(digest)), Ok(data)) = (records::artifact_digest(store, hash, &key), std::fs::read(&path)) {
+            if blake3::hash(&data).to_hex().as_str() == digest {
+                // SAFETY: the bytes are an artifact this engine configuration
+                // produced, verified against the digest recorded when it was
+                // written; `deserialize` copies them.
+                if let Ok(c) = unsafe { wasmtime::component::Component::deserialize(&engine, &data) } {
+                    return Ok(Exports::of(&engine, &c).sigs());
+                }
+            }
+        }
+    }
+    let component = wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
+    Ok(Exports::of(&engine, &component).sigs())
 }

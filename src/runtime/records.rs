@@ -214,7 +214,7 @@ pub(crate) fn delete_alias(store: &Store, alias: &Alias) -> Result<(), RuntimeEr
     Ok(())
 }
 
-pub(crate) fn aliases(store: &Store) -> Result<Vec<AliasBinding>, RuntimeError> {
+pub fn aliases(store: &Store) -> Result<Vec<AliasBinding>, RuntimeError> {
     let conn = store.lock();
     let mut st = conn.prepare("SELECT alias, kind, target, owner FROM rt_aliases ORDER BY alias")?;
     let rows = st

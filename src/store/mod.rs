@@ -21,6 +21,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, #[source] source: rusqlite::Error },
     #[error("state store {path}: {source}")]
     Sqlite { path: PathBuf, #[source] source: rusqlite::Error },
+    #[error("state store {path} cannot be used ({source}): the disk is full, read-only or failing, or the file is not accessible; it was left untouched — free space or fix the mount and permissions, then start again")]
+    Unavailable { path: PathBuf, #[source] source: rusqlite::Error },
     #[error("state store {path} does not exist yet; run `sysdeploy run` once to create it")]
     Missing { path: PathBuf },
 }
@@ -79,7 +81,7 @@ impl Store {
         // A garbage file fails here, on the first read of the header.
         let check: Result<String, _> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
         if let Err(e) = check {
-            return Err(StoreError::Corrupt { path: path.into(), source: e });
+            return Err(corrupt(path, e));
         }
         if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| corrupt(path, e))?;
@@ -132,8 +134,15 @@ impl Store {
 fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite { path: path.into(), source }
 }
+/// A failure while opening or checking the store: `Corrupt` only when SQLite
+/// says the file is damaged or not a database; a full, read-only or failing
+/// disk must not send the operator restoring backups of a healthy file.
 fn corrupt(path: &Path, source: rusqlite::Error) -> StoreError {
-    StoreError::Corrupt { path: path.into(), source }
+    use rusqlite::ErrorCode::*;
+    match source.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) | None => StoreError::Corrupt { path: path.into(), source },
+        Some(_) => StoreError::Unavailable { path: path.into(), source },
+    }
 }
 
 #[cfg(test)]

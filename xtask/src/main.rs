@@ -1,7 +1,10 @@
 //! Build chores: `cargo xtask distros [--check] [--jobs N]` rebuilds the guest
 //! artifacts and their lock; `cargo xtask trust-certs` regenerates the
-//! trust-graph package's bundled certificates.
+//! trust-graph package's bundled certificates; `cargo xtask bench` runs the
+//! benchmark suite (see BENCHMARKS.md).
 
+mod bench;
+mod bench_http;
 mod lock;
 mod trust;
 
@@ -12,7 +15,8 @@ use std::process::Command;
 const USAGE: &str = "usage:
   cargo xtask distros [--jobs N]   rebuild every guest artifact for wasm32-wasip2 and write distros/artifacts.lock
   cargo xtask distros --check      verify committed artifacts and sources against distros/artifacts.lock (no wasm target needed)
-  cargo xtask trust-certs          regenerate distros/trust-graph/{roots,certs}.json from fixed seeds";
+  cargo xtask trust-certs          regenerate distros/trust-graph/{roots,certs}.json from fixed seeds
+  cargo xtask bench [--quick]      build release binaries and run the benchmark suite (see BENCHMARKS.md)";
 
 fn main() -> anyhow::Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the repo").to_path_buf();
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Some("trust-certs") => trust::run(&repo),
+        Some("bench") => bench::run(&repo, &args[1..]),
         _ => bail!("{USAGE}"),
     }
 }

@@ -1,0 +1,19 @@
+//! Reliability and security proof (issue 9): crash matrix, property tests
+//! over operation sequences, hostile inputs, hostile guests, storage faults
+//! and API abuse, all against the real binary, real SQLite files and real
+//! wasmtime components. See RELIABILITY.md for what each part promises.
+
+#[path = "reliability/common.rs"]
+mod common;
+#[cfg(feature = "failpoints")]
+#[path = "reliability/crash.rs"]
+mod crash;
+#[path = "reliability/corpus.rs"]
+mod corpus;
+#[cfg(feature = "failpoints")]
+#[path = "reliability/model.rs"]
+mod model;
+#[path = "reliability/fuzz.rs"]
+mod fuzz;
+#[path = "reliability/faults.rs"]
+mod faults;

@@ -1,0 +1,98 @@
+//! The crash matrix: every crash point in `failpoint::CRASH_POINTS` × a real
+//! SIGKILL of the `sysdeploy` process at that point → restart → converge.
+//! After each: the converged-state invariants of `Inspect::violations` (one
+//! service per alias, no orphan services, spells, components, artifacts,
+//! data dirs or temp files, no intent left), service data and spell KV
+//! intact, and `plan` says "no changes".
+
+use super::common::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+/// How to reach a crash point: the deployment before it (`setup`, after
+/// which data is written into the service and the spell runs once) and the
+/// one that passes through the point (`target`).
+struct Scenario {
+    setup: Want,
+    target: Want,
+}
+
+fn scenario(op: &str) -> Scenario {
+    let base = Want::default();
+    let (setup, target) = match op {
+        "install" => (Want { kv: None, ..base.clone() }, base),
+        "replace" | "cache-write" | "gc" => (base.clone(), Want { kv: Some(Build::V2), ..base }),
+        "reinit" => (base.clone(), Want { greeting: "bye".into(), ..base }),
+        "remove" => (base.clone(), Want { kv: None, ..base }),
+        "install-spell" => (Want { ticker: false, ..base.clone() }, base),
+        "update-spell" => (base.clone(), Want { script: 1, period: 30, ..base }),
+        "kv-apply" => (base.clone(), Want { threshold: 9, ..base }),
+        "remove-spell" => (base.clone(), Want { ticker: false, ..base }),
+        other => panic!("crash point operation {other:?} has no scenario in the crash matrix; add one"),
+    };
+    Scenario { setup, target }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Service data written after the setup deployment.
+fn data() -> BTreeMap<String, String> {
+    BTreeMap::from([("survivor".to_string(), "data written before the crash".to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_point_recovers_and_converges() {
+    let points = sysdeploy::failpoint::CRASH_POINTS;
+    // One prepared sandbox per distinct setup, copied for each point.
+    let mut templates: Vec<(Want, Sandbox)> = Vec::new();
+    let mut exercised = 0;
+    let mut by_op: BTreeMap<&str, usize> = BTreeMap::new();
+    for (point, op) in points {
+        let sc = scenario(op);
+        if !templates.iter().any(|(w, _)| *w == sc.setup) {
+            let sb = Sandbox::new();
+            sb.converge(&sc.setup);
+            let i = Inspect::open(&sb.state_dir());
+            i.write_data("survivor", "data written before the crash").await;
+            drop(i);
+            templates.push((sc.setup.clone(), sb));
+        }
+        let template = &templates.iter().find(|(w, _)| *w == sc.setup).unwrap().1;
+        let sb = Sandbox::new();
+        copy_dir(template.dir.path(), sb.dir.path());
+
+        let out = sb.boot(&sc.target, Some(point));
+        assert!(out.killed(), "{point}: the crash point was not reached (the process was not killed): {out:#?}");
+        assert!(out.stderr.contains(&format!("failpoint {point}")), "{point}: {}", out.stderr);
+
+        // Readers work on a crashed state dir, and nothing has converged yet
+        // from their point of view or the plan says what is left.
+        sb.plan(&sc.target);
+
+        let restart = sb.converge(&sc.target);
+        let i = Inspect::open(&sb.state_dir());
+        i.assert_converged(&sc.target, &format!("after a crash at {point} and a restart"));
+        let kept_data = if sc.setup.kv.is_some() && sc.target.kv.is_some() { data() } else { BTreeMap::new() };
+        let spell_ran = sc.setup.ticker && sc.target.ticker;
+        i.assert_contents(&sc.target, &kept_data, spell_ran, &format!("after a crash at {point}")).await;
+        drop(i);
+        let plan = sb.plan(&sc.target);
+        assert_eq!(plan["no_changes"], true, "{point}: plan after convergence is not empty: {plan:#}\nrestart log:\n{}", restart.stderr);
+        exercised += 1;
+        *by_op.entry(op).or_default() += 1;
+    }
+    assert_eq!(exercised, points.len());
+    println!("crash matrix: {exercised} crash points exercised (SIGKILL → restart → converge), by operation: {by_op:?}");
+}
