@@ -93,8 +93,10 @@ fn bare_linker(engine: &Engine) -> Linker<Bare> {
     l
 }
 
-fn bare_store(engine: &Engine) -> Store<Bare> {
-    let mut s = Store::new(engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
+fn bare_store(engine: &Engine, data: &Path) -> Store<Bare> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.preopened_dir(data, "/data", wasmtime_wasi::FsPerms::ReadWrite).unwrap();
+    let mut s = Store::new(engine, Bare { wasi: wasi.build(), table: ResourceTable::new() });
     s.set_epoch_deadline(u64::MAX / 2);
     s
 }
@@ -162,23 +164,43 @@ async fn main() {
     }
     let (cached, store_open, rt_open) = (median(cached), median(store_open), median(rt_open));
 
-    let artifacts: Vec<PathBuf> = {
+    // The floor does the same: deserialize each artifact, instantiate it and
+    // make the same first call (arguments converted beforehand).
+    type Probe = Option<(String, Vec<wasmtime::component::Val>, usize)>;
+    let (artifacts, bare_probes): (Vec<PathBuf>, Vec<Probe>) = {
         let rt = fixtures::open(state.path(), opts.clone());
         let dir = rt.artifact_dir();
-        hashes.iter().map(|h| dir.join(format!("{}.cwasm", h.to_hex()))).collect()
+        let artifacts: Vec<PathBuf> = hashes.iter().map(|h| dir.join(format!("{}.cwasm", h.to_hex()))).collect();
+        let probes = comps
+            .iter()
+            .map(|(name, _)| {
+                let (f, args) = probe(name)?;
+                let (id, ..) = services.iter().find(|(_, pf, pa)| *pf == f && *pa == args)?;
+                let sig = rt.service_exports(id.as_str())?.ok()?.into_iter().find(|s| s.name == f)?;
+                let vals = sysdeploy::runtime::wit::json_args_to_vals(&sig.params, &args).ok()?;
+                Some((f.to_string(), vals, sig.results.len()))
+            })
+            .collect();
+        (artifacts, probes)
     };
+    let bare_data = tempfile::tempdir().unwrap();
     let mut floor = Vec::new();
     for _ in 0..9 {
         let t = Instant::now();
         let engine = bare_engine();
         let linker = bare_linker(&engine);
-        for p in &artifacts {
+        for (p, probe) in artifacts.iter().zip(&bare_probes) {
             // SAFETY: artifacts written by the runtime above with this
             // wasmtime version and an identical engine configuration.
             let c = unsafe { Component::deserialize_file(&engine, p) }.unwrap();
             let pre = linker.instantiate_pre(&c).unwrap();
-            let mut store = bare_store(&engine);
-            pre.instantiate_async(&mut store).await.unwrap();
+            let mut store = bare_store(&engine, bare_data.path());
+            let inst = pre.instantiate_async(&mut store).await.unwrap();
+            if let Some((f, vals, n)) = probe {
+                let func = inst.get_func(&mut store, f.as_str()).unwrap();
+                let mut results = vec![wasmtime::component::Val::Bool(false); *n];
+                func.call_async(&mut store, vals, &mut results).await.unwrap();
+            }
         }
         floor.push(t.elapsed());
     }
@@ -186,7 +208,7 @@ async fn main() {
     println!();
     println!("cold vs cached ({} components)", comps.len());
     println!("  compile all (parallel compilation)         {}", ms(compile));
-    println!("  bare wasmtime: engine + deserialize + inst  {}", ms(floor));
+    println!("  bare floor: deserialize, inst., first call {}", ms(floor));
     println!("  sysdeploy restart: open + first call each   {}", ms(cached));
     println!("    of which SQLite store open                {}", ms(store_open));
     println!("    of which runtime open (engine, linker)    {}", ms(rt_open.saturating_sub(store_open)));
@@ -224,7 +246,7 @@ async fn main() {
     let engine = bare_engine();
     let linker = bare_linker(&engine);
     let c = Component::new(&engine, fixtures::component("echo")).unwrap();
-    let mut store = bare_store(&engine);
+    let mut store = bare_store(&engine, bare_data.path());
     let inst = linker.instantiate_pre(&c).unwrap().instantiate_async(&mut store).await.unwrap();
     let add = inst.get_typed_func::<(u32, u32), (u32,)>(&mut store, "add").unwrap();
     let mut bare_add = Vec::with_capacity(n);

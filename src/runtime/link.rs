@@ -182,6 +182,7 @@ pub(crate) fn link(
 
 /// A host function that calls export `index` of component `j` in the same
 /// store, charging memory growth to `j` while it runs.
+#[allow(clippy::type_complexity)] // the exact closure shape `func_new_async` demands
 fn forward(
     j: usize,
     index: ComponentExportIndex,
@@ -196,7 +197,13 @@ fn forward(
        + 'static {
     move |mut store, _ty, params, results| {
         Box::new(async move {
-            let instance = store.data().instances.get(j).copied().flatten().ok_or_else(|| wasmtime::format_err!("component {j} of the blueprint is not instantiated"))?;
+            let instance = store
+                .data()
+                .instances
+                .get(j)
+                .copied()
+                .flatten()
+                .ok_or_else(|| wasmtime::format_err!("component {j} of the blueprint is not instantiated"))?;
             let func = instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("component {j} lost an export"))?;
             let caller = std::mem::replace(&mut store.data_mut().limiter.active, j);
             let r = func.call_async(&mut store, params, results).await;

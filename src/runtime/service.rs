@@ -117,6 +117,7 @@ impl ServiceSlot {
     }
 
     /// Calls `func` of the facade with already converted `params`.
+    #[allow(clippy::too_many_arguments)] // all borrowed context of one call; a struct would only rename them
     pub(crate) async fn call(
         &self,
         env: &CallEnv<'_>,
