@@ -255,7 +255,7 @@ fn plan(distros: &Path, state: &Path, reps: usize) -> Value {
                         .flat_map(|s| &s.components)
                         .find(|c| c.hash == facade.hash)
                         .expect("component in catalog");
-                    exports.insert(s.blueprint_id, sysdeploy::runtime::inspect_exports(&spec.bytes).expect("exports"));
+                    exports.insert(s.blueprint_id, sysdeploy::runtime::inspect_exports(std::path::Path::new(""), None, &facade.hash, &spec.bytes).expect("exports"));
                 }
             }
         }
