@@ -236,6 +236,15 @@ impl Catalog {
                 "false" => Json::Bool(false),
                 _ => return Err(bad()),
             },
+            // An empty env/flag value is far more often a templating slip
+            // than a wish to remove every system service and its data.
+            Kind::Packages if s.trim().is_empty() => {
+                return Err(Mismatch::Expected(
+                    "a comma-separated list of package names; an empty value would remove every system service \
+                     and its data, so it is refused here (to run no package, write enable = [] in the config file)"
+                        .into(),
+                ))
+            }
             Kind::Packages | Kind::Typed(ValueType::StringList) => Json::from(
                 s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Json::from).collect::<Vec<_>>(),
             ),
@@ -386,7 +395,7 @@ mod tests {
         assert_eq!(c.check_text(Kind::Typed(ValueType::Boolean), "true"), Ok(Json::Bool(true)));
         assert!(c.check_text(Kind::Typed(ValueType::Boolean), "yes").is_err());
         assert_eq!(c.check_text(Kind::Packages, "registry, decider"), Ok(serde_json::json!(["registry", "decider"])));
-        assert_eq!(c.check_text(Kind::Packages, ""), Ok(serde_json::json!([])));
+        assert!(c.check_text(Kind::Packages, "").is_err(), "an empty package list from env or a flag is refused");
         assert_eq!(c.check_text(Kind::Packages, "registry,nope"), Err(Mismatch::UnknownPackages(vec!["nope".into()])));
         assert!(c.check_text(Kind::Packages, "registry,registry").is_err());
         assert!(c.check_text(Kind::Millis, "0").is_err());

@@ -302,3 +302,13 @@ fn schema_types_apply_to_file_values() {
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(p.iter().all(|x| matches!(x, ConfigProblem::WrongType { .. })));
 }
+
+#[test]
+fn an_empty_enable_from_env_is_refused_but_an_empty_list_in_the_file_is_not() {
+    let opts = LoadOptions { env: env(&[("SYSDEPLOY_SYSTEM_SERVICES__ENABLE", "")]), ..Default::default() };
+    let msg = load(&opts, &schemas()).unwrap_err().to_string();
+    assert!(msg.contains("SYSDEPLOY_SYSTEM_SERVICES__ENABLE") && msg.contains("enable = []"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(&with_file(dir.path(), "[system_services]\nenable = []\n"), &schemas()).unwrap();
+    assert!(c.system_services.enable.is_empty());
+}

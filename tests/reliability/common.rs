@@ -224,20 +224,31 @@ fixed = "never changes"
 
     /// The global arguments selecting `want` (distros folder, state dir, config).
     pub fn args(&self, want: &Want) -> Vec<String> {
-        vec![
+        // An empty `enable` is refused from env and flags (a likely slip that
+        // would remove everything); "no package" is said in a config file.
+        let enable = if want.enabled().is_empty() {
+            let f = self.dir.path().join("enable-none.toml");
+            std::fs::write(&f, "[system_services]\nenable = []\n").unwrap();
+            vec!["--config".to_string(), f.display().to_string()]
+        } else {
+            vec!["--set".to_string(), format!("system_services.enable={}", want.enabled().join(","))]
+        };
+        let mut args = vec![
             "--distros-dir".into(),
             self.distros(want).display().to_string(),
             "--state-dir".into(),
             self.state_dir().display().to_string(),
-            "--set".into(),
-            format!("system_services.enable={}", want.enabled().join(",")),
+        ];
+        args.extend(enable);
+        args.extend([
             "--set".into(),
             format!("system_services.kv_store.greeting={}", want.greeting),
             "--set".into(),
             format!("system_services.ticker.period_sec={}", want.period),
             "--set".into(),
             format!("system_services.ticker.threshold={}", want.threshold),
-        ]
+        ]);
+        args
     }
 
     /// Runs the binary with a clean environment plus `env`.
