@@ -206,9 +206,12 @@ impl Node {
         let mut desired = desired::resolve(self.catalog, &cfg).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
         let source = Arc::new(CatalogComponents::new(self.catalog));
         let misses_before = self.runtime.cache_stats();
-        desired.exports = self.deployer.prepare(&desired, source).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;
+        // Type-check the plan before anything is stored: a bad init argument
+        // is invalid input and must leave the state as it was.
+        desired.exports = self.deployer.exports(&desired, source.clone()).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;
         let current = self.deployer.current().map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let plan = deploy::plan(&desired, &current, self.state.peer_id()).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
+        self.deployer.prepare(&desired, source).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;
         for s in plan.changes() {
             tracing::info!(action = s.kind(), alias = %s.alias(), package = %s.package(), "plan: {}", s.reason().unwrap_or(""));
         }

@@ -339,9 +339,21 @@ async fn plan_rejects_an_init_argument_of_the_wrong_type_and_changes_nothing() {
     let env = Env::new();
     env.distros(&[Pkg::new("kv-a", "kv-a")]);
     ok(&env.boot());
+    let files = |dir: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["components", "cache", "services"] {
+            for e in walk(&dir.join(sub)) {
+                out.push(format!("{} {}", e.display(), std::fs::metadata(&e).unwrap().len()));
+            }
+        }
+        out.sort();
+        out
+    };
     let before = std::fs::read(env.state.join("state.db")).unwrap();
-    // The package now declares greeting as an integer: set-greeting takes a string.
-    env.distros(&[Pkg { greeting_type: "integer", greeting_default: "5", ..Pkg::new("kv-a", "kv-a") }]);
+    let before_files = files(&env.state);
+    // The package now declares greeting as an integer (set-greeting takes a
+    // string) and ships a new build: nothing of it may be stored.
+    env.distros(&[Pkg { greeting_type: "integer", greeting_default: "5", build: "v2", ..Pkg::new("kv-a", "kv-a") }]);
     env.config("# the operator's file\n[system_services.kv_a]\ngreeting = 42\n");
     for args in [&["plan"][..], &["run", "--once"][..]] {
         let out = env.cmd(args);
@@ -352,4 +364,20 @@ async fn plan_rejects_an_init_argument_of_the_wrong_type_and_changes_nothing() {
         }
     }
     assert_eq!(std::fs::read(env.state.join("state.db")).unwrap(), before, "store unchanged");
+    assert_eq!(files(&env.state), before_files, "no component, artifact or data dir written");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

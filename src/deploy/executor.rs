@@ -140,6 +140,36 @@ impl Deployer {
         Ok(exports)
     }
 
+    /// The facade exports of every desired blueprint, for plan-time type
+    /// checks, without writing anything (new components are compiled in
+    /// memory, concurrently, and kept for `prepare`).
+    pub async fn exports(&self, desired: &Desired, source: Arc<dyn ComponentSource>) -> Result<BTreeMap<BlueprintId, Vec<FunctionSig>>, DeployError> {
+        let mut tasks = Vec::new();
+        let mut seen = BTreeSet::new();
+        for p in &desired.packages {
+            for s in &p.services {
+                if !seen.insert(s.blueprint_id) {
+                    continue;
+                }
+                let Some(facade) = s.blueprint.components.last() else { continue };
+                if source.bytes(&facade.hash).is_none() {
+                    return Err(DeployError::MissingComponent { package: s.package.clone(), alias: s.alias.clone(), component: facade.name.clone(), hash: facade.hash.to_hex() });
+                }
+                let (rt, src, hash, id) = (self.runtime.clone(), source.clone(), facade.hash, s.blueprint_id);
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    let bytes = src.bytes(&hash).expect("checked above");
+                    rt.inspect_component(&bytes, &hash).map(|sigs| (id, sigs))
+                }));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for t in tasks {
+            let (id, sigs) = t.await.map_err(|e| DeployError::Join(e.to_string()))??;
+            out.insert(id, sigs);
+        }
+        Ok(out)
+    }
+
     /// Applies the plan. Never panics on a step failure: failures go into
     /// the report, whose outcome the caller turns into an exit code.
     pub async fn apply(&self, desired: &Desired, plan: &Plan) -> Report {

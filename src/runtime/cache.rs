@@ -72,6 +72,10 @@ pub(crate) struct ComponentCache {
     /// Loaded (deserialised or freshly compiled) components. `Component` is a
     /// cheap handle; keeping it here means each is loaded once per process.
     loaded: RwLock<HashMap<ComponentHash, Component>>,
+    /// Compiled in memory for a plan-time look at their exports but not yet
+    /// stored: `compile` takes them from here instead of compiling again, so
+    /// checking a plan before writing anything costs no second compile.
+    pending: RwLock<HashMap<ComponentHash, Component>>,
     /// One lock per component being loaded so two callers never compile the
     /// same component twice in parallel.
     loading: Mutex<HashMap<ComponentHash, Arc<Mutex<()>>>>,
@@ -97,6 +101,7 @@ impl ComponentCache {
             cache_root,
             artifacts_dir,
             loaded: RwLock::default(),
+            pending: RwLock::default(),
             loading: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -166,6 +171,25 @@ impl ComponentCache {
         }
         self.loading.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
         result
+    }
+
+    /// The component for a look at its type, writing nothing: from memory,
+    /// from a recorded artifact, else compiled in memory and kept pending
+    /// until `load` stores it. `bytes` must hash to `hash`.
+    pub(crate) fn inspect(&self, hash: &ComponentHash, bytes: &[u8]) -> Result<Component, RuntimeError> {
+        if let Some(c) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(hash) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = self.pending.read().unwrap_or_else(|p| p.into_inner()).get(hash) {
+            return Ok(c.clone());
+        }
+        if records::artifact_digest(&self.store, hash, &self.engine_key)?.is_some() {
+            return self.load(hash, Some(bytes));
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| RuntimeError::Component { hash: hash.to_hex(), message: format!("does not compile: {e:#}") })?;
+        self.pending.write().unwrap_or_else(|p| p.into_inner()).insert(*hash, component.clone());
+        Ok(component)
     }
 
     /// Loads the artifact if it exists and its digest matches the record.
@@ -243,8 +267,12 @@ impl ComponentCache {
             }
         };
         let started = std::time::Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| RuntimeError::Component { hash: hash.to_hex(), message: format!("does not compile: {e:#}") })?;
+        let pending = self.pending.write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        let component = match pending {
+            Some(c) => c,
+            None => Component::new(&self.engine, bytes)
+                .map_err(|e| RuntimeError::Component { hash: hash.to_hex(), message: format!("does not compile: {e:#}") })?,
+        };
         let artifact = component.serialize().map_err(|e| RuntimeError::Wasmtime(format!("serialising {}: {e:#}", hash.short())))?;
         let path = self.artifact_path(hash);
         write_atomic(&path, &artifact)?;

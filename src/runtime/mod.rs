@@ -345,6 +345,20 @@ impl Runtime {
         Ok(hash)
     }
 
+    /// The exports of a component given by its bytes, writing nothing: from
+    /// the verified cache, else compiled in memory (kept, so a later
+    /// `add_component` does not compile it again). Lets the deployer
+    /// type-check a plan before it stores anything. CPU-heavy on a miss.
+    pub fn inspect_component(&self, bytes: &[u8], hash: &ComponentHash) -> Result<Vec<FunctionSig>, RuntimeError> {
+        if let Some(e) = read(&self.inner.exports).get(hash) {
+            return Ok(e.sigs());
+        }
+        let component = self.inner.cache.inspect(hash, bytes)?;
+        let exports = Arc::new(Exports::of(&self.inner.engine, &component));
+        write(&self.inner.exports).insert(*hash, exports.clone());
+        Ok(exports.sigs())
+    }
+
     /// Records a blueprint whose components were added; returns its id.
     pub fn put_blueprint(&self, bp: &Blueprint) -> Result<BlueprintId, RuntimeError> {
         let id = bp.id();
