@@ -208,7 +208,11 @@ impl Node {
         let misses_before = self.runtime.cache_stats();
         // Type-check the plan before anything is stored: a bad init argument
         // is invalid input and must leave the state as it was.
-        desired.exports = self.deployer.exports(&desired, source.clone()).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;
+        desired.exports = self.deployer.exports(&desired, source.clone()).await.map_err(|e| {
+            // A component that does not compile is a bad package: invalid input.
+            let exit = if matches!(e, deploy::DeployError::BadComponent { .. }) { Exit::Invalid } else { Exit::DeployFailed };
+            DeployFailure::new(exit, e)
+        })?;
         let current = self.deployer.current().map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let plan = deploy::plan(&desired, &current, self.state.peer_id()).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
         self.deployer.prepare(&desired, source).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;

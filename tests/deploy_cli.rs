@@ -381,3 +381,18 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_component_that_does_not_compile_is_invalid_input() {
+    let env = Env::new();
+    env.distros(&[Pkg::new("kv-a", "kv-a")]);
+    ok(&env.boot());
+    let before = std::fs::read(env.state.join("state.db")).unwrap();
+    std::fs::write(env.distros.join("kv-a/kv-store.wasm"), b"\0asm\x0d\0\x01\0 not really a component").unwrap();
+    let out = env.boot();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("package kv-a") && err.contains("component kv-store") && err.contains("not a valid WebAssembly component"), "{err}");
+    assert_eq!(std::fs::read(env.state.join("state.db")).unwrap(), before, "store unchanged");
+    assert_eq!(service_id(&env.runtime(), "kv-a").len(), 32, "the deployed service is still there");
+}

@@ -67,6 +67,8 @@ pub enum DeployError {
     Runtime(#[from] RuntimeError),
     #[error("package {package}, service {alias}: component {component} ({hash}) is not in the distro")]
     MissingComponent { package: PackageName, alias: Alias, component: String, hash: String },
+    #[error("package {package}, service {alias}: component {component} is not a valid WebAssembly component: {message}")]
+    BadComponent { package: PackageName, alias: Alias, component: String, message: String },
     #[error("preparing components: {0}")]
     Join(String),
 }
@@ -156,9 +158,13 @@ impl Deployer {
                     return Err(DeployError::MissingComponent { package: s.package.clone(), alias: s.alias.clone(), component: facade.name.clone(), hash: facade.hash.to_hex() });
                 }
                 let (rt, src, hash, id) = (self.runtime.clone(), source.clone(), facade.hash, s.blueprint_id);
+                let (package, alias, component) = (s.package.clone(), s.alias.clone(), facade.name.clone());
                 tasks.push(tokio::task::spawn_blocking(move || {
                     let bytes = src.bytes(&hash).expect("checked above");
-                    rt.inspect_component(&bytes, &hash).map(|sigs| (id, sigs))
+                    rt.inspect_component(&bytes, &hash).map(|sigs| (id, sigs)).map_err(|e| match e {
+                        RuntimeError::Component { message, .. } => DeployError::BadComponent { package, alias, component, message },
+                        e => DeployError::Runtime(e),
+                    })
                 }));
             }
         }
