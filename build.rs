@@ -36,9 +36,8 @@ fn main() {
     }
 
     let files = DiskFiles::new(&root);
-    let result = manifest::scan_dir(&root, "distros").and_then(|sources| {
-        manifest::load("distros", &sources, &files).map(|catalog| (sources, catalog))
-    });
+    let result = manifest::scan_dir(&root, "distros")
+        .and_then(|sources| manifest::load("distros", &sources, &files).map(|catalog| (sources, catalog)));
     let (sources, catalog) = match result {
         Ok(ok) => ok,
         Err(errors) => {

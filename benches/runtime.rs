@@ -141,7 +141,9 @@ async fn main() {
         for (name, bytes) in &comps {
             let hash = rt.add_component(bytes, None).unwrap();
             hashes.push(hash);
-            let bp = rt.put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: name.clone(), hash, memory_limit_mb: None }] }).unwrap();
+            let bp = rt
+                .put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: name.clone(), hash, memory_limit_mb: None }] })
+                .unwrap();
             let id = rt.create_service(&bp, &fixtures::host()).await.unwrap();
             if let Some((f, args)) = probe(name) {
                 services.push((id, f, args));
@@ -284,7 +286,11 @@ async fn main() {
     // 3. Runaway guest.
     let rt = fixtures::open(state.path(), opts);
     let misbehave = rt.add_component(&fixtures::component("misbehave"), None).unwrap();
-    let bp = rt.put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: "misbehave".into(), hash: misbehave, memory_limit_mb: None }] }).unwrap();
+    let bp = rt
+        .put_blueprint(&Blueprint {
+            components: vec![BlueprintComponent { name: "misbehave".into(), hash: misbehave, memory_limit_mb: None }],
+        })
+        .unwrap();
     let spin = rt.create_service(&bp, &fixtures::host()).await.unwrap();
     let ttl = Duration::from_millis(50);
     let tick = fixtures::config(state.path()).epoch_tick;

@@ -233,7 +233,11 @@ fn plan(distros: &Path, state: &Path, reps: usize) -> Value {
     let catalog = sysdeploy::distro::Catalog::load_dir(distros).unwrap_or_else(|e| panic!("{}: {e}", distros.display()));
     let load_us = us(t.elapsed());
     let schemas = catalog.schemas();
-    let opts = LoadOptions { config_path: None, env: vec![], flags: vec![config::FlagValue::new("--state-dir", "node.state_dir", state.to_string_lossy())] };
+    let opts = LoadOptions {
+        config_path: None,
+        env: vec![],
+        flags: vec![config::FlagValue::new("--state-dir", "node.state_dir", state.to_string_lossy())],
+    };
     let cfg = config::load(&opts, &schemas).unwrap_or_else(|e| panic!("config: {e}"));
     let sd = sysdeploy::state::StateDir::open_shared(state).expect("state dir");
     let host = sd.peer_id().clone();
@@ -255,7 +259,10 @@ fn plan(distros: &Path, state: &Path, reps: usize) -> Value {
                         .flat_map(|s| &s.components)
                         .find(|c| c.hash == facade.hash)
                         .expect("component in catalog");
-                    exports.insert(s.blueprint_id, sysdeploy::runtime::inspect_exports(std::path::Path::new(""), None, &facade.hash, &spec.bytes).expect("exports"));
+                    exports.insert(
+                        s.blueprint_id,
+                        sysdeploy::runtime::inspect_exports(std::path::Path::new(""), None, &facade.hash, &spec.bytes).expect("exports"),
+                    );
                 }
             }
         }
@@ -275,4 +282,3 @@ fn plan(distros: &Path, state: &Path, reps: usize) -> Value {
     }
     json!({ "services": services, "load_dir_us": load_us, "resolve": stats(resolve_s), "plan": stats(plan_s) })
 }
-

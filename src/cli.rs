@@ -213,7 +213,8 @@ pub fn main() -> ExitCode {
 
 /// Compiler crates whose debug/trace output is gigabytes per cold boot (every
 /// IR pass of every function); kept at `warn` unless RUST_LOG names them.
-const NOISY_TARGETS: &[&str] = &["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "regalloc2", "wasmtime_cranelift", "wasmtime_internal_cranelift"];
+const NOISY_TARGETS: &[&str] =
+    &["cranelift_codegen", "cranelift_frontend", "cranelift_entity", "regalloc2", "wasmtime_cranelift", "wasmtime_internal_cranelift"];
 
 /// The effective log filter for a RUST_LOG value (`None`: unset).
 fn log_filter(rust_log: Option<&str>) -> String {
@@ -236,10 +237,7 @@ fn init_logging(format: LogFormat) {
         eprintln!("warning: RUST_LOG={:?} is not a valid filter ({e}); logging at info", rust_log.unwrap_or_default());
         EnvFilter::new(log_filter(None))
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     // try_init: a second init (tests calling `run` twice) is harmless.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -320,7 +318,8 @@ fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
     match serde_json::from_str::<Json>(args) {
         Ok(Json::Array(_)) => {}
         Ok(_) | Err(_) => {
-            return ctx.fail(Exit::Invalid, format!("JSON-ARGS {args:?} is not a JSON array; pass e.g. '[\"key-1\", 42]' or nothing for []"))
+            return ctx
+                .fail(Exit::Invalid, format!("JSON-ARGS {args:?} is not a JSON array; pass e.g. '[\"key-1\", 42]' or nothing for []"))
         }
     }
     let args: Json = serde_json::from_str(args).expect("checked above");
@@ -363,14 +362,13 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
         Some(f) => println!("# effective configuration (file: {}); secrets are <redacted>", f.display()),
         None => println!("# effective configuration (no config file: embedded defaults, env and flags); secrets are <redacted>"),
     }
-    let rendered: Vec<(String, String, String)> =
-        entries
-            .iter()
-            .map(|e| {
-                let v = if e.secret { config::REDACTED.to_string() } else { e.value.to_string() };
-                (e.key.clone(), v, e.source.to_string())
-            })
-            .collect();
+    let rendered: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            let v = if e.secret { config::REDACTED.to_string() } else { e.value.to_string() };
+            (e.key.clone(), v, e.source.to_string())
+        })
+        .collect();
     let kw = rendered.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let vw = rendered.iter().map(|r| r.1.chars().count()).filter(|n| *n <= 40).max().unwrap_or(0);
     for (k, v, s) in rendered {

@@ -14,7 +14,9 @@ pub enum NameError {
     Empty,
     #[error("is {0} characters long; at most {MAX_NAME_LEN} are allowed")]
     TooLong(usize),
-    #[error("contains {0:?}; only lowercase ASCII letters, digits and single '-' between them are allowed (kebab-case, starting with a letter)")]
+    #[error(
+        "contains {0:?}; only lowercase ASCII letters, digits and single '-' between them are allowed (kebab-case, starting with a letter)"
+    )]
     BadChar(char),
     #[error("must start with a lowercase letter")]
     BadStart,

@@ -60,7 +60,12 @@ struct RuntimeCaller {
 }
 
 impl ServiceCaller for RuntimeCaller {
-    fn call(&self, alias: &str, function: &str, args: Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
+    fn call(
+        &self,
+        alias: &str,
+        function: &str,
+        args: Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
         let (alias, function) = (alias.to_string(), function.to_string());
         Box::pin(async move {
             let t = std::time::Instant::now();
@@ -130,8 +135,9 @@ impl Node {
         let ttl = Duration::from_millis(config.system_services.call_ttl_ms);
         let mut rcfg = RuntimeConfig::new(state.path());
         rcfg.call_ttl = ttl;
-        let runtime = Runtime::open_with(store.clone(), rcfg, RuntimeOptions { host_peer: Some(state.peer_id().clone()), ..Default::default() })
-            .map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
+        let runtime =
+            Runtime::open_with(store.clone(), rcfg, RuntimeOptions { host_peer: Some(state.peer_id().clone()), ..Default::default() })
+                .map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let metrics = Metrics::new();
         let mut scfg = SpellConfig::new(state.peer_id().clone());
         scfg.run_ttl = ttl;
@@ -239,7 +245,11 @@ impl Node {
         let stats = self.runtime.cache_stats();
         self.metrics.cache(stats.hits.saturating_sub(misses_before.hits), stats.misses.saturating_sub(misses_before.misses));
         for s in &report.steps {
-            self.metrics.observe_step(&s.action, Duration::from_secs_f64(s.duration_ms / 1000.0), &format!("{:?}", s.outcome).to_lowercase());
+            self.metrics.observe_step(
+                &s.action,
+                Duration::from_secs_f64(s.duration_ms / 1000.0),
+                &format!("{:?}", s.outcome).to_lowercase(),
+            );
         }
         self.metrics.set_deployed(self.runtime.list_services().len(), self.spells.list().len());
         let value = serde_json::to_value(&report).expect("report serialises");
@@ -567,7 +577,8 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
             let facade = s.blueprint.components.last().expect("validated: at least one component");
             let bytes = deploy::ComponentSource::bytes(&source, &facade.hash)
                 .ok_or_else(|| DeployFailure::new(Exit::Invalid, format!("package {}: component {} missing", p.name, facade.name)))?;
-            let sigs = crate::runtime::inspect_exports(dir, store.as_ref(), &facade.hash, &bytes).map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
+            let sigs = crate::runtime::inspect_exports(dir, store.as_ref(), &facade.hash, &bytes)
+                .map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
             desired.exports.insert(s.blueprint_id, sigs);
         }
     }

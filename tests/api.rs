@@ -68,13 +68,9 @@ impl Backend for TestBackend {
                     Ok(json!("done"))
                 }
                 "hang" => std::future::pending().await,
-                "bad-arg" => Err(CallError::BadArgument {
-                    target,
-                    function,
-                    param: "n".into(),
-                    expected: "u32".into(),
-                    got: "\"x\"".into(),
-                }),
+                "bad-arg" => {
+                    Err(CallError::BadArgument { target, function, param: "n".into(), expected: "u32".into(), got: "\"x\"".into() })
+                }
                 "bad-args" => Err(CallError::BadArguments { target, function, message: "expected 1 argument, got 0".into() }),
                 "timeout" => Err(CallError::Timeout { target, function, ttl_ms: 60000 }),
                 "trap" => Err(CallError::Trap { target, function, trap: "wasm trap: unreachable".into() }),
@@ -170,8 +166,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
     let method = method.to_string();
     let token = token.map(str::to_string);
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).proxy(None).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).proxy(None).build().into();
         let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
@@ -184,12 +179,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
         let header = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_string());
         let www_authenticate = header("www-authenticate");
         let content_type = header("content-type");
-        Resp {
-            status: resp.status().as_u16(),
-            www_authenticate,
-            content_type,
-            body: resp.body_mut().read_to_string().unwrap(),
-        }
+        Resp { status: resp.status().as_u16(), www_authenticate, content_type, body: resp.body_mut().read_to_string().unwrap() }
     })
     .await
     .unwrap()
@@ -360,7 +350,7 @@ async fn metrics_show_calls_and_the_other_layers_series() {
     s.post("/v1/services/echo/call/echo", b"[2]").await;
     s.post("/v1/services/echo/call/trap", b"[]").await;
     s.post("/v1/services/ghost/call/echo", b"[]").await; // unknown target: not a series
-    // What the deployer, spell scheduler and runtime record through their clone.
+                                                         // What the deployer, spell scheduler and runtime record through their clone.
     s.metrics.observe_step("install", Duration::from_millis(12), "ok");
     s.metrics.set_deployed(3, 1);
     s.metrics.spell_run("tick", true);
@@ -450,10 +440,7 @@ async fn client_round_trip_and_its_errors() {
 
     s.stop().await;
     // The node is gone: the client says so instead of printing a socket error.
-    let e = tokio::task::spawn_blocking(move || client::call(addr, TOKEN, "echo", "echo", json!([])))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let e = tokio::task::spawn_blocking(move || client::call(addr, TOKEN, "echo", "echo", json!([]))).await.unwrap().unwrap_err();
     assert!(matches!(e, client::ClientError::NodeNotRunning { .. }), "{e:?}");
     assert!(e.to_string().contains("node is not running"), "{e}");
 }

@@ -146,7 +146,8 @@ fn human_config_output_shows_sources() {
     let file = sb.write("c.toml", "[node]\napi_listen = \"127.0.0.1:9000\"\n");
     let out = sb.run(&["config", "--config", file.to_str().unwrap()], &[(PERIOD_ENV, "60")]);
     assert_eq!(out.code, 0, "{out:?}");
-    let line = |key: &str| out.stdout.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} missing:\n{}", out.stdout)).to_string();
+    let line =
+        |key: &str| out.stdout.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} missing:\n{}", out.stdout)).to_string();
     assert!(line("node.api_listen ").contains("\"127.0.0.1:9000\"") && line("node.api_listen ").ends_with("c.toml:2"));
     assert!(line(PERIOD).contains("60") && line(PERIOD).ends_with(&format!("# env {PERIOD_ENV}")));
     assert!(line("node.state_dir").ends_with("# default"));
@@ -181,10 +182,8 @@ fn wrong_type_from_env_names_the_var() {
 fn unknown_keys_are_errors() {
     let sb = Sandbox::new();
     let f = sb.write("c.toml", "[node]\nstate_dir = \"x\"\n\n[nodes]\napi_listen = \"127.0.0.1:1\"\n");
-    sb.run(&["config", "--config", f.to_str().unwrap()], &[]).invalid(&[
-        "nodes = { api_listen = \"127.0.0.1:1\" }",
-        &format!("({}:4): unknown key (did you mean node?)", f.display()),
-    ]);
+    sb.run(&["config", "--config", f.to_str().unwrap()], &[])
+        .invalid(&["nodes = { api_listen = \"127.0.0.1:1\" }", &format!("({}:4): unknown key (did you mean node?)", f.display())]);
 
     let f = sb.write("d.toml", "[system_services.registry]\nexpired_period = 5\n");
     sb.run(&["config", "--config", f.to_str().unwrap()], &[]).invalid(&[

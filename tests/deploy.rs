@@ -117,7 +117,13 @@ fn desired(services: Vec<DesiredService>) -> Desired {
     for s in services {
         match packages.iter_mut().find(|p| p.name == s.package) {
             Some(p) => p.services.push(s),
-            None => packages.push(DesiredPackage { name: s.package.clone(), version: s.version.clone(), depends_on: vec![], services: vec![s], spells: vec![] }),
+            None => packages.push(DesiredPackage {
+                name: s.package.clone(),
+                version: s.version.clone(),
+                depends_on: vec![],
+                services: vec![s],
+                spells: vec![],
+            }),
         }
     }
     Desired { packages, exports: Default::default() }
@@ -182,11 +188,17 @@ async fn replace_on_component_change_swaps_alias_and_removes_old() {
 async fn failed_replace_leaves_old_service_bound_and_answering() {
     for policy in [FailurePolicy::Stop, FailurePolicy::Continue] {
         let n = node(policy);
-        n.deploy(desired(vec![service("counter", "pkg-a", 1, false, 7, ConfigChange::Reinit), service("other", "pkg-b", 1, false, 1, ConfigChange::Reinit)]))
-            .await;
+        n.deploy(desired(vec![
+            service("counter", "pkg-a", 1, false, 7, ConfigChange::Reinit),
+            service("other", "pkg-b", 1, false, 1, ConfigChange::Reinit),
+        ]))
+        .await;
         let old = n.id_of("counter");
         let (_, r) = n
-            .deploy(desired(vec![service("counter", "pkg-a", 3, true, 7, ConfigChange::Reinit), service("other", "pkg-b", 1, false, 2, ConfigChange::Reinit)]))
+            .deploy(desired(vec![
+                service("counter", "pkg-a", 3, true, 7, ConfigChange::Reinit),
+                service("other", "pkg-b", 1, false, 2, ConfigChange::Reinit),
+            ]))
             .await;
         let expected = if policy == FailurePolicy::Stop { Outcome::Failed } else { Outcome::Degraded };
         assert_eq!(r.outcome, expected);
@@ -203,8 +215,11 @@ async fn failed_replace_leaves_old_service_bound_and_answering() {
 #[tokio::test]
 async fn disabled_package_is_removed_others_keep_ids() {
     let n = node(FailurePolicy::Stop);
-    n.deploy(desired(vec![service("counter", "pkg-a", 1, false, 7, ConfigChange::Reinit), service("other", "pkg-b", 1, false, 1, ConfigChange::Reinit)]))
-        .await;
+    n.deploy(desired(vec![
+        service("counter", "pkg-a", 1, false, 7, ConfigChange::Reinit),
+        service("other", "pkg-b", 1, false, 1, ConfigChange::Reinit),
+    ]))
+    .await;
     let other = n.id_of("other");
     let (p, r) = n.deploy(desired(vec![service("other", "pkg-b", 1, false, 1, ConfigChange::Reinit)])).await;
     assert!(matches!(&p.steps[0], Step::Remove { reason, .. } if reason == "package pkg-a is not enabled"), "{p}");
@@ -268,7 +283,12 @@ async fn recovery_rolls_back_unbound_install_and_finishes_swapped_replace() {
     }
     n.deployer
         .journal
-        .put_intent(&journal::Intent { step: p.steps[0].clone(), phase: journal::Phase::Initialised, new_service: Some(new.clone()), entry: Some(entry) })
+        .put_intent(&journal::Intent {
+            step: p.steps[0].clone(),
+            phase: journal::Phase::Initialised,
+            new_service: Some(new.clone()),
+            entry: Some(entry),
+        })
         .unwrap();
     n.deployer.runtime.rebind_alias(&Alias::new("counter").unwrap(), AliasTarget::Service(new.clone()), &host()).unwrap();
     // An install interrupted before binding: an orphan service.

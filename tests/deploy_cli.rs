@@ -88,7 +88,8 @@ args = ["${{config.greeting}}"]
             );
             std::fs::write(dir.join("distro.toml"), toml).unwrap();
             if p.extra.contains("tick.rhai") {
-                std::fs::write(dir.join("tick.rhai"), "let n = kv_get(\"count\"); if n == () { n = 0; } kv_set(\"count\", n + 1);").unwrap();
+                std::fs::write(dir.join("tick.rhai"), "let n = kv_get(\"count\"); if n == () { n = 0; } kv_set(\"count\", n + 1);")
+                    .unwrap();
             }
         }
     }
@@ -132,7 +133,9 @@ args = ["${{config.greeting}}"]
     fn snapshot(&self) -> Vec<String> {
         let conn = rusqlite_conn(&self.state.join("state.db"));
         let mut out = Vec::new();
-        for (t, order) in [("rt_services", "id"), ("rt_aliases", "alias"), ("deploy_entries", "alias"), ("spells", "id"), ("spell_kv", "key")] {
+        for (t, order) in
+            [("rt_services", "id"), ("rt_aliases", "alias"), ("deploy_entries", "alias"), ("spells", "id"), ("spell_kv", "key")]
+        {
             let mut stmt = conn.prepare(&format!("SELECT * FROM {t} ORDER BY {order}")).unwrap();
             let n = stmt.column_count();
             let rows = stmt
@@ -167,7 +170,12 @@ fn service_id(rt: &Runtime, alias: &str) -> String {
 }
 
 fn actions(plan: &Value) -> Vec<(String, String)> {
-    plan["steps"].as_array().unwrap().iter().map(|s| (s["alias"].as_str().unwrap().to_string(), s["action"].as_str().unwrap().to_string())).collect()
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["alias"].as_str().unwrap().to_string(), s["action"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 async fn call(rt: &Runtime, alias: &str, f: &str, args: Value) -> Value {
@@ -291,7 +299,10 @@ async fn failing_new_version_leaves_old_bound_exit_1_or_degraded() {
         let out = env.boot();
         assert_eq!(out.status.code(), Some(code), "{policy}: {}", String::from_utf8_lossy(&out.stderr));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("package kv-a") && err.contains("alias kv-a") && err.contains("step replace") && err.contains("set-greeting"), "{err}");
+        assert!(
+            err.contains("package kv-a") && err.contains("alias kv-a") && err.contains("step replace") && err.contains("set-greeting"),
+            "{err}"
+        );
         let rt = env.runtime();
         assert_eq!(service_id(&rt, "kv-a"), old, "{policy}: the old service stays bound");
         assert_eq!(call(&rt, "kv-a", "get", json!(["k"])).await, json!("v1"));
@@ -359,7 +370,9 @@ async fn plan_rejects_an_init_argument_of_the_wrong_type_and_changes_nothing() {
         let out = env.cmd(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        for needle in ["package kv-a", "set-greeting", "parameter greeting", "expected string", "42", "system_services.kv_a.greeting", "node.toml:3"] {
+        for needle in
+            ["package kv-a", "set-greeting", "parameter greeting", "expected string", "42", "system_services.kv_a.greeting", "node.toml:3"]
+        {
             assert!(err.contains(needle), "{args:?}: missing {needle:?} in:\n{err}");
         }
     }
@@ -392,7 +405,10 @@ async fn a_component_that_does_not_compile_is_invalid_input() {
     let out = env.boot();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("package kv-a") && err.contains("component kv-store") && err.contains("not a valid WebAssembly component"), "{err}");
+    assert!(
+        err.contains("package kv-a") && err.contains("component kv-store") && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(env.state.join("state.db")).unwrap(), before, "store unchanged");
     assert_eq!(service_id(&env.runtime(), "kv-a").len(), 32, "the deployed service is still there");
 }

@@ -42,8 +42,7 @@ fn pkg(name: &str) -> PackageName {
 /// Config values of a package as the config layer would hand them over:
 /// defaults, overridden by `overrides`.
 fn values(p: &distro::Package, overrides: &[(&str, Value)]) -> BTreeMap<String, Value> {
-    let mut m: BTreeMap<String, Value> =
-        p.config.keys.iter().filter_map(|k| Some((k.name.clone(), k.default.clone()?))).collect();
+    let mut m: BTreeMap<String, Value> = p.config.keys.iter().filter_map(|k| Some((k.name.clone(), k.default.clone()?))).collect();
     for (k, v) in overrides {
         m.insert(k.to_string(), v.clone());
     }
@@ -153,7 +152,9 @@ fn four_system_packages_in_dependency_order() {
 fn package_schemas_come_from_the_manifests() {
     let schemas = distro::package_schemas();
     let get = |p: &str, k: &str| schemas.iter().find(|s| s.package == p).and_then(|s| s.key(k)).cloned().unwrap();
-    for (k, d) in [("registry_period_sec", 3600), ("expired_period_sec", 86400), ("renew_period_sec", 43200), ("replicate_period_sec", 3600)] {
+    for (k, d) in
+        [("registry_period_sec", 3600), ("expired_period_sec", 86400), ("renew_period_sec", 43200), ("replicate_period_sec", 3600)]
+    {
         let spec = get("registry", k);
         assert_eq!((spec.ty, spec.default), (ValueType::Integer, Some(json!(d))), "registry.{k}");
     }
@@ -183,7 +184,8 @@ fn init_calls_resolve_with_types() {
     assert_ne!(r.calls, r2.calls, "a config change changes the resolved arguments");
 
     let aqua = c.package(&pkg("aqua-ipfs")).unwrap();
-    let r = aqua.services[0].init[1].resolve(&values(aqua, &[("external_api_multiaddr", json!("/dns4/ipfs.example/tcp/443/https"))])).unwrap();
+    let r =
+        aqua.services[0].init[1].resolve(&values(aqua, &[("external_api_multiaddr", json!("/dns4/ipfs.example/tcp/443/https"))])).unwrap();
     assert_eq!(r.calls, vec![vec![json!("/dns4/ipfs.example/tcp/443/https")]]);
 }
 
@@ -199,11 +201,14 @@ fn spell_trigger_and_kv_resolve_with_types() {
     assert_eq!((t.start, t.period_sec, t.end), (ClockStart::Now, 600, None));
     let kv = spell.resolve_kv(&vals).unwrap();
     let plain: BTreeMap<&str, &Value> = kv.iter().map(|(k, r)| (k.as_str(), &r.value)).collect();
-    assert_eq!(plain, BTreeMap::from([
-        ("expired_period_sec", &json!(86400)),
-        ("renew_period_sec", &json!(43200)),
-        ("replicate_period_sec", &json!(3600)),
-    ]));
+    assert_eq!(
+        plain,
+        BTreeMap::from([
+            ("expired_period_sec", &json!(86400)),
+            ("renew_period_sec", &json!(43200)),
+            ("replicate_period_sec", &json!(3600)),
+        ])
+    );
     assert_eq!(kv["renew_period_sec"].inputs, ["renew_period_sec"]);
 
     let bad = values(registry, &[("registry_period_sec", json!("soon"))]);
@@ -269,10 +274,7 @@ fn a_fifth_package_is_a_new_folder_and_nothing_else() {
 
     // The config layer picks the new section up from the schemas alone: it is
     // enabled by default, takes env overrides, and its init resolves from them.
-    let opts = LoadOptions {
-        env: vec![("SYSDEPLOY_SYSTEM_SERVICES__KV_STORE__GREETING".into(), "hi".into())],
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions { env: vec![("SYSDEPLOY_SYSTEM_SERVICES__KV_STORE__GREETING".into(), "hi".into())], ..LoadOptions::default() };
     let cfg = config::load(&opts, &c.schemas()).unwrap();
     assert!(cfg.system_services.enable.contains(&pkg("kv-store")));
     let section = &cfg.system_services.packages[&pkg("kv-store")];
@@ -470,7 +472,10 @@ mod through_runtime {
         let node = Node::new();
         node.install(&p.services[0], &values(p, &[("external_api_multiaddr", json!("/dns4/ipfs.example.com/tcp/443/https"))])).await;
         assert_eq!(node.call("aqua-ipfs", "get-local-api-multiaddr", json!([])).await, json!({"ok": "/ip4/127.0.0.1/tcp/5001"}));
-        assert_eq!(node.call("aqua-ipfs", "get-external-api-multiaddr", json!([])).await, json!({"ok": "/dns4/ipfs.example.com/tcp/443/https"}));
+        assert_eq!(
+            node.call("aqua-ipfs", "get-external-api-multiaddr", json!([])).await,
+            json!({"ok": "/dns4/ipfs.example.com/tcp/443/https"})
+        );
         for bad in ["127.0.0.1:5001", "/ip4/300.1.1.1/tcp/5001", "/ip4/127.0.0.1", "/ip4/127.0.0.1/tcp/99999", "/ip6/zz/tcp/1"] {
             let out = node.call("aqua-ipfs", "set-external-api-multiaddr", json!([bad])).await;
             assert!(err_text(&out).contains("is invalid"), "{bad}: {out}");
@@ -480,7 +485,10 @@ mod through_runtime {
         // A restart needs no re-init: the values live in the data directory.
         let node = node.restart();
         assert_eq!(node.call("aqua-ipfs", "get-local-api-multiaddr", json!([])).await, json!({"ok": "/ip6/::1/tcp/5001"}));
-        assert_eq!(node.call("aqua-ipfs", "get-external-api-multiaddr", json!([])).await, json!({"ok": "/dns4/ipfs.example.com/tcp/443/https"}));
+        assert_eq!(
+            node.call("aqua-ipfs", "get-external-api-multiaddr", json!([])).await,
+            json!({"ok": "/dns4/ipfs.example.com/tcp/443/https"})
+        );
     }
 
     fn signing_key(label: &str) -> ed25519_dalek::SigningKey {
@@ -542,11 +550,15 @@ mod through_runtime {
         assert!(err_text(&out).contains("link 1") && err_text(&out).contains("bad signature"), "{out}");
 
         // A link signed by someone who is not the previous link's subject.
-        let out = node.call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), link(&newcomer, &peer(&worker), far, past)]}])).await;
+        let out = node
+            .call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), link(&newcomer, &peer(&worker), far, past)]}]))
+            .await;
         assert!(err_text(&out).contains("the chain is broken"), "{out}");
 
         // Expired links are rejected even when correctly signed.
-        let out = node.call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), link(&root, &peer(&newcomer), past + 10, past)]}])).await;
+        let out = node
+            .call("trust-graph", "insert-cert", json!([{"chain": [root_link.clone(), link(&root, &peer(&newcomer), past + 10, past)]}]))
+            .await;
         assert!(err_text(&out).contains("expired at"), "{out}");
 
         // Chains must start at a root.
@@ -573,7 +585,10 @@ mod through_runtime {
         assert_eq!(node.call("registry", "register", json!(["b", "x", "12D3KooWB", 1010])).await, ok);
         let out = node.call("registry", "register", json!(["a", "old", "12D3KooWA", 900])).await;
         assert!(err_text(&out).contains("older than the stored one"), "{out}");
-        assert_eq!(node.call("registry", "get", json!(["a"])).await, json!({"key": "a", "value": "2", "issuer": "12D3KooWA", "timestamp": 1050}));
+        assert_eq!(
+            node.call("registry", "get", json!(["a"])).await,
+            json!({"key": "a", "value": "2", "issuer": "12D3KooWA", "timestamp": 1050})
+        );
         assert_eq!(node.call("registry", "get", json!(["zzz"])).await, Value::Null);
         // period 0 = the expiry set at init (100 s): b (1010) expires at 1110, a at 1150.
         assert_eq!(node.call("registry", "clear-expired", json!([1120, 0])).await, json!(1));
@@ -620,11 +635,14 @@ mod through_runtime {
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut e = Engine::new();
-            e.register_fn("call_service", move |a: ImmutableString, f: ImmutableString, args: Dynamic| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
-                let args: Value = rhai::serde::from_dynamic(&args)?;
-                let out = handle.block_on(rt.call(&a, &f, args)).map_err(|e| e.to_string())?;
-                rhai::serde::to_dynamic(out)
-            });
+            e.register_fn(
+                "call_service",
+                move |a: ImmutableString, f: ImmutableString, args: Dynamic| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+                    let args: Value = rhai::serde::from_dynamic(&args)?;
+                    let out = handle.block_on(rt.call(&a, &f, args)).map_err(|e| e.to_string())?;
+                    rhai::serde::to_dynamic(out)
+                },
+            );
             let k = kv.clone();
             e.register_fn("kv_get", move |key: &str| -> Dynamic {
                 k.lock().unwrap().get(key).map(|v| rhai::serde::to_dynamic(v).unwrap()).unwrap_or(Dynamic::UNIT)

@@ -255,12 +255,8 @@ impl Resp {
 
 /// One request; `None` when nothing answers (connection refused or reset).
 fn try_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Option<Resp> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(PATIENCE))
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(PATIENCE)).build().into();
     let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
@@ -669,7 +665,13 @@ fn reload_replaces_one_service_while_another_is_called_without_failures() {
 
     let (ok_other, failed_other) = other.finish();
     let (ok_replaced, failed_replaced) = replaced.finish();
-    assert!(failed_other.is_empty(), "{} of {} calls to kv-other failed: {:?}", failed_other.len(), ok_other, &failed_other[..failed_other.len().min(5)]);
+    assert!(
+        failed_other.is_empty(),
+        "{} of {} calls to kv-other failed: {:?}",
+        failed_other.len(),
+        ok_other,
+        &failed_other[..failed_other.len().min(5)]
+    );
     assert!(
         failed_replaced.is_empty(),
         "{} of {} calls to kv-store failed: {:?}",

@@ -5,15 +5,15 @@
 
 #[path = "reliability/common.rs"]
 mod common;
-#[cfg(feature = "failpoints")]
-#[path = "reliability/crash.rs"]
-mod crash;
 #[path = "reliability/corpus.rs"]
 mod corpus;
 #[cfg(feature = "failpoints")]
-#[path = "reliability/model.rs"]
-mod model;
-#[path = "reliability/fuzz.rs"]
-mod fuzz;
+#[path = "reliability/crash.rs"]
+mod crash;
 #[path = "reliability/faults.rs"]
 mod faults;
+#[path = "reliability/fuzz.rs"]
+mod fuzz;
+#[cfg(feature = "failpoints")]
+#[path = "reliability/model.rs"]
+mod model;

@@ -112,7 +112,10 @@ async fn json_wit_mismatch_names_the_parameter() {
     let e = call(&h, &s, "echo-everything", json!([{"flag": 1}])).await.unwrap_err();
     assert!(matches!(&e, CallError::BadArgument { param, expected, .. } if param == "v.flag" && expected == "bool"), "{e:?}");
     let e = call(&h, &s, "add", json!([1])).await.unwrap_err();
-    assert!(matches!(&e, CallError::BadArguments { message, .. } if message.contains("expected 2 argument(s)") && message.contains("a: u32, b: u32")), "{e:?}");
+    assert!(
+        matches!(&e, CallError::BadArguments { message, .. } if message.contains("expected 2 argument(s)") && message.contains("a: u32, b: u32")),
+        "{e:?}"
+    );
     let e = call(&h, &s, "add", json!({"a": 1})).await.unwrap_err();
     assert!(matches!(e, CallError::BadArguments { .. }), "{e:?}");
     // The instance is unharmed by rejected arguments.
@@ -134,10 +137,7 @@ async fn blueprint_exports_give_signatures_for_plan_time_checks() {
     assert!(fields.iter().any(|(n, t)| n == "color" && *t == WitType::Enum { cases: vec!["red".into(), "green".into(), "blue".into()] }));
     // Pure check, no service needed.
     assert_eq!(check_args(add, &json!([1, 2])), Ok(()));
-    assert_eq!(
-        check_args(add, &json!([1, -2])),
-        Err(ArgError::Mismatch { param: "b".into(), expected: "u32".into(), got: "-2".into() })
-    );
+    assert_eq!(check_args(add, &json!([1, -2])), Err(ArgError::Mismatch { param: "b".into(), expected: "u32".into(), got: "-2".into() }));
     assert!(matches!(h.rt.blueprint_exports(&sysdeploy::ids::BlueprintId([0; 32])), Err(RuntimeError::UnknownBlueprint(_))));
 }
 
@@ -168,7 +168,10 @@ async fn unsatisfied_imports_are_named_at_create_time() {
     // The facade without its library: the import exists, its provider does not.
     let bp = h.blueprint(&[("facade", None)]);
     let e = h.rt.create_service(&bp, &host()).await.unwrap_err();
-    assert!(matches!(&e, RuntimeError::UnsatisfiedImport { component, import, .. } if component == "facade" && import == "sysdeploy:test/lib@0.1.0"), "{e:?}");
+    assert!(
+        matches!(&e, RuntimeError::UnsatisfiedImport { component, import, .. } if component == "facade" && import == "sysdeploy:test/lib@0.1.0"),
+        "{e:?}"
+    );
     assert!(h.rt.list_services().is_empty(), "nothing was created");
 }
 
@@ -267,7 +270,10 @@ async fn a_trap_names_the_function_and_discards_the_instance() {
     assert_eq!(h.rt.call("flaky", "count", json!([])).await.unwrap(), json!(1));
     assert_eq!(h.rt.call("flaky", "count", json!([])).await.unwrap(), json!(2));
     let e = h.rt.call("flaky", "crash", json!([])).await.unwrap_err();
-    assert!(matches!(&e, CallError::Trap { target, function, trap } if target == "flaky" && function == "crash" && trap.contains("unreachable")), "{e:?}");
+    assert!(
+        matches!(&e, CallError::Trap { target, function, trap } if target == "flaky" && function == "crash" && trap.contains("unreachable")),
+        "{e:?}"
+    );
     assert!(e.to_string().starts_with("flaky.crash: guest trapped: "), "{e}");
     assert_eq!(h.rt.call("flaky", "count", json!([])).await.unwrap(), json!(1), "a fresh instance");
 }
@@ -435,7 +441,10 @@ async fn ownership_is_checked() {
     let ours = h.rt.create_service(&bp, &host()).await.unwrap();
     h.rt.check_owner(&ours, &host()).unwrap();
     let e = h.rt.check_owner(&theirs, &host()).unwrap_err();
-    assert!(matches!(&e, RuntimeError::NotOwner(what, owner) if what.contains(theirs.as_str()) && *owner == stranger().to_string()), "{e:?}");
+    assert!(
+        matches!(&e, RuntimeError::NotOwner(what, owner) if what.contains(theirs.as_str()) && *owner == stranger().to_string()),
+        "{e:?}"
+    );
     h.rt.bind_alias(&alias("theirs"), AliasTarget::Service(theirs.clone()), &stranger()).unwrap();
     assert!(matches!(h.rt.rebind_alias(&alias("theirs"), AliasTarget::Service(ours), &host()), Err(RuntimeError::NotOwner(..))));
     assert_eq!(h.rt.resolve("theirs").unwrap().owner, stranger());
@@ -532,7 +541,11 @@ async fn distro_components_built_from_rust_link_and_list_exports() {
                 let bytes = std::fs::read(&path).unwrap();
                 let hash = h.rt.add_component(&bytes, None).unwrap();
                 let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-                let bp = h.rt.put_blueprint(&Blueprint { components: vec![sysdeploy::runtime::BlueprintComponent { name, hash, memory_limit_mb: None }] }).unwrap();
+                let bp =
+                    h.rt.put_blueprint(&Blueprint {
+                        components: vec![sysdeploy::runtime::BlueprintComponent { name, hash, memory_limit_mb: None }],
+                    })
+                    .unwrap();
                 let sigs = h.rt.blueprint_exports(&bp).unwrap();
                 assert!(!sigs.is_empty(), "{}", path.display());
                 let s = h.rt.create_service(&bp, &host()).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));

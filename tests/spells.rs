@@ -10,9 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sysdeploy::ids::{Alias, PeerId};
-use sysdeploy::spell::{
-    RunStatus, Scheduler, ServiceCaller, SpellConfig, SpellDef, SpellError, Spells, Start, TokioClock, Trigger,
-};
+use sysdeploy::spell::{RunStatus, Scheduler, ServiceCaller, SpellConfig, SpellDef, SpellError, Spells, Start, TokioClock, Trigger};
 use sysdeploy::store::Store;
 use tokio::sync::Notify;
 
@@ -48,12 +46,7 @@ impl FakeServices {
 }
 
 impl ServiceCaller for FakeServices {
-    fn call(
-        &self,
-        alias: &str,
-        function: &str,
-        args: Value,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
+    fn call(&self, alias: &str, function: &str, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
         self.calls.lock().unwrap().push((alias.into(), function.into(), args.clone()));
         let key = format!("{alias}.{function}");
         let alias = alias.to_string();
@@ -440,9 +433,7 @@ async fn host_api() {
         kv_set("fn-ptr-named", call(Fn("to_upper"), "abc"));
         try { call("echo", "echo", 7); } catch (e) { kv_set("bad-args", e); }
     "#;
-    spells
-        .install(&def("api-test", script, Trigger::periodic(60)), &kv(&[("old", json!(1)), ("keep", json!(2))]))
-        .unwrap();
+    spells.install(&def("api-test", script, Trigger::periodic(60)), &kv(&[("old", json!(1)), ("keep", json!(2))])).unwrap();
     let out = spells.run_once(&a).await.unwrap();
     assert_eq!(out.status, RunStatus::Ok, "{out:?}");
     let got = spells.kv(&a).unwrap();
@@ -465,10 +456,7 @@ async fn host_api() {
     let calls = f.services.calls.lock().unwrap().clone();
     assert_eq!(
         calls,
-        vec![
-            ("echo".into(), "echo".into(), json!([1, "a", {"x": 2.5, "y": [true, null]}])),
-            ("echo".into(), "echo".into(), json!([])),
-        ]
+        vec![("echo".into(), "echo".into(), json!([1, "a", {"x": 2.5, "y": [true, null]}])), ("echo".into(), "echo".into(), json!([])),]
     );
 }
 
@@ -598,26 +586,17 @@ async fn install_and_update_validate_their_input() {
     let f = Fixture::new();
     let spells = f.spells_at(B);
     let none = BTreeMap::new();
-    assert!(matches!(
-        spells.install(&def("bad", "let x = ;", Trigger::once()), &none),
-        Err(SpellError::Compile { .. })
-    ));
+    assert!(matches!(spells.install(&def("bad", "let x = ;", Trigger::once()), &none), Err(SpellError::Compile { .. })));
     let mut wrong_hash = def("bad", COUNTER, Trigger::once());
     wrong_hash.script_hash = sysdeploy::spell::script_hash("something else");
     assert!(matches!(spells.install(&wrong_hash, &none), Err(SpellError::HashMismatch { .. })));
     let bad_trigger = Trigger { start: Start::At(B + 10), period_sec: 1, end: Some(B + 5) };
     assert!(matches!(spells.install(&def("bad", COUNTER, bad_trigger), &none), Err(SpellError::InvalidTrigger { .. })));
-    assert!(matches!(
-        spells.install(&def("bad", COUNTER, Trigger::once()), &kv(&[("", json!(1))])),
-        Err(SpellError::InvalidKv { .. })
-    ));
+    assert!(matches!(spells.install(&def("bad", COUNTER, Trigger::once()), &kv(&[("", json!(1))])), Err(SpellError::InvalidKv { .. })));
     assert!(spells.list().is_empty(), "nothing is written for rejected input");
 
     spells.install(&def("good", COUNTER, Trigger::once()), &none).unwrap();
-    assert!(matches!(
-        spells.install(&def("good", COUNTER, Trigger::once()), &none),
-        Err(SpellError::AlreadyInstalled { .. })
-    ));
+    assert!(matches!(spells.install(&def("good", COUNTER, Trigger::once()), &none), Err(SpellError::AlreadyInstalled { .. })));
     let mut foreign = def("good", "1;", Trigger::once());
     foreign.owner = PeerId::from_ed25519_public(&[2u8; 32]);
     assert!(matches!(spells.update(&foreign), Err(SpellError::NotOwner { .. })));

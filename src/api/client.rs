@@ -53,11 +53,7 @@ pub fn call(addr: SocketAddr, token: &str, alias: &str, function: &str, args: Va
         .build()
         .into();
     let url = format!("http://{addr}/v1/services/{}/call/{}", encode_segment(alias), encode_segment(function));
-    let mut resp = agent
-        .post(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .send_json(&args)
-        .map_err(|e| transport(addr, e))?;
+    let mut resp = agent.post(&url).header("Authorization", &format!("Bearer {token}")).send_json(&args).map_err(|e| transport(addr, e))?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().map_err(|e| transport(addr, e))?;
     if (200..300).contains(&status) {
@@ -71,9 +67,7 @@ pub fn call(addr: SocketAddr, token: &str, alias: &str, function: &str, args: Va
 
 fn transport(addr: SocketAddr, e: ureq::Error) -> ClientError {
     match &e {
-        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NodeNotRunning { addr }
-        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => ClientError::NodeNotRunning { addr },
         _ => ClientError::Transport { addr, source: e },
     }
 }

@@ -92,28 +92,16 @@ impl Metrics {
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
 
-        registry.register(
-            "deploy_step_duration_seconds",
-            "Duration of deployment steps by step kind and outcome",
-            step_duration.clone(),
-        );
+        registry.register("deploy_step_duration_seconds", "Duration of deployment steps by step kind and outcome", step_duration.clone());
         registry.register("deploy_steps", "Deployment steps applied, by step kind and outcome", steps.clone());
         registry.register("services_deployed", "Services currently deployed", services_deployed.clone());
         registry.register("spells_deployed", "Spells currently deployed", spells_deployed.clone());
         registry.register("calls", "Service function calls through the API, by alias", calls.clone());
         registry.register("call_errors", "Service function calls that failed, by alias", call_errors.clone());
-        registry.register(
-            "call_duration_seconds",
-            "Latency of service function calls through the API, by alias",
-            call_duration.clone(),
-        );
+        registry.register("call_duration_seconds", "Latency of service function calls through the API, by alias", call_duration.clone());
         registry.register("spell_runs", "Spell script runs, by spell alias", spell_runs.clone());
         registry.register("spell_errors", "Spell script runs that failed, by spell alias", spell_errors.clone());
-        registry.register(
-            "precompiled_cache_hits",
-            "Components loaded from the precompiled-artifact cache",
-            cache_hits.clone(),
-        );
+        registry.register("precompiled_cache_hits", "Components loaded from the precompiled-artifact cache", cache_hits.clone());
         registry.register(
             "precompiled_cache_misses",
             "Components that had to be compiled because no valid precompiled artifact existed",
@@ -183,8 +171,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail; the encoder only propagates fmt errors.
-        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
-            .expect("encoding metrics into a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).expect("encoding metrics into a String cannot fail");
         out
     }
 }

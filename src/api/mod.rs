@@ -198,12 +198,8 @@ async fn health(State(st): State<AppState>) -> Response {
     let (status, body) = match &h {
         Health::Ready => (StatusCode::OK, HealthBody { status: "ready", failures: None }),
         Health::Deploying => (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "deploying", failures: None }),
-        Health::Degraded { failures } => {
-            (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "degraded", failures: Some(failures) })
-        }
-        Health::Failed { failures } => {
-            (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "failed", failures: Some(failures) })
-        }
+        Health::Degraded { failures } => (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "degraded", failures: Some(failures) }),
+        Health::Failed { failures } => (StatusCode::SERVICE_UNAVAILABLE, HealthBody { status: "failed", failures: Some(failures) }),
     };
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

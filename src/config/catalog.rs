@@ -100,7 +100,15 @@ impl Catalog {
             ("system_services.call_ttl_ms", Kind::Millis, Json::from(DEFAULT_CALL_TTL_MS)),
         ];
         for (path, kind, default) in fixed {
-            cat.insert(Leaf { path: path.into(), kind, default: Some(default), secret: false, required: false, legacy_env: vec![], package: None });
+            cat.insert(Leaf {
+                path: path.into(),
+                kind,
+                default: Some(default),
+                secret: false,
+                required: false,
+                legacy_env: vec![],
+                package: None,
+            });
         }
         for schema in schemas {
             let name = match PackageName::new(schema.package.clone()) {
@@ -245,9 +253,9 @@ impl Catalog {
                         .into(),
                 ))
             }
-            Kind::Packages | Kind::Typed(ValueType::StringList) => Json::from(
-                s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Json::from).collect::<Vec<_>>(),
-            ),
+            Kind::Packages | Kind::Typed(ValueType::StringList) => {
+                Json::from(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Json::from).collect::<Vec<_>>())
+            }
         };
         self.check(kind, &json)
     }
@@ -303,9 +311,7 @@ fn check_json(kind: Kind, v: &Json) -> Result<Json, ()> {
         Kind::Packages => Err(()),
         Kind::Typed(ValueType::String) => v.as_str().map(Json::from).ok_or(()),
         Kind::Typed(ValueType::Integer) => v.as_i64().map(Json::from).ok_or(()),
-        Kind::Typed(ValueType::Float) => {
-            v.as_f64().and_then(serde_json::Number::from_f64).map(Json::Number).ok_or(())
-        }
+        Kind::Typed(ValueType::Float) => v.as_f64().and_then(serde_json::Number::from_f64).map(Json::Number).ok_or(()),
         Kind::Typed(ValueType::Boolean) => v.as_bool().map(Json::from).ok_or(()),
         Kind::Typed(ValueType::StringList) => {
             let items = v.as_array().ok_or(())?;
@@ -324,9 +330,9 @@ fn toml_to_json(v: &DeValue<'_>) -> Option<Json> {
         DeValue::Boolean(b) => Json::Bool(*b),
         DeValue::Datetime(_) => return None,
         DeValue::Array(a) => Json::from(a.iter().map(|x| toml_to_json(x.get_ref())).collect::<Option<Vec<_>>>()?),
-        DeValue::Table(t) => Json::Object(
-            t.iter().map(|(k, v)| Some((k.get_ref().to_string(), toml_to_json(v.get_ref())?))).collect::<Option<_>>()?,
-        ),
+        DeValue::Table(t) => {
+            Json::Object(t.iter().map(|(k, v)| Some((k.get_ref().to_string(), toml_to_json(v.get_ref())?))).collect::<Option<_>>()?)
+        }
     })
 }
 
@@ -340,7 +346,10 @@ pub(crate) fn show_toml(v: &DeValue<'_>) -> String {
         DeValue::Datetime(d) => d.to_string(),
         DeValue::Array(a) => format!("[{}]", a.iter().map(|x| show_toml(x.get_ref())).collect::<Vec<_>>().join(", ")),
         DeValue::Table(t) => {
-            format!("{{ {} }}", t.iter().map(|(k, v)| format!("{} = {}", k.get_ref(), show_toml(v.get_ref()))).collect::<Vec<_>>().join(", "))
+            format!(
+                "{{ {} }}",
+                t.iter().map(|(k, v)| format!("{} = {}", k.get_ref(), show_toml(v.get_ref()))).collect::<Vec<_>>().join(", ")
+            )
         }
     };
     truncate(s)

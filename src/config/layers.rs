@@ -135,9 +135,8 @@ fn read_text(path: &Path) -> Result<String, Unreadable> {
         return Err(Unreadable::Other("it is not a regular file (a fifo, socket or device)".into()));
     }
     let bytes = std::fs::read(path).map_err(|e| Unreadable::Other(e.to_string()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        Unreadable::Other(format!("it is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-    })
+    String::from_utf8(bytes)
+        .map_err(|e| Unreadable::Other(format!("it is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
 }
 
 /// 1-based line and column of a byte offset.
@@ -194,12 +193,7 @@ impl FileWalker<'_> {
 }
 
 /// Deprecated env names declared by packages, below the `SYSDEPLOY_` names.
-pub(crate) fn legacy_env(
-    env: &[(String, String)],
-    cat: &Catalog,
-    problems: &mut Vec<ConfigProblem>,
-    warnings: &mut Vec<String>,
-) -> Layer {
+pub(crate) fn legacy_env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<ConfigProblem>, warnings: &mut Vec<String>) -> Layer {
     let mut layer = Layer::new("legacy env");
     for leaf in cat.leaves() {
         let current = leaf.env_var();
@@ -208,7 +202,10 @@ pub(crate) fn legacy_env(
             let Some((_, text)) = env.iter().rev().find(|(k, _)| k == legacy) else { continue };
             let origin = Source::LegacyEnv { var: legacy.clone() };
             if layer.values.contains_key(&leaf.path) {
-                warnings.push(format!("env {legacy} is deprecated and ignored: an earlier legacy name already sets {}; use {current}", leaf.path));
+                warnings.push(format!(
+                    "env {legacy} is deprecated and ignored: an earlier legacy name already sets {}; use {current}",
+                    leaf.path
+                ));
                 continue;
             }
             if overridden {

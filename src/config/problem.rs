@@ -134,7 +134,6 @@ fn elide(line: &str, max: usize) -> String {
     format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,13 @@ pub(super) fn fixture() -> Vec<PackageSchema> {
         PackageSchema {
             package: "aqua-ipfs".into(),
             keys: vec![
-                key("external_api_multiaddr", ValueType::String, Some(ipfs.clone()), false, &["FLUENCE_ENV_AQUA_IPFS_EXTERNAL_API_MULTIADDR"]),
+                key(
+                    "external_api_multiaddr",
+                    ValueType::String,
+                    Some(ipfs.clone()),
+                    false,
+                    &["FLUENCE_ENV_AQUA_IPFS_EXTERNAL_API_MULTIADDR"],
+                ),
                 key("local_api_multiaddr", ValueType::String, Some(ipfs.clone()), false, &["FLUENCE_ENV_AQUA_IPFS_LOCAL_API_MULTIADDR"]),
             ],
         },

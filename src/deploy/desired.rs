@@ -3,7 +3,7 @@
 //! sources that fed them).
 
 use super::model::*;
-use crate::config::{EffectiveConfig, ConfigValue};
+use crate::config::{ConfigValue, EffectiveConfig};
 use crate::distro::{self, Catalog, ClockStart, ConfigLookup};
 use crate::ids::PackageName;
 use serde_json::Value;
@@ -133,14 +133,22 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                     end: t.end,
                 },
                 Err(e) => {
-                    errors.push(DesiredError::Template { package: pkg.name.clone(), what: format!("spell {}, trigger", sp.alias), message: e.to_string() });
+                    errors.push(DesiredError::Template {
+                        package: pkg.name.clone(),
+                        what: format!("spell {}, trigger", sp.alias),
+                        message: e.to_string(),
+                    });
                     continue;
                 }
             };
             let kv = match sp.resolve_kv(&section) {
                 Ok(kv) => kv,
                 Err(e) => {
-                    errors.push(DesiredError::Template { package: pkg.name.clone(), what: format!("spell {}, kv", sp.alias), message: e.to_string() });
+                    errors.push(DesiredError::Template {
+                        package: pkg.name.clone(),
+                        what: format!("spell {}, kv", sp.alias),
+                        message: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -158,9 +166,19 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                 kv_inputs,
             });
         }
-        packages.push(DesiredPackage { name: pkg.name.clone(), version: pkg.version.clone(), depends_on: pkg.depends_on.clone(), services, spells });
+        packages.push(DesiredPackage {
+            name: pkg.name.clone(),
+            version: pkg.version.clone(),
+            depends_on: pkg.depends_on.clone(),
+            services,
+            spells,
+        });
     }
-    if errors.is_empty() { Ok(Desired { packages, exports: Default::default() }) } else { Err(DesiredErrors(errors)) }
+    if errors.is_empty() {
+        Ok(Desired { packages, exports: Default::default() })
+    } else {
+        Err(DesiredErrors(errors))
+    }
 }
 
 /// Serves component bytes from a catalog (embedded or loaded from disk).

@@ -102,7 +102,11 @@ impl Deployer {
     /// Makes sure every desired component and blueprint is stored (and
     /// precompiled), then returns the facade exports of each blueprint for
     /// plan-time type checks. Writes nothing when all are present.
-    pub async fn prepare(&self, desired: &Desired, source: Arc<dyn ComponentSource>) -> Result<BTreeMap<BlueprintId, Vec<FunctionSig>>, DeployError> {
+    pub async fn prepare(
+        &self,
+        desired: &Desired,
+        source: Arc<dyn ComponentSource>,
+    ) -> Result<BTreeMap<BlueprintId, Vec<FunctionSig>>, DeployError> {
         // Compile the missing components concurrently (Cranelift also
         // parallelises inside one component).
         let mut wanted: BTreeMap<ComponentHash, (PackageName, Alias, String)> = BTreeMap::new();
@@ -145,7 +149,11 @@ impl Deployer {
     /// The facade exports of every desired blueprint, for plan-time type
     /// checks, without writing anything (new components are compiled in
     /// memory, concurrently, and kept for `prepare`).
-    pub async fn exports(&self, desired: &Desired, source: Arc<dyn ComponentSource>) -> Result<BTreeMap<BlueprintId, Vec<FunctionSig>>, DeployError> {
+    pub async fn exports(
+        &self,
+        desired: &Desired,
+        source: Arc<dyn ComponentSource>,
+    ) -> Result<BTreeMap<BlueprintId, Vec<FunctionSig>>, DeployError> {
         let mut tasks = Vec::new();
         let mut seen = BTreeSet::new();
         for p in &desired.packages {
@@ -155,7 +163,12 @@ impl Deployer {
                 }
                 let Some(facade) = s.blueprint.components.last() else { continue };
                 if source.bytes(&facade.hash).is_none() {
-                    return Err(DeployError::MissingComponent { package: s.package.clone(), alias: s.alias.clone(), component: facade.name.clone(), hash: facade.hash.to_hex() });
+                    return Err(DeployError::MissingComponent {
+                        package: s.package.clone(),
+                        alias: s.alias.clone(),
+                        component: facade.name.clone(),
+                        hash: facade.hash.to_hex(),
+                    });
                 }
                 let (rt, src, hash, id) = (self.runtime.clone(), source.clone(), facade.hash, s.blueprint_id);
                 let (package, alias, component) = (s.package.clone(), s.alias.clone(), facade.name.clone());
@@ -187,9 +200,15 @@ impl Deployer {
 
         // Removals (packages no longer wanted) first, one by one.
         let wanted: BTreeSet<&PackageName> = desired.packages.iter().map(|p| &p.name).collect();
-        let services: BTreeMap<&Alias, &DesiredService> = desired.packages.iter().flat_map(|p| p.services.iter().map(|s| (&s.alias, s))).collect();
-        let spells: BTreeMap<&Alias, &DesiredSpell> = desired.packages.iter().flat_map(|p| p.spells.iter().map(|s| (&s.alias, s))).collect();
-        let is_removal = |s: &Step| matches!(s, Step::Remove { .. } | Step::RemoveSpell { .. }) && !services.contains_key(s.alias()) && !spells.contains_key(s.alias());
+        let services: BTreeMap<&Alias, &DesiredService> =
+            desired.packages.iter().flat_map(|p| p.services.iter().map(|s| (&s.alias, s))).collect();
+        let spells: BTreeMap<&Alias, &DesiredSpell> =
+            desired.packages.iter().flat_map(|p| p.spells.iter().map(|s| (&s.alias, s))).collect();
+        let is_removal = |s: &Step| {
+            matches!(s, Step::Remove { .. } | Step::RemoveSpell { .. })
+                && !services.contains_key(s.alias())
+                && !spells.contains_key(s.alias())
+        };
         for step in plan.steps.iter().filter(|s| is_removal(s)) {
             if stop {
                 reports.push(StepReport::skipped(step, "not run: an earlier step failed and on_failure = \"stop\""));
@@ -260,7 +279,12 @@ impl Deployer {
         Report::new(started_at, t0.elapsed(), outcome, plan.is_noop(), reports)
     }
 
-    async fn run_step(&self, step: &Step, services: &BTreeMap<&Alias, &DesiredService>, spells: &BTreeMap<&Alias, &DesiredSpell>) -> StepReport {
+    async fn run_step(
+        &self,
+        step: &Step,
+        services: &BTreeMap<&Alias, &DesiredService>,
+        spells: &BTreeMap<&Alias, &DesiredSpell>,
+    ) -> StepReport {
         let t = Instant::now();
         let alias = step.alias();
         let result: Result<u32, StepFailure> = match step {
@@ -321,7 +345,10 @@ impl Deployer {
                         tokio::time::sleep(wait).await;
                     }
                     Err(e) => {
-                        return Err(StepFailure { message: format!("function {}: {}", call.function, redact_call_error(&e, call.is_secret())), attempts: total });
+                        return Err(StepFailure {
+                            message: format!("function {}: {}", call.function, redact_call_error(&e, call.is_secret())),
+                            attempts: total,
+                        });
                     }
                 }
             }
@@ -451,7 +478,12 @@ impl Deployer {
             alias: s.alias.clone(),
             package: s.package.clone(),
             version: s.version.clone(),
-            kind: DeployedKind::Spell { spell_id, script_hash: s.script_hash.clone(), trigger: s.trigger.clone(), kv_applied: kv_applied_of(s) },
+            kind: DeployedKind::Spell {
+                spell_id,
+                script_hash: s.script_hash.clone(),
+                trigger: s.trigger.clone(),
+                kv_applied: kv_applied_of(s),
+            },
             created_at,
             updated_at: now_ms(),
         }
@@ -497,7 +529,9 @@ impl Deployer {
         if let DeployedKind::Spell { kv_applied: k, .. } = &mut entry.kind {
             *k = kv_applied;
         }
-        self.journal.put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) }).map_err(|e| fail(e.to_string()))?;
+        self.journal
+            .put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) })
+            .map_err(|e| fail(e.to_string()))?;
         crash_point!("deploy::update-spell::started");
         self.spells.update(s, &self.host).map_err(fail)?;
         crash_point!("deploy::update-spell::updated");
@@ -516,7 +550,9 @@ impl Deployer {
             *h = script_hash;
             *t = trigger;
         }
-        self.journal.put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) }).map_err(|e| fail(e.to_string()))?;
+        self.journal
+            .put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) })
+            .map_err(|e| fail(e.to_string()))?;
         crash_point!("deploy::kv-apply::started");
         self.spells.kv_apply(s).map_err(fail)?;
         crash_point!("deploy::kv-apply::applied");
@@ -525,7 +561,9 @@ impl Deployer {
 
     fn remove_spell(&self, step: &Step) -> Result<(), StepFailure> {
         let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        self.journal.put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None }).map_err(|e| fail(e.to_string()))?;
+        self.journal
+            .put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None })
+            .map_err(|e| fail(e.to_string()))?;
         crash_point!("deploy::remove-spell::started");
         self.finish_remove_spell(step.alias()).map_err(fail)
     }

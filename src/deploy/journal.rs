@@ -85,7 +85,14 @@ impl Journal {
         let conn = self.store.lock();
         let mut stmt = conn.prepare("SELECT alias, package, version, kind, created_at, updated_at FROM deploy_entries ORDER BY alias")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
         })?;
         let mut out = BTreeMap::new();
         for row in rows {

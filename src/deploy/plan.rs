@@ -15,27 +15,80 @@ use std::fmt;
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Step {
     /// Create the service, run its init calls, bind the alias.
-    Install { alias: Alias, package: PackageName, blueprint_id: BlueprintId, reason: String },
+    Install {
+        alias: Alias,
+        package: PackageName,
+        blueprint_id: BlueprintId,
+        reason: String,
+    },
     /// Nothing to do.
-    Keep { alias: Alias, package: PackageName },
+    Keep {
+        alias: Alias,
+        package: PackageName,
+    },
     /// Call the (on-change) init functions again on the same service.
-    Reinit { alias: Alias, package: PackageName, service_id: ServiceId, functions: Vec<String>, reason: String },
+    Reinit {
+        alias: Alias,
+        package: PackageName,
+        service_id: ServiceId,
+        functions: Vec<String>,
+        reason: String,
+    },
     /// Blue-green: new service beside the old, data carried over when
     /// `keep_data`, init, swap the alias, remove the old.
-    Replace { alias: Alias, package: PackageName, old_service_id: ServiceId, blueprint_id: BlueprintId, keep_data: bool, reason: String },
+    Replace {
+        alias: Alias,
+        package: PackageName,
+        old_service_id: ServiceId,
+        blueprint_id: BlueprintId,
+        keep_data: bool,
+        reason: String,
+    },
     /// The deployer's service is no longer wanted.
-    Remove { alias: Alias, package: PackageName, service_id: ServiceId, reason: String },
+    Remove {
+        alias: Alias,
+        package: PackageName,
+        service_id: ServiceId,
+        reason: String,
+    },
     /// The alias is held by something the host does not own; nothing of
     /// theirs is touched and this alias is not deployed.
-    Conflict { alias: Alias, package: PackageName, owner: PeerId, reason: String },
-    InstallSpell { alias: Alias, package: PackageName, reason: String },
+    Conflict {
+        alias: Alias,
+        package: PackageName,
+        owner: PeerId,
+        reason: String,
+    },
+    InstallSpell {
+        alias: Alias,
+        package: PackageName,
+        reason: String,
+    },
     /// Script and/or trigger changed: updated in place, KV and history kept.
-    UpdateSpell { alias: Alias, package: PackageName, script: bool, trigger: bool, reason: String },
+    UpdateSpell {
+        alias: Alias,
+        package: PackageName,
+        script: bool,
+        trigger: bool,
+        reason: String,
+    },
     /// Write these configured KV keys (three-way: only keys whose configured
     /// value changed since last applied).
-    KvApply { alias: Alias, package: PackageName, keys: Vec<String>, reason: String },
-    KeepSpell { alias: Alias, package: PackageName },
-    RemoveSpell { alias: Alias, package: PackageName, reason: String },
+    KvApply {
+        alias: Alias,
+        package: PackageName,
+        keys: Vec<String>,
+        reason: String,
+    },
+    KeepSpell {
+        alias: Alias,
+        package: PackageName,
+    },
+    RemoveSpell {
+        alias: Alias,
+        package: PackageName,
+        reason: String,
+    },
 }
 
 impl Step {
@@ -292,7 +345,12 @@ fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
     }
 }
 
-fn describe_component_change(old: &[(String, crate::ids::ComponentHash)], new: &[(String, crate::ids::ComponentHash)], old_v: &str, new_v: &str) -> String {
+fn describe_component_change(
+    old: &[(String, crate::ids::ComponentHash)],
+    new: &[(String, crate::ids::ComponentHash)],
+    old_v: &str,
+    new_v: &str,
+) -> String {
     let mut parts = Vec::new();
     let old_map: BTreeMap<&str, _> = old.iter().map(|(n, h)| (n.as_str(), h)).collect();
     let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| n.as_str()).collect();
@@ -376,7 +434,11 @@ fn plan_spell(s: &DesiredSpell, current: &Current, host: &PeerId) -> Vec<Step> {
     if script || trig {
         let mut why = Vec::new();
         if script {
-            why.push(format!("script changed ({} → {})", &script_hash[..script_hash.len().min(12)], &s.script_hash[..s.script_hash.len().min(12)]));
+            why.push(format!(
+                "script changed ({} → {})",
+                &script_hash[..script_hash.len().min(12)],
+                &s.script_hash[..s.script_hash.len().min(12)]
+            ));
         }
         if trig {
             why.push(format!("trigger changed ({} → {})", describe_trigger(trigger), describe_trigger(&s.trigger)));
@@ -390,9 +452,14 @@ fn plan_spell(s: &DesiredSpell, current: &Current, host: &PeerId) -> Vec<Step> {
             .iter()
             .map(|k| {
                 let secret = s.secret_keys.contains(k);
-                let from: Vec<String> = s.kv_inputs.get(k).map(|v| v.iter().map(|i| format!("{} from {}", i.key, i.source)).collect()).unwrap_or_default();
+                let from: Vec<String> =
+                    s.kv_inputs.get(k).map(|v| v.iter().map(|i| format!("{} from {}", i.key, i.source)).collect()).unwrap_or_default();
                 let tag = if secret { " (secret)" } else { "" };
-                if from.is_empty() { format!("{k}{tag} changed") } else { format!("{k}{tag} changed ({})", from.join(", ")) }
+                if from.is_empty() {
+                    format!("{k}{tag} changed")
+                } else {
+                    format!("{k}{tag} changed ({})", from.join(", "))
+                }
             })
             .collect();
         out.push(Step::KvApply { alias: s.alias.clone(), package: s.package.clone(), keys, reason: why.join(", ") });

@@ -25,7 +25,13 @@ fn service(alias: &str, package: &str, blueprint: u8) -> DesiredService {
         alias: a(alias),
         package: pkg(package),
         version: "1.0.0".into(),
-        blueprint: Blueprint { components: vec![BlueprintComponent { name: format!("{alias}.wasm"), hash: ComponentHash([blueprint; 32]), memory_limit_mb: None }] },
+        blueprint: Blueprint {
+            components: vec![BlueprintComponent {
+                name: format!("{alias}.wasm"),
+                hash: ComponentHash([blueprint; 32]),
+                memory_limit_mb: None,
+            }],
+        },
         blueprint_id: bp(blueprint),
         keep_data: true,
         on_config_change: ConfigChange::Reinit,
@@ -129,11 +135,7 @@ fn fresh_state_installs_everything_in_package_order() {
     let p = plan(&d, &Current::default(), &host()).unwrap();
     assert_eq!(
         kinds(&p),
-        vec![
-            ("registry".into(), "install"),
-            ("registry-spell".into(), "install-spell"),
-            ("connector".into(), "install")
-        ]
+        vec![("registry".into(), "install"), ("registry-spell".into(), "install-spell"), ("connector".into(), "install")]
     );
     assert!(!p.is_noop());
 }
@@ -142,7 +144,14 @@ fn fresh_state_installs_everything_in_package_order() {
 fn same_state_is_a_noop_and_says_no_changes() {
     let d = desired(vec![(
         "registry",
-        vec![with_init(service("registry", "registry", 1), "set-expiry", json!(86400), "system_services.registry.expired_period_sec", "default", false)],
+        vec![with_init(
+            service("registry", "registry", 1),
+            "set-expiry",
+            json!(86400),
+            "system_services.registry.expired_period_sec",
+            "default",
+            false,
+        )],
         vec![spell("registry-spell", "registry", "x", 60, &[("expired_period_sec", json!(86400))])],
     )]);
     let c = deployed_from(&d);
@@ -160,21 +169,29 @@ fn disabled_package_is_removed_with_its_spells_others_kept() {
     let c = deployed_from(&full);
     let shrunk = desired(vec![("decider", vec![service("connector", "decider", 2)], vec![])]);
     let p = plan(&shrunk, &c, &host()).unwrap();
-    assert_eq!(
-        kinds(&p),
-        vec![("registry".into(), "remove"), ("registry-spell".into(), "remove-spell"), ("connector".into(), "keep")]
-    );
+    assert_eq!(kinds(&p), vec![("registry".into(), "remove"), ("registry-spell".into(), "remove-spell"), ("connector".into(), "keep")]);
     assert_eq!(p.steps[0].reason(), Some("package registry is not enabled"));
 }
 
 #[test]
 fn init_arg_change_reinits_and_names_key_and_source() {
     let key = "system_services.registry.expired_period_sec";
-    let before = desired(vec![("registry", vec![with_init(service("registry", "registry", 1), "set-expiry", json!(86400), key, "default", false)], vec![])]);
+    let before = desired(vec![(
+        "registry",
+        vec![with_init(service("registry", "registry", 1), "set-expiry", json!(86400), key, "default", false)],
+        vec![],
+    )]);
     let c = deployed_from(&before);
     let after = desired(vec![(
         "registry",
-        vec![with_init(service("registry", "registry", 1), "set-expiry", json!(60), key, "env SYSDEPLOY_SYSTEM_SERVICES__REGISTRY__EXPIRED_PERIOD_SEC", false)],
+        vec![with_init(
+            service("registry", "registry", 1),
+            "set-expiry",
+            json!(60),
+            key,
+            "env SYSDEPLOY_SYSTEM_SERVICES__REGISTRY__EXPIRED_PERIOD_SEC",
+            false,
+        )],
         vec![],
     )]);
     let p = plan(&after, &c, &host()).unwrap();
@@ -259,7 +276,9 @@ fn spell_script_and_trigger_changes_update_in_place() {
     assert!(matches!(&p.steps[0], Step::UpdateSpell { script: true, trigger: false, .. }), "{p:?}");
     let p = plan(&desired(vec![("registry", vec![], vec![spell("registry-spell", "registry", "v1", 30, &[])])]), &c, &host()).unwrap();
     match &p.steps[0] {
-        Step::UpdateSpell { script: false, trigger: true, reason, .. } => assert!(reason.contains("every 60s from now → every 30s from now"), "{reason}"),
+        Step::UpdateSpell { script: false, trigger: true, reason, .. } => {
+            assert!(reason.contains("every 60s from now → every 30s from now"), "{reason}")
+        }
         s => panic!("{s:?}"),
     }
 }
@@ -268,7 +287,8 @@ fn spell_script_and_trigger_changes_update_in_place() {
 fn kv_apply_writes_only_keys_whose_configured_value_changed() {
     let before = spell("registry-spell", "registry", "v1", 60, &[("expired_period_sec", json!(86400)), ("renew_period_sec", json!(43200))]);
     let c = deployed_from(&desired(vec![("registry", vec![], vec![before])]));
-    let mut after = spell("registry-spell", "registry", "v1", 60, &[("expired_period_sec", json!(100)), ("renew_period_sec", json!(43200))]);
+    let mut after =
+        spell("registry-spell", "registry", "v1", 60, &[("expired_period_sec", json!(100)), ("renew_period_sec", json!(43200))]);
     after.kv_inputs.insert(
         "expired_period_sec".into(),
         vec![ConfigInput { key: "system_services.registry.expired_period_sec".into(), source: "/etc/n.toml:4".into(), secret: false }],
@@ -296,7 +316,12 @@ fn init_args_are_typechecked_against_exports() {
     let errs = plan(&d, &Current::default(), &host()).unwrap_err();
     let msg = errs.to_string();
     assert!(
-        msg.contains("package registry") && msg.contains("set-expiry") && msg.contains("parameter sec") && msg.contains("expected u64") && msg.contains("\"soon\"") && msg.contains("/etc/n.toml:7"),
+        msg.contains("package registry")
+            && msg.contains("set-expiry")
+            && msg.contains("parameter sec")
+            && msg.contains("expected u64")
+            && msg.contains("\"soon\"")
+            && msg.contains("/etc/n.toml:7"),
         "{msg}"
     );
     // a missing function is reported too, with what is available

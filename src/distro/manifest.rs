@@ -268,7 +268,9 @@ pub enum ManifestErrorKind {
     ItemInForEach,
     #[error("for_each is declared but no argument uses ${{item}}")]
     ForEachUnused,
-    #[error("for_each must be a list: a literal list, ${{file:<name>.json}} holding a list, or ${{config.<key>}} of type string-list; got {0}")]
+    #[error(
+        "for_each must be a list: a literal list, ${{file:<name>.json}} holding a list, or ${{config.<key>}} of type string-list; got {0}"
+    )]
     ForEachNotList(String),
     #[error("expected a non-negative integer: a literal or ${{config.<key>}} of type integer; got {0}")]
     NotInteger(String),
@@ -319,7 +321,6 @@ fn elide(line: &str, max: usize) -> String {
     let tail: String = line.chars().skip(n - max / 3).collect();
     format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
 }
-
 
 // ------------------------------------------------------------- file access
 
@@ -397,12 +398,7 @@ impl PackageFiles for DiskFiles {
             Err(e) => return Err(FileError::Io(e.to_string())),
         };
         let blake3 = *blake3::hash(&bytes).as_bytes();
-        self.reads.lock().unwrap_or_else(|e| e.into_inner()).push(FileRead {
-            dir: dir.to_string(),
-            rel: rel.to_string(),
-            path,
-            blake3,
-        });
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).push(FileRead { dir: dir.to_string(), rel: rel.to_string(), path, blake3 });
         let data = FileData { bytes: Bytes::Shared(bytes.into()), blake3 };
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, data.clone());
         Ok(data)
@@ -646,11 +642,8 @@ impl Check<'_> {
             match p {
                 Placeholder::Config(k) => match config.get(k) {
                     None => {
-                        let known = if config.is_empty() {
-                            "(none)".to_string()
-                        } else {
-                            config.keys().cloned().collect::<Vec<_>>().join(", ")
-                        };
+                        let known =
+                            if config.is_empty() { "(none)".to_string() } else { config.keys().cloned().collect::<Vec<_>>().join(", ") };
                         self.err(key, ManifestErrorKind::UnknownConfigKey { key: k.clone(), known });
                     }
                     Some(spec) => {
@@ -744,9 +737,7 @@ fn is_semver(v: &str) -> bool {
 }
 
 fn is_env_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.as_bytes()[0].is_ascii_uppercase()
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty() && s.as_bytes()[0].is_ascii_uppercase() && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn is_kebab(s: &str) -> bool {
@@ -890,7 +881,9 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             let key = format!("{base}.components[{ci}]");
             let (rel, limit) = match entry {
                 toml::Value::String(s) => (s.clone(), rs.memory_limit_mb),
-                toml::Value::Table(t) if t.keys().all(|k| k == "file" || k == "memory_limit_mb") && t.get("file").is_some_and(|f| f.is_str()) => {
+                toml::Value::Table(t)
+                    if t.keys().all(|k| k == "file" || k == "memory_limit_mb") && t.get("file").is_some_and(|f| f.is_str()) =>
+                {
                     let limit = match t.get("memory_limit_mb") {
                         None => rs.memory_limit_mb,
                         Some(toml::Value::Integer(n)) if *n > MAX_MEMORY_LIMIT_MB as i64 => {
@@ -1020,7 +1013,9 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 kv.insert(k.clone(), t);
             }
         }
-        if let (Some(alias), Some((script, script_hash)), Some(start), Some(period_sec), Some(end)) = (a, script, start, period, end.map_or(Some(None), |e| e.map(Some))) {
+        if let (Some(alias), Some((script, script_hash)), Some(start), Some(period_sec), Some(end)) =
+            (a, script, start, period, end.map_or(Some(None), |e| e.map(Some)))
+        {
             spells.push(SpellSpec { alias, script, script_hash, trigger: TriggerSpec::Clock { start, period_sec, end }, kv });
         }
     }
@@ -1070,7 +1065,12 @@ pub fn load(root_label: &str, sources: &[ManifestSource], files: &dyn PackageFil
     for (i, d) in drafts.iter().enumerate() {
         if let Some(&first) = by_name.get(&d.package.name) {
             let other = drafts[first].package.manifest_path.clone();
-            cross(&mut errors, &d.package.manifest_path, "package.name", ManifestErrorKind::DuplicatePackage { name: d.package.name.to_string(), other });
+            cross(
+                &mut errors,
+                &d.package.manifest_path,
+                "package.name",
+                ManifestErrorKind::DuplicatePackage { name: d.package.name.to_string(), other },
+            );
         } else {
             by_name.insert(d.package.name.clone(), i);
             unique.push(i);
@@ -1083,7 +1083,12 @@ pub fn load(root_label: &str, sources: &[ManifestSource], files: &dyn PackageFil
         for (key, a) in &d.aliases {
             let here = format!("package {} ({} {key})", d.package.name, d.package.manifest_path);
             match alias_owner.get(a) {
-                Some(other) => cross(&mut errors, &d.package.manifest_path, key, ManifestErrorKind::DuplicateAlias { alias: a.to_string(), other: other.clone() }),
+                Some(other) => cross(
+                    &mut errors,
+                    &d.package.manifest_path,
+                    key,
+                    ManifestErrorKind::DuplicateAlias { alias: a.to_string(), other: other.clone() },
+                ),
                 None => {
                     alias_owner.insert(a.clone(), here);
                 }
@@ -1097,7 +1102,12 @@ pub fn load(root_label: &str, sources: &[ManifestSource], files: &dyn PackageFil
         let d = &drafts[i];
         for (key, dep) in &d.deps {
             if !by_name.contains_key(dep) {
-                cross(&mut errors, &d.package.manifest_path, key, ManifestErrorKind::UnknownDependency { name: dep.to_string(), known: known.clone() });
+                cross(
+                    &mut errors,
+                    &d.package.manifest_path,
+                    key,
+                    ManifestErrorKind::UnknownDependency { name: dep.to_string(), known: known.clone() },
+                );
             }
         }
     }

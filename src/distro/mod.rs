@@ -9,8 +9,8 @@ pub mod manifest;
 pub mod template;
 
 pub use manifest::{
-    Bytes, Catalog, ClockStart, ComponentSpec, ConfigChange, InitRun, InitSpec, ManifestError, ManifestErrorKind,
-    ManifestErrors, Package, ServiceSpec, SpellSpec, TriggerSpec,
+    Bytes, Catalog, ClockStart, ComponentSpec, ConfigChange, InitRun, InitSpec, ManifestError, ManifestErrorKind, ManifestErrors, Package,
+    ServiceSpec, SpellSpec, TriggerSpec,
 };
 pub use template::{resolve, resolve_with_item, ConfigLookup, LookupFn, Resolved, Template, TemplateError};
 
@@ -64,10 +64,8 @@ impl PackageFiles for EmbeddedFiles {
 pub fn embedded() -> &'static Catalog {
     static CATALOG: OnceLock<Catalog> = OnceLock::new();
     CATALOG.get_or_init(|| {
-        let sources: Vec<ManifestSource> = generated::PACKAGES
-            .iter()
-            .map(|p| ManifestSource { dir: p.dir.to_string(), text: p.manifest.to_string() })
-            .collect();
+        let sources: Vec<ManifestSource> =
+            generated::PACKAGES.iter().map(|p| ManifestSource { dir: p.dir.to_string(), text: p.manifest.to_string() }).collect();
         manifest::load(generated::ROOT_LABEL, &sources, &EmbeddedFiles)
             .unwrap_or_else(|e| panic!("the embedded distros passed validation in build.rs but not at run time:\n{e}"))
     })

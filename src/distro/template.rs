@@ -107,10 +107,7 @@ impl Template {
     /// path and returns the file's value and whether it is JSON, or `None`
     /// when it has already reported why the file is unusable (the template
     /// is then rejected; the error list may be empty).
-    pub fn parse(
-        source: Value,
-        load_file: &mut FileLoader<'_>,
-    ) -> Result<Template, Vec<TemplateSyntaxError>> {
+    pub fn parse(source: Value, load_file: &mut FileLoader<'_>) -> Result<Template, Vec<TemplateSyntaxError>> {
         let mut errors = Vec::new();
         let mut failed = false;
         let node = parse_node(&source, load_file, &mut errors, &mut failed);
@@ -203,12 +200,7 @@ fn collect<'a>(node: &'a Node, out: &mut Vec<(&'a Placeholder, Position)>) {
     }
 }
 
-fn parse_node(
-    v: &Value,
-    load_file: &mut FileLoader<'_>,
-    errors: &mut Vec<TemplateSyntaxError>,
-    failed: &mut bool,
-) -> Node {
+fn parse_node(v: &Value, load_file: &mut FileLoader<'_>, errors: &mut Vec<TemplateSyntaxError>, failed: &mut bool) -> Node {
     match v {
         Value::String(s) => parse_string(s, load_file, errors, failed),
         Value::Array(items) => {
@@ -220,8 +212,7 @@ fn parse_node(
             }
         }
         Value::Object(map) => {
-            let nodes: BTreeMap<String, Node> =
-                map.iter().map(|(k, i)| (k.clone(), parse_node(i, load_file, errors, failed))).collect();
+            let nodes: BTreeMap<String, Node> = map.iter().map(|(k, i)| (k.clone(), parse_node(i, load_file, errors, failed))).collect();
             if nodes.values().all(|n| matches!(n, Node::Literal(_))) {
                 Node::Literal(v.clone())
             } else {
@@ -232,12 +223,7 @@ fn parse_node(
     }
 }
 
-fn parse_string(
-    s: &str,
-    load_file: &mut FileLoader<'_>,
-    errors: &mut Vec<TemplateSyntaxError>,
-    failed: &mut bool,
-) -> Node {
+fn parse_string(s: &str, load_file: &mut FileLoader<'_>, errors: &mut Vec<TemplateSyntaxError>, failed: &mut bool) -> Node {
     let mut parts = Vec::new();
     let mut lit = String::new();
     let mut rest = s;
@@ -407,11 +393,7 @@ pub fn resolve<C: ConfigLookup + ?Sized>(t: &Template, values: &C) -> Result<Res
 }
 
 /// Resolves `t` with `item` bound to the current `for_each` element.
-pub fn resolve_with_item<C: ConfigLookup + ?Sized>(
-    t: &Template,
-    values: &C,
-    item: Option<&Value>,
-) -> Result<Resolved, TemplateError> {
+pub fn resolve_with_item<C: ConfigLookup + ?Sized>(t: &Template, values: &C, item: Option<&Value>) -> Result<Resolved, TemplateError> {
     let mut ctx = Ctx { values, item, inputs: Vec::new(), secret: false };
     let value = ctx.node(&t.node)?;
     let mut inputs = ctx.inputs;
@@ -441,21 +423,16 @@ impl<C: ConfigLookup + ?Sized> Ctx<'_, C> {
                             Value::String(v) => s.push_str(&v),
                             Value::Number(n) => s.push_str(&n.to_string()),
                             Value::Bool(b) => s.push_str(if b { "true" } else { "false" }),
-                            other => {
-                                return Err(TemplateError::NotText {
-                                    placeholder: p.to_string(),
-                                    found: kind(&other),
-                                })
-                            }
+                            other => return Err(TemplateError::NotText { placeholder: p.to_string(), found: kind(&other) }),
                         },
                     }
                 }
                 Value::String(s)
             }
             Node::Array(items) => Value::Array(items.iter().map(|i| self.node(i)).collect::<Result<_, _>>()?),
-            Node::Object(map) => Value::Object(
-                map.iter().map(|(k, v)| Ok((k.clone(), self.node(v)?))).collect::<Result<_, TemplateError>>()?,
-            ),
+            Node::Object(map) => {
+                Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), self.node(v)?))).collect::<Result<_, TemplateError>>()?)
+            }
         })
     }
 
@@ -475,10 +452,7 @@ impl<C: ConfigLookup + ?Sized> Ctx<'_, C> {
             Placeholder::Item(path) => {
                 let mut v = self.item.ok_or_else(|| TemplateError::NoItem { placeholder: p.to_string() })?;
                 for field in path {
-                    v = v.get(field).ok_or_else(|| TemplateError::ItemField {
-                        placeholder: p.to_string(),
-                        path: path.join("."),
-                    })?;
+                    v = v.get(field).ok_or_else(|| TemplateError::ItemField { placeholder: p.to_string(), path: path.join(".") })?;
                 }
                 Ok(v.clone())
             }

@@ -88,17 +88,48 @@ pub struct FunctionSig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum WitType {
-    Bool, S8, U8, S16, U16, S32, U32, S64, U64, F32, F64, Char, String,
-    List { element: Box<WitType> },
-    Option { inner: Box<WitType> },
-    Result { ok: Option<Box<WitType>>, err: Option<Box<WitType>> },
-    Tuple { items: Vec<WitType> },
-    Record { fields: Vec<(String, WitType)> },
-    Variant { cases: Vec<(String, Option<WitType>)> },
-    Enum { cases: Vec<String> },
-    Flags { names: Vec<String> },
+    Bool,
+    S8,
+    U8,
+    S16,
+    U16,
+    S32,
+    U32,
+    S64,
+    U64,
+    F32,
+    F64,
+    Char,
+    String,
+    List {
+        element: Box<WitType>,
+    },
+    Option {
+        inner: Box<WitType>,
+    },
+    Result {
+        ok: Option<Box<WitType>>,
+        err: Option<Box<WitType>>,
+    },
+    Tuple {
+        items: Vec<WitType>,
+    },
+    Record {
+        fields: Vec<(String, WitType)>,
+    },
+    Variant {
+        cases: Vec<(String, Option<WitType>)>,
+    },
+    Enum {
+        cases: Vec<String>,
+    },
+    Flags {
+        names: Vec<String>,
+    },
     /// Resources and other types JSON cannot carry.
-    Unsupported { what: String },
+    Unsupported {
+        what: String,
+    },
 }
 
 /// What is known about one service.
@@ -150,7 +181,11 @@ pub enum RuntimeError {
     #[error("state store: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("wasmtime: {0}")]
     Wasmtime(String),
     #[error("blueprint {id}: component {component} imports {import}, but what is provided there does not match: {detail}")]
@@ -363,14 +398,23 @@ impl Runtime {
     pub fn put_blueprint(&self, bp: &Blueprint) -> Result<BlueprintId, RuntimeError> {
         let id = bp.id();
         if bp.components.is_empty() {
-            return Err(RuntimeError::InvalidBlueprint { id: id.to_hex(), message: "it has no components; list at least the facade".into() });
+            return Err(RuntimeError::InvalidBlueprint {
+                id: id.to_hex(),
+                message: "it has no components; list at least the facade".into(),
+            });
         }
         for c in &bp.components {
             if c.name.is_empty() {
-                return Err(RuntimeError::InvalidBlueprint { id: id.to_hex(), message: format!("component {} has an empty name", c.hash.short()) });
+                return Err(RuntimeError::InvalidBlueprint {
+                    id: id.to_hex(),
+                    message: format!("component {} has an empty name", c.hash.short()),
+                });
             }
             if c.memory_limit_mb == Some(0) {
-                return Err(RuntimeError::InvalidBlueprint { id: id.to_hex(), message: format!("component {} has memory_limit_mb = 0", c.name) });
+                return Err(RuntimeError::InvalidBlueprint {
+                    id: id.to_hex(),
+                    message: format!("component {} has memory_limit_mb = 0", c.name),
+                });
             }
             if !records::has_component(&self.inner.store, &c.hash)? {
                 return Err(RuntimeError::Component {
@@ -514,10 +558,8 @@ impl Runtime {
                 by_service.entry(id.clone()).or_default().push(b.alias.clone());
             }
         }
-        let mut out: Vec<ServiceInfo> = read(&self.inner.services)
-            .values()
-            .map(|s| info(s, by_service.remove(&s.row.id).unwrap_or_default()))
-            .collect();
+        let mut out: Vec<ServiceInfo> =
+            read(&self.inner.services).values().map(|s| info(s, by_service.remove(&s.row.id).unwrap_or_default())).collect();
         out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
         out
     }
@@ -577,7 +619,13 @@ impl Runtime {
     }
 
     /// Same with an explicit TTL.
-    pub async fn call_with_ttl(&self, alias_or_id: &str, function: &str, args: serde_json::Value, ttl: Duration) -> Result<serde_json::Value, CallError> {
+    pub async fn call_with_ttl(
+        &self,
+        alias_or_id: &str,
+        function: &str,
+        args: serde_json::Value,
+        ttl: Duration,
+    ) -> Result<serde_json::Value, CallError> {
         let inner = &self.inner;
         let target = alias_or_id;
         let slot = inner.resolve_slot(alias_or_id).ok_or_else(|| CallError::UnknownTarget { target: target.to_string() })?;
@@ -679,11 +727,8 @@ impl Inner {
         let components = bp.components.iter().map(|c| self.cache.load(&c.hash, None)).collect::<Result<Vec<_>, _>>()?;
         let names: Vec<String> = bp.components.iter().map(|c| c.name.clone()).collect();
         let pres = link::link(&self.engine, &self.base_linker, id, &names, &components)?;
-        let limits = bp
-            .components
-            .iter()
-            .map(|c| c.memory_limit_mb.unwrap_or(self.opts.default_memory_limit_mb).saturating_mul(1 << 20))
-            .collect();
+        let limits =
+            bp.components.iter().map(|c| c.memory_limit_mb.unwrap_or(self.opts.default_memory_limit_mb).saturating_mul(1 << 20)).collect();
         let exports = self.facade_exports(id)?;
         let p = Arc::new(Prepared { names, limits, pres, exports });
         write(&self.prepared).insert(*id, p.clone());
@@ -779,7 +824,12 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
 /// init arguments without writing to the state directory: from the node's
 /// verified precompiled artifact when there is one (fast), else compiled in
 /// memory with a throwaway engine (slow, nothing written).
-pub fn inspect_exports(state_dir: &std::path::Path, store: Option<&Store>, hash: &ComponentHash, bytes: &[u8]) -> Result<Vec<FunctionSig>, RuntimeError> {
+pub fn inspect_exports(
+    state_dir: &std::path::Path,
+    store: Option<&Store>,
+    hash: &ComponentHash,
+    bytes: &[u8],
+) -> Result<Vec<FunctionSig>, RuntimeError> {
     let engine = engine(&RuntimeConfig::new(PathBuf::new()))?;
     if let Some(store) = store {
         let key = cache::engine_key(&engine);
@@ -795,6 +845,7 @@ pub fn inspect_exports(state_dir: &std::path::Path, store: Option<&Store>, hash:
             }
         }
     }
-    let component = wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
+    let component =
+        wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
     Ok(Exports::of(&engine, &component).sigs())
 }

@@ -111,9 +111,7 @@ pub(crate) fn put_artifact(store: &Store, hash: &ComponentHash, engine_key: &str
 }
 
 pub(crate) fn delete_artifact(store: &Store, hash: &ComponentHash, engine_key: &str) -> Result<(), RuntimeError> {
-    store
-        .lock()
-        .execute("DELETE FROM rt_artifacts WHERE component_hash = ?1 AND engine_key = ?2", params![hash.to_hex(), engine_key])?;
+    store.lock().execute("DELETE FROM rt_artifacts WHERE component_hash = ?1 AND engine_key = ?2", params![hash.to_hex(), engine_key])?;
     Ok(())
 }
 
@@ -125,10 +123,9 @@ pub(crate) fn delete_foreign_artifacts(store: &Store, engine_key: &str) -> Resul
 
 pub(crate) fn put_blueprint(store: &Store, id: &BlueprintId, bp: &Blueprint) -> Result<(), RuntimeError> {
     let body = serde_json::to_string(bp).expect("blueprint serialises");
-    store.lock().execute(
-        "INSERT OR IGNORE INTO rt_blueprints (id, body, added_at) VALUES (?1, ?2, ?3)",
-        params![id.to_hex(), body, now_secs()],
-    )?;
+    store
+        .lock()
+        .execute("INSERT OR IGNORE INTO rt_blueprints (id, body, added_at) VALUES (?1, ?2, ?3)", params![id.to_hex(), body, now_secs()])?;
     Ok(())
 }
 

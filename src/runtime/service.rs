@@ -173,7 +173,14 @@ impl ServiceSlot {
     }
 
     /// Creates the store and instantiates every component in order.
-    async fn instantiate(&self, env: &CallEnv<'_>, prepared: &Prepared, target: &str, function: &str, ttl: Duration) -> Result<Live, CallError> {
+    async fn instantiate(
+        &self,
+        env: &CallEnv<'_>,
+        prepared: &Prepared,
+        target: &str,
+        function: &str,
+        ttl: Duration,
+    ) -> Result<Live, CallError> {
         let internal = |message: String| CallError::Internal { target: target.to_string(), function: function.to_string(), message };
         std::fs::create_dir_all(&self.data_dir).map_err(|e| internal(format!("creating {}: {e}", self.data_dir.display())))?;
         let limiter = ComponentLimiter::new(prepared.names.clone(), prepared.limits.clone());
@@ -207,7 +214,9 @@ impl ServiceSlot {
                         other => other,
                     });
                 }
-                Err(_) => return Err(CallError::Timeout { target: target.into(), function: function.into(), ttl_ms: ttl.as_millis() as u64 }),
+                Err(_) => {
+                    return Err(CallError::Timeout { target: target.into(), function: function.into(), ttl_ms: ttl.as_millis() as u64 })
+                }
             };
             store.data_mut().instances[k] = Some(instance);
             facade = Some(instance);

@@ -120,11 +120,7 @@ fn convert(ty: &WitType, v: &Value, path: &Seg<'_>) -> Result<Val, ArgError> {
         WitType::String => Val::String(v.as_str().ok_or_else(mismatch)?.to_string()),
         WitType::List { element } => {
             let items = v.as_array().ok_or_else(mismatch)?;
-            let vals = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| convert(element, item, &Seg::Index(path, i)))
-                .collect::<Result<_, _>>()?;
+            let vals = items.iter().enumerate().map(|(i, item)| convert(element, item, &Seg::Index(path, i))).collect::<Result<_, _>>()?;
             Val::List(vals)
         }
         WitType::Option { inner } => match v {
@@ -149,12 +145,8 @@ fn convert(ty: &WitType, v: &Value, path: &Seg<'_>) -> Result<Val, ArgError> {
         }
         WitType::Tuple { items } => {
             let arr = v.as_array().filter(|a| a.len() == items.len()).ok_or_else(mismatch)?;
-            let vals = items
-                .iter()
-                .zip(arr)
-                .enumerate()
-                .map(|(i, (t, item))| convert(t, item, &Seg::Index(path, i)))
-                .collect::<Result<_, _>>()?;
+            let vals =
+                items.iter().zip(arr).enumerate().map(|(i, (t, item))| convert(t, item, &Seg::Index(path, i))).collect::<Result<_, _>>()?;
             Val::Tuple(vals)
         }
         WitType::Record { fields } => {
@@ -170,7 +162,11 @@ fn convert(ty: &WitType, v: &Value, path: &Seg<'_>) -> Result<Val, ArgError> {
                     }
                     (None, WitType::Option { .. }) => Val::Option(None),
                     (None, _) => {
-                        return Err(ArgError::Mismatch { param: sub.to_string(), expected: fty.to_string(), got: "nothing (field missing)".into() })
+                        return Err(ArgError::Mismatch {
+                            param: sub.to_string(),
+                            expected: fty.to_string(),
+                            got: "nothing (field missing)".into(),
+                        })
                     }
                 };
                 vals.push((name.clone(), val));
@@ -288,10 +284,7 @@ pub fn wit_type(ty: &Type) -> WitType {
         Type::String => WitType::String,
         Type::List(l) => WitType::List { element: Box::new(wit_type(&l.ty())) },
         Type::Option(o) => WitType::Option { inner: Box::new(wit_type(&o.ty())) },
-        Type::Result(r) => WitType::Result {
-            ok: r.ok().map(|t| Box::new(wit_type(&t))),
-            err: r.err().map(|t| Box::new(wit_type(&t))),
-        },
+        Type::Result(r) => WitType::Result { ok: r.ok().map(|t| Box::new(wit_type(&t))), err: r.err().map(|t| Box::new(wit_type(&t))) },
         Type::Tuple(t) => WitType::Tuple { items: t.types().map(|t| wit_type(&t)).collect() },
         Type::Record(r) => WitType::Record { fields: r.fields().map(|f| (f.name.to_string(), wit_type(&f.ty))).collect() },
         Type::Variant(v) => WitType::Variant { cases: v.cases().map(|c| (c.name.to_string(), c.ty.as_ref().map(wit_type))).collect() },
@@ -521,11 +514,8 @@ mod tests {
 
     #[test]
     fn mismatch_names_parameter_path_type_and_json() {
-        let sig = FunctionSig {
-            name: "f".into(),
-            params: vec![("count".into(), WitType::U8), ("v".into(), everything())],
-            results: vec![],
-        };
+        let sig =
+            FunctionSig { name: "f".into(), params: vec![("count".into(), WitType::U8), ("v".into(), everything())], results: vec![] };
         let e = check_args(&sig, &json!([300, {}])).unwrap_err();
         assert_eq!(e, ArgError::Mismatch { param: "count".into(), expected: "u8".into(), got: "300".into() });
         let mut v = json!({

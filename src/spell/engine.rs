@@ -14,9 +14,7 @@ use super::schedule::Clock;
 use super::ServiceCaller;
 use crate::ids::{Alias, PeerId};
 use rhai::packages::{Package, StandardPackage};
-use rhai::{
-    Array, Dynamic, Engine, EvalAltResult, EvalContext, Expression, FnPtr, ImmutableString, Module, Scope, Shared, AST,
-};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, EvalContext, Expression, FnPtr, ImmutableString, Module, Scope, Shared, AST};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -303,8 +301,7 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
     let c = ctx.clone();
     register_call_syntax(&mut e, move |ec, inputs| {
         let name = |v: Dynamic, what: &str| {
-            v.into_immutable_string()
-                .map_err(|t| -> Box<EvalAltResult> { format!("call: the {what} must be a string, got {t}").into() })
+            v.into_immutable_string().map_err(|t| -> Box<EvalAltResult> { format!("call: the {what} must be a string, got {t}").into() })
         };
         let first = ec.eval_expression_tree(&inputs[0])?;
         if let Some(f) = first.read_lock::<FnPtr>() {
@@ -312,11 +309,7 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
             return call_fn_ptr(ec, &f, &inputs[1..]);
         }
         if !(2..=3).contains(&inputs.len()) {
-            return Err(format!(
-                "call takes (alias, function) or (alias, function, args_array), got {} arguments",
-                inputs.len()
-            )
-            .into());
+            return Err(format!("call takes (alias, function) or (alias, function, args_array), got {} arguments", inputs.len()).into());
         }
         let alias = name(first, "service alias")?;
         let function = name(ec.eval_expression_tree(&inputs[1])?, "function name")?;
@@ -350,9 +343,7 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
         let json = to_json(&format!("kv_set({k:?})"), &v)?;
         let size = json.to_string().len();
         if size > MAX_VALUE_BYTES {
-            return Err(
-                format!("kv_set({k:?}): value is {size} bytes of JSON; at most {MAX_VALUE_BYTES} are allowed").into()
-            );
+            return Err(format!("kv_set({k:?}): value is {size} bytes of JSON; at most {MAX_VALUE_BYTES} are allowed").into());
         }
         c.kv.lock().unwrap_or_else(|p| p.into_inner()).writes.insert(k.to_string(), Some(json));
         Ok(())
@@ -380,9 +371,7 @@ fn run_engine(ctx: &Arc<RunContext>, std: &Shared<Module>, max_operations: u64) 
 /// Innermost error of a chain of script-function calls.
 fn root_cause(e: &EvalAltResult) -> &EvalAltResult {
     match e {
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
-            root_cause(inner)
-        }
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => root_cause(inner),
         other => other,
     }
 }

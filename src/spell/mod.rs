@@ -32,12 +32,7 @@ use tokio::sync::watch;
 /// How spells reach services. Implemented by `crate::runtime::Runtime`; tests
 /// use fakes. Errors are the human-readable message of the failed call.
 pub trait ServiceCaller: Send + Sync + 'static {
-    fn call(
-        &self,
-        alias: &str,
-        function: &str,
-        args: Value,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+    fn call(&self, alias: &str, function: &str, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
 }
 
 /// A spell id: 32 random hex characters, never reused. Aliases point at it
@@ -128,14 +123,7 @@ impl std::fmt::Debug for RunHook {
 impl SpellConfig {
     /// Defaults: 5,000,000 operations, 60 s per run, last 20 errors, last 100 runs.
     pub fn new(peer_id: PeerId) -> Self {
-        Self {
-            peer_id,
-            max_operations: 5_000_000,
-            run_ttl: Duration::from_secs(60),
-            error_log_len: 20,
-            history_len: 100,
-            on_run: None,
-        }
+        Self { peer_id, max_operations: 5_000_000, run_ttl: Duration::from_secs(60), error_log_len: 20, history_len: 100, on_run: None }
     }
 }
 
@@ -421,8 +409,8 @@ impl Spells {
         if let Some(ast) = self.inner.asts.lock().unwrap_or_else(|p| p.into_inner()).get(hash) {
             return Ok(ast.clone());
         }
-        let ast = engine::compile(&self.inner.compiler, script)
-            .map_err(|message| SpellError::Compile { alias: alias.to_string(), message })?;
+        let ast =
+            engine::compile(&self.inner.compiler, script).map_err(|message| SpellError::Compile { alias: alias.to_string(), message })?;
         let ast = Arc::new(ast);
         self.inner.asts.lock().unwrap_or_else(|p| p.into_inner()).insert(hash.to_string(), ast.clone());
         Ok(ast)
@@ -692,9 +680,7 @@ impl Spells {
                 .await;
                 match joined {
                     Ok(f) => f,
-                    Err(e) if e.is_panic() => {
-                        Finish::Failed("the script interpreter panicked; this is a bug in sysdeploy".into())
-                    }
+                    Err(e) if e.is_panic() => Finish::Failed("the script interpreter panicked; this is a bug in sysdeploy".into()),
                     Err(e) => return Err(SpellError::Run { alias: alias.to_string(), message: e.to_string() }),
                 }
             }
@@ -715,23 +701,14 @@ impl Spells {
     /// Records a finished run in one transaction: KV writes (success only),
     /// schedule bookkeeping, history and error log. A spell removed during
     /// the run is left removed.
-    fn commit(
-        &self,
-        row: &store::Row,
-        started_at: u64,
-        finished_at: u64,
-        finish: Finish,
-    ) -> Result<RunOutcome, SpellError> {
+    fn commit(&self, row: &store::Row, started_at: u64, finished_at: u64, finish: Finish) -> Result<RunOutcome, SpellError> {
         let cfg = &self.inner.cfg;
         let (status, error, writes) = match finish {
             Finish::Ok(w) => (RunStatus::Ok, None, w),
             Finish::Failed(m) => (RunStatus::Failed, Some(m), BTreeMap::new()),
             Finish::TimedOut => (
                 RunStatus::TimedOut,
-                Some(format!(
-                    "run exceeded its time limit of {} ms and was stopped; nothing it wrote was kept",
-                    cfg.run_ttl.as_millis()
-                )),
+                Some(format!("run exceeded its time limit of {} ms and was stopped; nothing it wrote was kept", cfg.run_ttl.as_millis())),
                 BTreeMap::new(),
             ),
             Finish::Cancelled => (

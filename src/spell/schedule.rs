@@ -78,9 +78,7 @@ impl<'de> Deserialize<'de> for Start {
         }
         match Raw::deserialize(d)? {
             Raw::Word(w) if w == "now" => Ok(Start::Now),
-            Raw::Word(w) => {
-                Err(serde::de::Error::custom(format!("expected \"now\" or a unix time in seconds, got {w:?}")))
-            }
+            Raw::Word(w) => Err(serde::de::Error::custom(format!("expected \"now\" or a unix time in seconds, got {w:?}"))),
             Raw::Unix(t) => Ok(Start::At(t)),
         }
     }

@@ -61,10 +61,7 @@ impl SchedulerHandle {
         if tokio::time::timeout(grace, &mut supervisor).await.is_ok() {
             return;
         }
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "spell runs still going after the grace period; cancelling them"
-        );
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "spell runs still going after the grace period; cancelling them");
         self.cancel.cancel();
         if tokio::time::timeout(CANCEL_WAIT, &mut supervisor).await.is_err() {
             tracing::error!("spell runs did not stop after cancellation; abandoning them (nothing they wrote is kept)");

@@ -25,7 +25,8 @@ pub(crate) struct Row {
     pub updated_at: u64,
 }
 
-const COLUMNS: &str = "id, alias, owner, script, script_hash, start_at, period_sec, end_at, last_run, run_count, runs_under_trigger, created_at, updated_at";
+const COLUMNS: &str =
+    "id, alias, owner, script, script_hash, start_at, period_sec, end_at, last_run, run_count, runs_under_trigger, created_at, updated_at";
 
 pub(crate) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> SpellError {
     move |source| SpellError::Sql { op, source }
@@ -159,11 +160,8 @@ pub(crate) fn insert(conn: &Connection, row: &Row) -> Result<(), SpellError> {
 }
 
 pub(crate) fn set_script(conn: &Connection, id: &str, script: &str, hash: &str, now: u64) -> Result<(), SpellError> {
-    conn.execute(
-        "UPDATE spells SET script = ?2, script_hash = ?3, updated_at = ?4 WHERE id = ?1",
-        params![id, script, hash, now as i64],
-    )
-    .map_err(sql("update spell script"))?;
+    conn.execute("UPDATE spells SET script = ?2, script_hash = ?3, updated_at = ?4 WHERE id = ?1", params![id, script, hash, now as i64])
+        .map_err(sql("update spell script"))?;
     Ok(())
 }
 
@@ -203,10 +201,7 @@ fn read_map(conn: &Connection, table: &str, alias: &str, id: &str) -> Result<BTr
     rows.into_iter()
         .map(|(k, v)| match serde_json::from_str(&v) {
             Ok(v) => Ok((k, v)),
-            Err(e) => Err(SpellError::Corrupt {
-                alias: alias.to_string(),
-                what: format!("{table} key {k:?} is not JSON: {e}"),
-            }),
+            Err(e) => Err(SpellError::Corrupt { alias: alias.to_string(), what: format!("{table} key {k:?} is not JSON: {e}") }),
         })
         .collect()
 }
@@ -220,9 +215,11 @@ pub(crate) fn applied_kv(conn: &Connection, row: &Row) -> Result<BTreeMap<String
 }
 
 pub(crate) fn kv_put(conn: &Connection, id: &str, key: &str, value: &Value) -> Result<(), SpellError> {
-    conn.prepare_cached("INSERT INTO spell_kv (spell_id, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (spell_id, key) DO UPDATE SET value = excluded.value")
-        .and_then(|mut st| st.execute(params![id, key, value.to_string()]))
-        .map_err(sql("write spell kv"))?;
+    conn.prepare_cached(
+        "INSERT INTO spell_kv (spell_id, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (spell_id, key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut st| st.execute(params![id, key, value.to_string()]))
+    .map_err(sql("write spell kv"))?;
     Ok(())
 }
 
@@ -235,9 +232,8 @@ pub(crate) fn kv_delete(conn: &Connection, id: &str, key: &str) -> Result<(), Sp
 
 pub(crate) fn set_applied_kv(conn: &Connection, id: &str, kv: &BTreeMap<String, Value>) -> Result<(), SpellError> {
     conn.execute("DELETE FROM spell_applied_kv WHERE spell_id = ?1", [id]).map_err(sql("write applied kv"))?;
-    let mut st = conn
-        .prepare_cached("INSERT INTO spell_applied_kv (spell_id, key, value) VALUES (?1, ?2, ?3)")
-        .map_err(sql("write applied kv"))?;
+    let mut st =
+        conn.prepare_cached("INSERT INTO spell_applied_kv (spell_id, key, value) VALUES (?1, ?2, ?3)").map_err(sql("write applied kv"))?;
     for (k, v) in kv {
         st.execute(params![id, k, v.to_string()]).map_err(sql("write applied kv"))?;
     }
@@ -246,11 +242,8 @@ pub(crate) fn set_applied_kv(conn: &Connection, id: &str, kv: &BTreeMap<String, 
 
 /// Appends an error and keeps only the newest `keep`.
 pub(crate) fn push_error(conn: &Connection, id: &str, at: u64, message: &str, keep: usize) -> Result<(), SpellError> {
-    conn.execute(
-        "INSERT INTO spell_errors (spell_id, at, message) VALUES (?1, ?2, ?3)",
-        params![id, at as i64, message],
-    )
-    .map_err(sql("record spell error"))?;
+    conn.execute("INSERT INTO spell_errors (spell_id, at, message) VALUES (?1, ?2, ?3)", params![id, at as i64, message])
+        .map_err(sql("record spell error"))?;
     conn.execute(
         "DELETE FROM spell_errors WHERE spell_id = ?1 AND id NOT IN
              (SELECT id FROM spell_errors WHERE spell_id = ?1 ORDER BY id DESC LIMIT ?2)",
@@ -263,8 +256,7 @@ pub(crate) fn push_error(conn: &Connection, id: &str, at: u64, message: &str, ke
 pub(crate) fn errors(conn: &Connection, id: &str) -> Result<Vec<SpellErrorRecord>, SpellError> {
     conn.prepare_cached("SELECT at, message FROM spell_errors WHERE spell_id = ?1 ORDER BY id")
         .and_then(|mut st| {
-            st.query_map([id], |r| Ok(SpellErrorRecord { at: r.get::<_, i64>(0)?.max(0) as u64, message: r.get(1)? }))?
-                .collect()
+            st.query_map([id], |r| Ok(SpellErrorRecord { at: r.get::<_, i64>(0)?.max(0) as u64, message: r.get(1)? }))?.collect()
         })
         .map_err(sql("read spell errors"))
 }
@@ -292,10 +284,6 @@ pub(crate) fn runs(conn: &Connection, id: &str) -> Result<Vec<RunRecord>, SpellE
         .map_err(sql("read spell runs"))?;
     Ok(rows
         .into_iter()
-        .map(|(s, f, st)| RunRecord {
-            started_at: s.max(0) as u64,
-            finished_at: f.max(0) as u64,
-            status: RunStatus::parse(&st),
-        })
+        .map(|(s, f, st)| RunRecord { started_at: s.max(0) as u64, finished_at: f.max(0) as u64, status: RunStatus::parse(&st) })
         .collect())
 }

@@ -78,11 +78,7 @@ pub struct StateDir {
 impl std::fmt::Debug for StateDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material.
-        f.debug_struct("StateDir")
-            .field("path", &self.path)
-            .field("peer_id", &self.peer_id)
-            .field("locked", &self.lock.is_some())
-            .finish()
+        f.debug_struct("StateDir").field("path", &self.path).field("peer_id", &self.peer_id).field("locked", &self.lock.is_some()).finish()
     }
 }
 
@@ -109,8 +105,7 @@ impl StateDir {
             Some(k) => k,
             None => {
                 let mut seed = [0u8; 32];
-                getrandom::fill(&mut seed)
-                    .map_err(|e| io_err("generate a key for", &key_path)(io::Error::other(e.to_string())))?;
+                getrandom::fill(&mut seed).map_err(|e| io_err("generate a key for", &key_path)(io::Error::other(e.to_string())))?;
                 let written = write_secret(path, KEY_FILE, &seed);
                 let key = SigningKey::from_bytes(&seed);
                 seed.fill(0);
@@ -122,8 +117,7 @@ impl StateDir {
         let token_path = path.join(TOKEN_FILE);
         if !token_path.exists() {
             let mut raw = [0u8; 32];
-            getrandom::fill(&mut raw)
-                .map_err(|e| io_err("generate a token for", &token_path)(io::Error::other(e.to_string())))?;
+            getrandom::fill(&mut raw).map_err(|e| io_err("generate a token for", &token_path)(io::Error::other(e.to_string())))?;
             let token = hex::encode(raw);
             raw.fill(0);
             write_secret(path, TOKEN_FILE, token.as_bytes())?;

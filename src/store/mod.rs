@@ -18,11 +18,23 @@ pub enum StoreError {
     #[error("state store {path} has schema version {found}, newer than the {known} this binary knows; upgrade sysdeploy or point --state-dir elsewhere")]
     NewerSchema { path: PathBuf, found: i64, known: i64 },
     #[error("state store {path} is corrupt or not a sysdeploy database ({source}); it was left untouched — restore it from a backup or move it away")]
-    Corrupt { path: PathBuf, #[source] source: rusqlite::Error },
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("state store {path}: {source}")]
-    Sqlite { path: PathBuf, #[source] source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("state store {path} cannot be used ({source}): the disk is full, read-only or failing, or the file is not accessible; it was left untouched — free space or fix the mount and permissions, then start again")]
-    Unavailable { path: PathBuf, #[source] source: rusqlite::Error },
+    Unavailable {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("state store {path} does not exist yet; run `sysdeploy run` once to create it")]
     Missing { path: PathBuf },
 }

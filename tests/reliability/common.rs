@@ -25,8 +25,9 @@ use sysdeploy::store::Store;
 /// built: on a machine where several worktrees share one target dir, the
 /// uplifted `target/debug/sysdeploy` can be replaced by another build while
 /// the tests run, so a developer points this at a private copy.
-pub static BIN: std::sync::LazyLock<PathBuf> =
-    std::sync::LazyLock::new(|| std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy"))));
+pub static BIN: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
+});
 pub const KV: &str = "kv-store";
 pub const TICKER: &str = "ticker";
 /// The value the ticker spell writes into its own KV when it runs.
@@ -262,7 +263,11 @@ fixed = "never changes"
             .stdin(Stdio::null())
             .output()
             .expect("run sysdeploy");
-        Out { status: out.status, stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+        Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// `run --once` for `want`, optionally with a crash point armed.
@@ -321,7 +326,12 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
 /// A spell caller for in-process spell runs; the ticker calls no service.
 struct NoServices;
 impl ServiceCaller for NoServices {
-    fn call(&self, alias: &str, _: &str, _: Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
+    fn call(
+        &self,
+        alias: &str,
+        _: &str,
+        _: Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
         let alias = alias.to_string();
         Box::pin(async move { Err(format!("no service {alias} in this test")) })
     }

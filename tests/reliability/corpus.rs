@@ -220,7 +220,13 @@ fn file_cases() -> Vec<Case> {
             let eq = line.iter().position(|b| *b == b'=').expect("NAME=VALUE");
             env.push((OsString::from_vec(line[..eq].to_vec()), OsString::from_vec(line[eq + 1..].to_vec())));
         }
-        cases.push(Case { name: format!("env/{}", p.file_name().unwrap().to_string_lossy()), args: vec![], env, expect: expect_line(&bytes), plan_time: false });
+        cases.push(Case {
+            name: format!("env/{}", p.file_name().unwrap().to_string_lossy()),
+            args: vec![],
+            env,
+            expect: expect_line(&bytes),
+            plan_time: false,
+        });
     }
     cases
 }
@@ -233,10 +239,17 @@ fn manifest_cases(scratch: &Path) -> Vec<Case> {
         let dir = scratch.join("corpus").join(&name);
         copy_case(&case, &dir, &wasm);
         fs::remove_file(dir.join("expect.txt")).unwrap();
-        let lines: Vec<String> = fs::read_to_string(case.join("expect.txt")).unwrap().lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<String> =
+            fs::read_to_string(case.join("expect.txt")).unwrap().lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
         let plan_time = lines.iter().any(|l| l == "@plan-time");
         let expect = lines.into_iter().filter(|l| !l.starts_with('@')).collect();
-        cases.push(Case { name: format!("manifests/{name}"), args: vec!["--distros-dir".into(), dir.into()], env: vec![], expect, plan_time });
+        cases.push(Case {
+            name: format!("manifests/{name}"),
+            args: vec!["--distros-dir".into(), dir.into()],
+            env: vec![],
+            expect,
+            plan_time,
+        });
     }
     // The UI cases of the manifest validator, end to end.
     for case in sorted_entries(&repo().join("tests/ui/manifests")) {
@@ -249,7 +262,13 @@ fn manifest_cases(scratch: &Path) -> Vec<Case> {
             copy_case(&case, &dir, &wasm);
             fs::remove_file(dir.join("expected.txt")).ok();
         }
-        cases.push(Case { name: format!("ui/{name}"), args: vec!["--distros-dir".into(), dir.into()], env: vec![], expect: vec![], plan_time: false });
+        cases.push(Case {
+            name: format!("ui/{name}"),
+            args: vec!["--distros-dir".into(), dir.into()],
+            env: vec![],
+            expect: vec![],
+            plan_time: false,
+        });
     }
     cases
 }
@@ -276,7 +295,11 @@ fn generated_cases(scratch: &Path) -> Vec<Case> {
     config("deep-dotted-key", format!("{} = 1\n", vec!["a"; depth].join(".")).into_bytes(), &[]);
     config("huge-integer-text", format!("[system_services]\ncall_ttl_ms = {}\n", "9".repeat(1 << 20)).into_bytes(), &[]);
     config("huge-unknown-key", format!("[system_services]\n{} = 1\n", "k".repeat(1 << 20)).into_bytes(), &["unknown key"]);
-    config("huge-wrong-value", format!("[system_services]\non_failure = \"{}\"\n", "x".repeat(8 << 20)).into_bytes(), &["system_services.on_failure"]);
+    config(
+        "huge-wrong-value",
+        format!("[system_services]\non_failure = \"{}\"\n", "x".repeat(8 << 20)).into_bytes(),
+        &["system_services.on_failure"],
+    );
     config("many-problems", (0..10_000).map(|i| format!("[system_services.k{i}]\nx = 1\n")).collect::<String>().into_bytes(), &[]);
     config("invalid-utf8", b"[system_services.kv_store]\ngreeting = \"\xc3\x28\"\n".to_vec(), &["UTF-8"]);
     config("nul-bytes", b"[system_services.kv_store]\n\0greeting = \"a\"\n".to_vec(), &[]);
@@ -317,11 +340,37 @@ fn generated_cases(scratch: &Path) -> Vec<Case> {
     let service = "\n[[service]]\nalias = \"p\"\ncomponents = [\"kv.wasm\"]\n";
     manifest("deep-nesting", format!("{head}x = {}{}\n", "[".repeat(depth), "]".repeat(depth)).into_bytes(), &|_| {}, &[]);
     manifest("invalid-utf8", [head.as_bytes(), b"description = \"\xff\xfe\"\n"].concat(), &|_| {}, &["UTF-8"]);
-    manifest("huge-doc", format!("{head}\n[config.k]\ntype = \"string\"\ndefault = \"a\"\ndoc = \"{}\"\nbogus = 1\n", "d".repeat(16 << 20)).into_bytes(), &|_| {}, &[]);
-    manifest("ten-thousand-services", format!("{head}{}", (0..10_000).map(|i| format!("\n[[service]]\nalias = \"s{i}\"\ncomponents = [\"kv.wasm\"]\nmemory_limit_mb = 0\n")).collect::<String>()).into_bytes(), &|_| {}, &[]);
-    manifest("symlink-out-of-package", format!("{head}\n[[service]]\nalias = \"p\"\ncomponents = [\"evil.wasm\"]\n").into_bytes(), &|p| std::os::unix::fs::symlink("/etc/passwd", p.join("evil.wasm")).unwrap(), &["evil.wasm"]);
+    manifest(
+        "huge-doc",
+        format!("{head}\n[config.k]\ntype = \"string\"\ndefault = \"a\"\ndoc = \"{}\"\nbogus = 1\n", "d".repeat(16 << 20)).into_bytes(),
+        &|_| {},
+        &[],
+    );
+    manifest(
+        "ten-thousand-services",
+        format!(
+            "{head}{}",
+            (0..10_000)
+                .map(|i| format!("\n[[service]]\nalias = \"s{i}\"\ncomponents = [\"kv.wasm\"]\nmemory_limit_mb = 0\n"))
+                .collect::<String>()
+        )
+        .into_bytes(),
+        &|_| {},
+        &[],
+    );
+    manifest(
+        "symlink-out-of-package",
+        format!("{head}\n[[service]]\nalias = \"p\"\ncomponents = [\"evil.wasm\"]\n").into_bytes(),
+        &|p| std::os::unix::fs::symlink("/etc/passwd", p.join("evil.wasm")).unwrap(),
+        &["evil.wasm"],
+    );
     manifest("symlinked-script-dir", format!("{head}{service}\n[[spell]]\nalias = \"s\"\nscript = \"up/etc/passwd.rhai\"\ntrigger = {{ clock = {{ start = \"now\", period_sec = 5 }} }}\n").into_bytes(), &|p| std::os::unix::fs::symlink("/", p.join("up")).unwrap(), &["spell[0].script"]);
-    manifest("huge-alias", format!("{head}\n[[service]]\nalias = \"{}\"\ncomponents = [\"kv.wasm\"]\n", "a".repeat(1 << 20)).into_bytes(), &|_| {}, &["service[0].alias"]);
+    manifest(
+        "huge-alias",
+        format!("{head}\n[[service]]\nalias = \"{}\"\ncomponents = [\"kv.wasm\"]\n", "a".repeat(1 << 20)).into_bytes(),
+        &|_| {},
+        &["service[0].alias"],
+    );
     cases
 }
 
@@ -339,6 +388,16 @@ fn hostile_inputs_exit_2_and_leave_the_state_dir_untouched() {
         }
     }
     let files = cases.iter().filter(|c| !c.name.starts_with("generated/")).count();
-    println!("hostile input corpus: {} cases ({files} from files, {} generated), each through `run --once` and `plan`", cases.len(), cases.len() - files);
-    assert!(failures.is_empty(), "{} of {} hostile inputs were not refused cleanly:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    println!(
+        "hostile input corpus: {} cases ({files} from files, {} generated), each through `run --once` and `plan`",
+        cases.len(),
+        cases.len() - files
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} hostile inputs were not refused cleanly:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
 }

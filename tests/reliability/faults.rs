@@ -35,7 +35,10 @@ fn corrupt_state_db_exits_3_and_is_never_wiped() {
     let want = Want::default();
     sb.converge(&want);
     let db = sb.state_dir().join("state.db");
-    for (what, damage) in [("garbage", b"this is not a sqlite database at all, just text".repeat(200)), ("truncated", fs::read(&db).unwrap()[..1000].to_vec())] {
+    for (what, damage) in [
+        ("garbage", b"this is not a sqlite database at all, just text".repeat(200)),
+        ("truncated", fs::read(&db).unwrap()[..1000].to_vec()),
+    ] {
         fs::write(&db, &damage).unwrap();
         for cmd in [vec!["run".to_string(), "--once".to_string()], vec!["plan".to_string()]] {
             let mut args = cmd.clone();
@@ -61,40 +64,55 @@ async fn damaged_cache_missing_files_and_stale_lock_are_repaired_by_the_next_boo
 
     type Damage = (&'static str, Box<dyn Fn(&Path)>);
     let damages: Vec<Damage> = vec![
-        ("flipped byte in the artifact", Box::new(|r: &Path| {
-            for a in artifact_files(r) {
-                let mut b = fs::read(&a).unwrap();
-                let i = b.len() / 2;
-                b[i] ^= 0xff;
-                fs::write(&a, b).unwrap();
-            }
-        })),
-        ("truncated artifact", Box::new(|r: &Path| {
-            for a in artifact_files(r) {
-                let b = fs::read(&a).unwrap();
-                fs::write(&a, &b[..b.len() / 3]).unwrap();
-            }
-        })),
+        (
+            "flipped byte in the artifact",
+            Box::new(|r: &Path| {
+                for a in artifact_files(r) {
+                    let mut b = fs::read(&a).unwrap();
+                    let i = b.len() / 2;
+                    b[i] ^= 0xff;
+                    fs::write(&a, b).unwrap();
+                }
+            }),
+        ),
+        (
+            "truncated artifact",
+            Box::new(|r: &Path| {
+                for a in artifact_files(r) {
+                    let b = fs::read(&a).unwrap();
+                    fs::write(&a, &b[..b.len() / 3]).unwrap();
+                }
+            }),
+        ),
         ("artifact replaced by an empty file", Box::new(|r: &Path| artifact_files(r).iter().for_each(|a| fs::write(a, b"").unwrap()))),
-        ("component file and artifact deleted", Box::new(|r: &Path| {
-            artifact_files(r).iter().for_each(|a| fs::remove_file(a).unwrap());
-            for c in names(&r.join("components")) {
-                fs::remove_file(r.join("components").join(c)).unwrap();
-            }
-        })),
-        ("component file corrupted", Box::new(|r: &Path| {
-            for c in names(&r.join("components")) {
-                fs::write(r.join("components").join(c), b"\0asm garbage").unwrap();
-            }
-            artifact_files(r).iter().for_each(|a| fs::remove_file(a).unwrap());
-        })),
+        (
+            "component file and artifact deleted",
+            Box::new(|r: &Path| {
+                artifact_files(r).iter().for_each(|a| fs::remove_file(a).unwrap());
+                for c in names(&r.join("components")) {
+                    fs::remove_file(r.join("components").join(c)).unwrap();
+                }
+            }),
+        ),
+        (
+            "component file corrupted",
+            Box::new(|r: &Path| {
+                for c in names(&r.join("components")) {
+                    fs::write(r.join("components").join(c), b"\0asm garbage").unwrap();
+                }
+                artifact_files(r).iter().for_each(|a| fs::remove_file(a).unwrap());
+            }),
+        ),
         ("stale lock file naming a dead process", Box::new(|r: &Path| fs::write(r.join("lock"), "999999999\n").unwrap())),
-        ("stray temp files in the caches", Box::new(|r: &Path| {
-            fs::write(r.join("components").join(".tmp-0011223344556677-x.wasm"), b"half").unwrap();
-            let dir = artifact_files(r)[0].parent().unwrap().to_path_buf();
-            fs::write(dir.join(".tmp-0011223344556677-x.cwasm"), b"half").unwrap();
-            fs::create_dir_all(r.join("cache").join("0123456789abcdef0123456789abcdef")).unwrap();
-        })),
+        (
+            "stray temp files in the caches",
+            Box::new(|r: &Path| {
+                fs::write(r.join("components").join(".tmp-0011223344556677-x.wasm"), b"half").unwrap();
+                let dir = artifact_files(r)[0].parent().unwrap().to_path_buf();
+                fs::write(dir.join(".tmp-0011223344556677-x.cwasm"), b"half").unwrap();
+                fs::create_dir_all(r.join("cache").join("0123456789abcdef0123456789abcdef")).unwrap();
+            }),
+        ),
     ];
     for (what, damage) in &damages {
         damage(&root);
@@ -156,7 +174,13 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).stderr(Stdio::null()).status().ok()?.success();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success();
         ok.then(|| Tmpfs(at.to_path_buf()))
     }
     fn remount(&self, opts: &str) {
@@ -192,7 +216,11 @@ async fn a_full_or_read_only_disk_fails_cleanly_and_converges_later() {
     let v2 = Want { kv: Some(Build::V2), ..want.clone() };
     let out = sb.boot(&v2, None);
     assert!(matches!(out.code(), Some(1) | Some(3)), "disk full: {out:#?}");
-    assert!(["No space left on device", "full", "disk I/O error"].iter().any(|m| out.stderr.contains(m)), "the message says why: {}", out.stderr);
+    assert!(
+        ["No space left on device", "full", "disk I/O error"].iter().any(|m| out.stderr.contains(m)),
+        "the message says why: {}",
+        out.stderr
+    );
     assert!(!out.stderr.contains("corrupt"), "a full disk is not a corrupt store: {}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     fs::remove_file(&filler).unwrap();
@@ -322,7 +350,8 @@ fn start_node(sb: &Sandbox) -> Node {
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Result<(u16, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(Duration::from_secs(30))).build().into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(Duration::from_secs(30))).build().into();
     let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
@@ -339,7 +368,9 @@ fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body
 
 impl Node {
     fn call(&self, alias: &str, f: &str, args: Value) -> (u16, Value) {
-        let (s, b) = request(self.addr, "POST", &format!("/v1/services/{alias}/call/{f}"), Some(&self.token), Some(args.to_string().into_bytes())).unwrap();
+        let (s, b) =
+            request(self.addr, "POST", &format!("/v1/services/{alias}/call/{f}"), Some(&self.token), Some(args.to_string().into_bytes()))
+                .unwrap();
         (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
     }
     fn assert_others_answer(&self, after: &str) {

@@ -72,10 +72,57 @@ n = 1
 
 /// Tokens that tend to break parsers and validators.
 const HOSTILE: &[&str] = &[
-    "\"", "'", "[", "]", "[[", "]]", "{", "}", "=", ".", ",", "\n", "\\", "\\u0000", "\u{0}", "\u{feff}", "\u{fffd}", "../", "/etc/passwd",
-    "${", "${config.", "${config.period}", "${item}", "}}", "-1", "0", "18446744073709551616", "9223372036854775807", "1e400", "nan", "inf",
-    "true", "\"\"\"", "'''", "#", "ü", "🦀", "a.b.c", "[x]", "[[service]]", "[[spell]]", "[config.x]", "type = \"list\"", "x = [[[[[[1]]]]]]",
-    "\t", "\r\n", "kv-store", "ticker", "---", "0x10", "1979-05-27T07:32:00Z",
+    "\"",
+    "'",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    "=",
+    ".",
+    ",",
+    "\n",
+    "\\",
+    "\\u0000",
+    "\u{0}",
+    "\u{feff}",
+    "\u{fffd}",
+    "../",
+    "/etc/passwd",
+    "${",
+    "${config.",
+    "${config.period}",
+    "${item}",
+    "}}",
+    "-1",
+    "0",
+    "18446744073709551616",
+    "9223372036854775807",
+    "1e400",
+    "nan",
+    "inf",
+    "true",
+    "\"\"\"",
+    "'''",
+    "#",
+    "ü",
+    "🦀",
+    "a.b.c",
+    "[x]",
+    "[[service]]",
+    "[[spell]]",
+    "[config.x]",
+    "type = \"list\"",
+    "x = [[[[[[1]]]]]]",
+    "\t",
+    "\r\n",
+    "kv-store",
+    "ticker",
+    "---",
+    "0x10",
+    "1979-05-27T07:32:00Z",
 ];
 
 /// A valid document, mutated.
@@ -130,18 +177,24 @@ fn config_loading_never_panics() {
     let schemas = catalog.schemas();
     let file = sb.dir.path().join("fuzz.toml");
     let env_value = prop_oneof![Just("".to_string()), "[a-z0-9,._/-]{0,20}", proptest::sample::select(HOSTILE).prop_map(str::to_string)];
-    let env_name = proptest::sample::select(&[
-        "SYSDEPLOY_SYSTEM_SERVICES__ENABLE",
-        "SYSDEPLOY_SYSTEM_SERVICES__CALL_TTL_MS",
-        "SYSDEPLOY_SYSTEM_SERVICES__KV_STORE__GREETING",
-        "SYSDEPLOY_SYSTEM_SERVICES__TICKER",
-        "SYSDEPLOY_NODE__API_LISTEN",
-        "SYSDEPLOY_NODE",
-        "SYSDEPLOY_",
-        "SYSDEPLOY___",
-        "SYSDEPLOY_SYSTEM_SERVICES__TICKER__PERIOD_SEC__X",
-    ][..]);
-    let input = (document(CONFIG), proptest::collection::vec((env_name, env_value.clone()), 0..3), proptest::collection::vec(("[a-z_.]{0,30}", env_value), 0..2));
+    let env_name = proptest::sample::select(
+        &[
+            "SYSDEPLOY_SYSTEM_SERVICES__ENABLE",
+            "SYSDEPLOY_SYSTEM_SERVICES__CALL_TTL_MS",
+            "SYSDEPLOY_SYSTEM_SERVICES__KV_STORE__GREETING",
+            "SYSDEPLOY_SYSTEM_SERVICES__TICKER",
+            "SYSDEPLOY_NODE__API_LISTEN",
+            "SYSDEPLOY_NODE",
+            "SYSDEPLOY_",
+            "SYSDEPLOY___",
+            "SYSDEPLOY_SYSTEM_SERVICES__TICKER__PERIOD_SEC__X",
+        ][..],
+    );
+    let input = (
+        document(CONFIG),
+        proptest::collection::vec((env_name, env_value.clone()), 0..3),
+        proptest::collection::vec(("[a-z_.]{0,30}", env_value), 0..2),
+    );
     let mut runner = TestRunner::new(Config { cases: cases(), failure_persistence: None, max_shrink_iters: 200, ..Config::default() });
     let t = Instant::now();
     runner

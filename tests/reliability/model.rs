@@ -28,7 +28,10 @@ enum Op {
     /// Apply `change`, but crash at crash point `point` on the way (the
     /// point may not be on the path of this change: then the boot simply
     /// succeeds), then restart.
-    Crash { point: usize, change: Box<Op> },
+    Crash {
+        point: usize,
+        change: Box<Op>,
+    },
 }
 
 fn change() -> impl Strategy<Value = Op> {

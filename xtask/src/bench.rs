@@ -78,7 +78,9 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
     let mut o = Opts { reps: 11, max_n: 10_000, http_secs: 5, conns: 8 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut num = |what: &str| -> anyhow::Result<usize> { it.next().with_context(|| format!("{what} needs a number"))?.parse().with_context(|| format!("{what} needs a number")) };
+        let mut num = |what: &str| -> anyhow::Result<usize> {
+            it.next().with_context(|| format!("{what} needs a number"))?.parse().with_context(|| format!("{what} needs a number"))
+        };
         match a.as_str() {
             "--reps" => o.reps = num("--reps")?.max(1),
             "--max-n" => o.max_n = num("--max-n")?,
@@ -113,7 +115,18 @@ fn build(repo: &Path) -> anyhow::Result<Bins> {
     std::fs::File::options().append(true).open(&main_rs)?.set_modified(std::time::SystemTime::now())?;
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(repo)
-        .args(["build", "--profile", "bench", "--package", "sysdeploy", "--bin", "sysdeploy", "--bench", "suite", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--profile",
+            "bench",
+            "--package",
+            "sysdeploy",
+            "--bin",
+            "sysdeploy",
+            "--bench",
+            "suite",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo build")?;
@@ -174,7 +187,12 @@ fn timed(cmd: &mut Command, scratch: &Path) -> anyhow::Result<Run> {
     let wall_ms = t.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
         let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-        bail!("{:?} failed ({}):\n{}", full, out.status, err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "{:?} failed ({}):\n{}",
+            full,
+            out.status,
+            err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let (mut cpu_ms, mut max_rss_kb) = (None, None);
     if use_time {
@@ -221,7 +239,16 @@ impl Suite {
     }
 
     fn row(&mut self, section: &'static str, name: impl Into<String>, unit: &'static str, samples: Vec<f64>) -> &mut Row {
-        self.rows.push(Row { section, name: name.into(), unit, samples, baseline: None, target: String::new(), ok: None, lower_is_better: true });
+        self.rows.push(Row {
+            section,
+            name: name.into(),
+            unit,
+            samples,
+            baseline: None,
+            target: String::new(),
+            ok: None,
+            lower_is_better: true,
+        });
         self.rows.last_mut().expect("just pushed")
     }
 }
@@ -337,7 +364,9 @@ fn boot_default(s: &mut Suite) -> anyhow::Result<()> {
         compile_cpu.extend(r.cpu_ms);
     }
     let compile_med = median(&compile);
-    s.row("cold", "cold first boot, run --once", "ms", cold).vs("bare wasmtime: compile the same components in parallel (process)", compile_med).ratio_at_most(1.2);
+    s.row("cold", "cold first boot, run --once", "ms", cold)
+        .vs("bare wasmtime: compile the same components in parallel (process)", compile_med)
+        .ratio_at_most(1.2);
     s.row("cold", "baseline: bare parallel compile (process)", "ms", compile);
     if !cold_cpu.is_empty() {
         let b = median(&compile_cpu);
@@ -350,7 +379,8 @@ fn boot_default(s: &mut Suite) -> anyhow::Result<()> {
         bail!("{} holds {} artifacts, expected {}", state.display(), cwasm.len(), wasm.len());
     }
     eprintln!("[1/4] no-op boot vs floor vs compiling boot, {reps} runs each");
-    let (mut noop, mut floor, mut floor_inproc, mut recompile, mut noop_rss, mut floor_rss) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut noop, mut floor, mut floor_inproc, mut recompile, mut noop_rss, mut floor_rss) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..reps {
         let r = timed(s.node(&state, None).args(["run", "--once"]), &scratch)?;
         noop.push(r.wall_ms);
@@ -366,8 +396,12 @@ fn boot_default(s: &mut Suite) -> anyhow::Result<()> {
         recompile.push(r.wall_ms);
     }
     let (floor_med, recompile_med) = (median(&floor), median(&recompile));
-    s.row("no-op boot", "no-op boot, run --once (process)", "ms", noop.clone()).vs("floor: bare deserialize + instantiate (process)", floor_med).ratio_at_most(1.5);
-    s.row("no-op boot", "no-op boot vs a boot that compiles", "ms", noop).vs("boot with the artifact cache emptied (process)", recompile_med).speedup_at_least(20.0);
+    s.row("no-op boot", "no-op boot, run --once (process)", "ms", noop.clone())
+        .vs("floor: bare deserialize + instantiate (process)", floor_med)
+        .ratio_at_most(1.5);
+    s.row("no-op boot", "no-op boot vs a boot that compiles", "ms", noop)
+        .vs("boot with the artifact cache emptied (process)", recompile_med)
+        .speedup_at_least(20.0);
     s.row("no-op boot", "baseline: floor, bare deserialize + instantiate (process)", "ms", floor);
     s.row("no-op boot", "baseline: floor, in-process part only", "ms", floor_inproc);
     s.row("no-op boot", "baseline: boot that compiles (cache emptied)", "ms", recompile);
@@ -384,17 +418,27 @@ fn boot_default(s: &mut Suite) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(1500));
             rss_idle.push(node.rss_kb()? / 1024.0);
             let token = std::fs::read_to_string(state.join("api.token"))?.trim().to_string();
-            let call = http::load(port, &token, "/v1/services/aqua-ipfs/call/get-local-api-multiaddr", Some("[]"), s.opts.conns, Duration::from_secs(s.opts.http_secs))?;
+            let call = http::load(
+                port,
+                &token,
+                "/v1/services/aqua-ipfs/call/get-local-api-multiaddr",
+                Some("[]"),
+                s.opts.conns,
+                Duration::from_secs(s.opts.http_secs),
+            )?;
             let rss_after = node.rss_kb()? / 1024.0;
             s.notes.insert("http_default_distros".into(), call.json());
-            s.row("http", "HTTP calls/s, aqua-ipfs get-local-api-multiaddr (reads a file in the guest)", "calls/s", vec![call.rate()]).higher_is_better();
+            s.row("http", "HTTP calls/s, aqua-ipfs get-local-api-multiaddr (reads a file in the guest)", "calls/s", vec![call.rate()])
+                .higher_is_better();
             s.row("http", "  same, p50 latency", "ms", vec![call.pct(0.50)]);
             s.row("http", "  same, p99 latency", "ms", vec![call.pct(0.99)]);
             s.row("memory", "RSS after the HTTP load (instance live)", "MiB", vec![rss_after]);
         }
         node.stop()?;
     }
-    s.row("no-op boot", "no-op boot to /health 200, `run` (process)", "ms", to_health).vs("floor: bare deserialize + instantiate (process)", floor_med).ratio_at_most(1.5);
+    s.row("no-op boot", "no-op boot to /health 200, `run` (process)", "ms", to_health)
+        .vs("floor: bare deserialize + instantiate (process)", floor_med)
+        .ratio_at_most(1.5);
     let floor_rss_mb = median(&floor_rss) / 1024.0;
     let r = s.row("memory", "idle node RSS, default distros (VmRSS)", "MiB", rss_idle);
     if floor_rss.is_empty() {
@@ -403,7 +447,8 @@ fn boot_default(s: &mut Suite) -> anyhow::Result<()> {
         r.vs("peak RSS of the bare floor process (/usr/bin/time)", floor_rss_mb).at_most(60.0);
     }
     if !noop_rss.is_empty() {
-        s.row("memory", "peak RSS of a no-op `run --once` (/usr/bin/time)", "MiB", noop_rss.iter().map(|k| k / 1024.0).collect()).vs("peak RSS of the bare floor process", floor_rss_mb);
+        s.row("memory", "peak RSS of a no-op `run --once` (/usr/bin/time)", "MiB", noop_rss.iter().map(|k| k / 1024.0).collect())
+            .vs("peak RSS of the bare floor process", floor_rss_mb);
     }
     Ok(())
 }
@@ -421,7 +466,8 @@ fn call_path(s: &mut Suite) -> anyhow::Result<()> {
     }
     let typed_med = median(&typed_us);
     let overhead: Vec<f64> = json_us.iter().zip(&typed_us).map(|(j, t)| j - t).collect();
-    s.row("call path", "Runtime::call echo-entry({key,value}), JSON in/out (median of 20k calls, per run)", "µs", json_us).vs("bare typed call_async of the same function", typed_med);
+    s.row("call path", "Runtime::call echo-entry({key,value}), JSON in/out (median of 20k calls, per run)", "µs", json_us)
+        .vs("bare typed call_async of the same function", typed_med);
     s.row("call path", "baseline: bare typed call", "µs", typed_us);
     s.row("call path", "overhead of the JSON path over the bare call", "µs", overhead).at_most(10.0);
 
@@ -438,7 +484,9 @@ fn call_path(s: &mut Suite) -> anyhow::Result<()> {
     node.stop()?;
     s.notes.insert("http_health".into(), health.json());
     s.notes.insert("http_trivial_call".into(), call.json());
-    s.row("http", format!("HTTP calls/s, trivial function, {} keep-alive connections", s.opts.conns), "calls/s", vec![call.rate()]).vs("GET /health calls/s (HTTP stack, no guest)", health.rate()).at_least(5000.0);
+    s.row("http", format!("HTTP calls/s, trivial function, {} keep-alive connections", s.opts.conns), "calls/s", vec![call.rate()])
+        .vs("GET /health calls/s (HTTP stack, no guest)", health.rate())
+        .at_least(5000.0);
     s.row("http", "  same, p50 latency", "ms", vec![call.pct(0.50)]).vs("GET /health p50", health.pct(0.50));
     s.row("http", "  same, p99 latency", "ms", vec![call.pct(0.99)]).vs("GET /health p99", health.pct(0.99)).at_most(5.0);
     Ok(())
@@ -450,7 +498,9 @@ fn synth_distros(repo: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
     let pkg = dir.join("bench-scale");
     std::fs::create_dir_all(&pkg)?;
     std::fs::copy(repo.join("tests/distros/v1/kv-store/kv-store.wasm"), pkg.join("kv-store.wasm"))?;
-    let mut m = String::from("# Generated by `cargo xtask bench`: N services sharing one component.\n[package]\nname = \"bench-scale\"\nversion = \"0.1.0\"\n");
+    let mut m = String::from(
+        "# Generated by `cargo xtask bench`: N services sharing one component.\n[package]\nname = \"bench-scale\"\nversion = \"0.1.0\"\n",
+    );
     for i in 0..n {
         m.push_str(&format!("\n[[service]]\nalias = \"svc-{i:05}\"\ncomponents = [\"kv-store.wasm\"]\n"));
     }
@@ -577,8 +627,13 @@ fn machine() -> Value {
         .ok()
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())).unwrap_or_default();
-    let cmd = |c: &str, a: &[&str]| Command::new(c).args(a).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()))
+        .unwrap_or_default();
+    let cmd = |c: &str, a: &[&str]| {
+        Command::new(c).args(a).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    };
     json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpu,
@@ -605,7 +660,14 @@ fn fmt(v: f64) -> String {
 fn report(s: &Suite, out_dir: &Path) -> anyhow::Result<()> {
     let m = machine();
     println!();
-    println!("sysdeploy benchmarks: {} | {} cores | {} | {} | git {}", m["date_utc"].as_str().unwrap_or(""), m["cores"], m["cpu"].as_str().unwrap_or(""), m["kernel"].as_str().unwrap_or(""), m["git"].as_str().unwrap_or(""));
+    println!(
+        "sysdeploy benchmarks: {} | {} cores | {} | {} | git {}",
+        m["date_utc"].as_str().unwrap_or(""),
+        m["cores"],
+        m["cpu"].as_str().unwrap_or(""),
+        m["kernel"].as_str().unwrap_or(""),
+        m["git"].as_str().unwrap_or("")
+    );
     println!("medians over runs (n = runs); ratio = figure / baseline, both measured in this run");
     println!();
     println!("| figure | unit | median | min | max | n | baseline (median) | ratio | target | ok |");

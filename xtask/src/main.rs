@@ -69,11 +69,9 @@ fn build(repo: &Path, jobs: &str) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_default();
-    let rustflags = [
-        format!("--remap-path-prefix={}=/sysdeploy", repo.display()),
-        format!("--remap-path-prefix={}=/cargo", home.display()),
-    ]
-    .join("\x1f");
+    let rustflags =
+        [format!("--remap-path-prefix={}=/sysdeploy", repo.display()), format!("--remap-path-prefix={}=/cargo", home.display())]
+            .join("\x1f");
     for t in &targets {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(repo)
@@ -89,7 +87,12 @@ fn build(repo: &Path, jobs: &str) -> anyhow::Result<()> {
         if let Some(f) = &t.feature {
             cmd.args(["--features", f]);
         }
-        println!("building {} ({}{})", t.artifact, t.crate_name, t.feature.as_deref().map(|f| format!(", feature {f}")).unwrap_or_default());
+        println!(
+            "building {} ({}{})",
+            t.artifact,
+            t.crate_name,
+            t.feature.as_deref().map(|f| format!(", feature {f}")).unwrap_or_default()
+        );
         let status = cmd.status().context("running cargo")?;
         if !status.success() {
             bail!("building {} failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)", t.artifact);
