@@ -8,6 +8,9 @@
 #[path = "src/ids.rs"]
 mod ids;
 
+#[path = "src/text.rs"]
+mod text;
+
 #[allow(dead_code)]
 #[path = "src/config"]
 mod config {

@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod spell;
 pub mod state;
 pub mod store;
+pub mod text;

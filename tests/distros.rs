@@ -6,6 +6,9 @@
 #[path = "../xtask/src/lock.rs"]
 mod lock;
 
+#[path = "../xtask/src/trust_sign.rs"]
+mod trust_sign;
+
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -347,8 +350,7 @@ fn lock_check_detects_stale_sources_and_swapped_artifacts() {
 
 /// Public key of a trust fixture key (same derivation as `cargo xtask trust-certs`).
 fn trust_key(label: &str) -> [u8; 32] {
-    let seed = blake3::hash(format!("sysdeploy trust-graph fixture: {label}").as_bytes());
-    ed25519_dalek::SigningKey::from_bytes(seed.as_bytes()).verifying_key().to_bytes()
+    trust_sign::key(label).verifying_key().to_bytes()
 }
 
 #[test]
@@ -491,29 +493,7 @@ mod through_runtime {
         );
     }
 
-    fn signing_key(label: &str) -> ed25519_dalek::SigningKey {
-        ed25519_dalek::SigningKey::from_bytes(blake3::hash(format!("sysdeploy trust-graph fixture: {label}").as_bytes()).as_bytes())
-    }
-
-    fn peer(k: &ed25519_dalek::SigningKey) -> String {
-        PeerId::from_ed25519_public(k.verifying_key().as_bytes()).to_string()
-    }
-
-    fn link(issuer: &ed25519_dalek::SigningKey, issued_for: &str, expires_at: u64, issued_at: u64) -> Value {
-        use ed25519_dalek::Signer;
-        let mut m = b"sysdeploy-trust-v1\0".to_vec();
-        m.extend_from_slice(&(issued_for.len() as u32).to_le_bytes());
-        m.extend_from_slice(issued_for.as_bytes());
-        m.extend_from_slice(&expires_at.to_le_bytes());
-        m.extend_from_slice(&issued_at.to_le_bytes());
-        json!({
-            "issued-for": issued_for,
-            "issuer-public-key": hex::encode(issuer.verifying_key().as_bytes()),
-            "signature": hex::encode(issuer.sign(&m).to_bytes()),
-            "expires-at": expires_at,
-            "issued-at": issued_at,
-        })
-    }
+    use super::trust_sign::{key as signing_key, link, peer_id as peer};
 
     #[tokio::test]
     async fn trust_graph_weighs_chains_and_rejects_bad_signatures_and_expired_links() {
@@ -521,6 +501,7 @@ mod through_runtime {
         let node = Node::new();
         node.install(&p.services[0], &values(p, &[])).await;
         let (root, relay, worker) = (signing_key("root"), signing_key("relay"), signing_key("worker"));
+        assert_eq!(peer(&root), PeerId::from_ed25519_public(root.verifying_key().as_bytes()).to_string(), "fixture ids match the node's");
         let weight = |peer: String| {
             let node = &node;
             async move { node.call("trust-graph", "get-weight", json!([peer])).await }

@@ -111,7 +111,7 @@ impl fmt::Display for ConfigErrors {
         let n = self.0.len();
         write!(f, "invalid configuration ({n} problem{}); nothing was changed:", if n == 1 { "" } else { "s" })?;
         for p in self.0.iter().take(MAX_SHOWN) {
-            write!(f, "\n  - {}", elide(&p.to_string(), MAX_LINE))?;
+            write!(f, "\n  - {}", crate::text::elide(&p.to_string(), MAX_LINE))?;
         }
         if n > MAX_SHOWN {
             write!(f, "\n  … and {} more problems; fix the ones above first", n - MAX_SHOWN)?;
@@ -121,18 +121,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// `line` cut to about `max` characters by eliding its middle, so both the
-/// key it starts with and the explanation it ends with stay readable.
-fn elide(line: &str, max: usize) -> String {
-    let n = line.chars().count();
-    if n <= max {
-        return line.to_string();
-    }
-    let head: String = line.chars().take(max * 2 / 3).collect();
-    let tail: String = line.chars().skip(n - max / 3).collect();
-    format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
-}
 
 #[cfg(test)]
 mod tests {

@@ -299,7 +299,7 @@ impl fmt::Display for ManifestErrors {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            f.write_str(&elide(&e.to_string(), MAX_LINE))?;
+            f.write_str(&crate::text::elide(&e.to_string(), MAX_LINE))?;
         }
         if self.0.len() > MAX_SHOWN {
             write!(f, "\n… and {} more problems; fix the ones above first", self.0.len() - MAX_SHOWN)?;
@@ -309,18 +309,6 @@ impl fmt::Display for ManifestErrors {
 }
 
 impl std::error::Error for ManifestErrors {}
-
-/// `line` cut to about `max` characters by eliding its middle, so both the
-/// key it starts with and the explanation it ends with stay readable.
-fn elide(line: &str, max: usize) -> String {
-    let n = line.chars().count();
-    if n <= max {
-        return line.to_string();
-    }
-    let head: String = line.chars().take(max * 2 / 3).collect();
-    let tail: String = line.chars().skip(n - max / 3).collect();
-    format!("{head} … ({} characters cut) … {tail}", n - head.chars().count() - tail.chars().count())
-}
 
 // ------------------------------------------------------------- file access
 

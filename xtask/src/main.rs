@@ -7,6 +7,7 @@ mod bench;
 mod bench_http;
 mod lock;
 mod trust;
+mod trust_sign;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
