@@ -10,17 +10,18 @@
 //!    a bare typed wasmtime call of the same function;
 //! 3. runaway guest: how long after its TTL an endless loop is stopped.
 
+mod bare;
 #[path = "../tests/fixtures/mod.rs"]
 mod fixtures;
+
+use bare::{bare_engine, bare_linker, bare_store};
 
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use sysdeploy::ids::{ComponentHash, ServiceId};
 use sysdeploy::runtime::{Blueprint, BlueprintComponent, RuntimeOptions};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::component::Component;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -53,52 +54,6 @@ fn components() -> Vec<(String, Vec<u8>)> {
     out.push(("echo".into(), fixtures::component("echo")));
     out.sort();
     out
-}
-
-struct Bare {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Bare {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-fn bare_engine() -> Engine {
-    let mut c = Config::new();
-    c.wasm_component_model(true);
-    c.epoch_interruption(true);
-    Engine::new(&c).unwrap()
-}
-
-/// A bare linker: WASI plus the host interface stubbed, so the distros'
-/// components link as they do in the runtime.
-fn bare_linker(engine: &Engine) -> Linker<Bare> {
-    let mut l = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut l).unwrap();
-    let mut node = l.instance("sysdeploy:host/node@0.1.0").unwrap();
-    node.func_new("log", |_, _, _, _| Ok(())).unwrap();
-    node.func_new("peer-id", |_, _, _, r| {
-        r[0] = wasmtime::component::Val::String("peer".into());
-        Ok(())
-    })
-    .unwrap();
-    node.func_new("now-ms", |_, _, _, r| {
-        r[0] = wasmtime::component::Val::U64(0);
-        Ok(())
-    })
-    .unwrap();
-    l
-}
-
-fn bare_store(engine: &Engine, data: &Path) -> Store<Bare> {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.preopened_dir(data, "/data", wasmtime_wasi::FsPerms::ReadWrite).unwrap();
-    let mut s = Store::new(engine, Bare { wasi: wasi.build(), table: ResourceTable::new() });
-    s.set_epoch_deadline(u64::MAX / 2);
-    s
 }
 
 /// A function each component can be called with, to make instantiation and
@@ -196,7 +151,7 @@ async fn main() {
             // wasmtime version and an identical engine configuration.
             let c = unsafe { Component::deserialize_file(&engine, p) }.unwrap();
             let pre = linker.instantiate_pre(&c).unwrap();
-            let mut store = bare_store(&engine, bare_data.path());
+            let mut store = bare_store(&engine, Some(bare_data.path()));
             let inst = pre.instantiate_async(&mut store).await.unwrap();
             if let Some((f, vals, n)) = probe {
                 let func = inst.get_func(&mut store, f.as_str()).unwrap();
@@ -248,7 +203,7 @@ async fn main() {
     let engine = bare_engine();
     let linker = bare_linker(&engine);
     let c = Component::new(&engine, fixtures::component("echo")).unwrap();
-    let mut store = bare_store(&engine, bare_data.path());
+    let mut store = bare_store(&engine, Some(bare_data.path()));
     let inst = linker.instantiate_pre(&c).unwrap().instantiate_async(&mut store).await.unwrap();
     let add = inst.get_typed_func::<(u32, u32), (u32,)>(&mut store, "add").unwrap();
     let mut bare_add = Vec::with_capacity(n);

@@ -16,13 +16,14 @@
 //!
 //! Every mode ignores the `--bench` flag cargo passes to bench binaries.
 
+mod bare;
+
+use bare::{bare_engine, bare_linker, bare_store, Bare};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use sysdeploy::runtime::{Blueprint, BlueprintComponent, Runtime, RuntimeConfig, RuntimeOptions};
-use wasmtime::component::{Component, ComponentType, Lift, Linker, Lower, ResourceTable};
-use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::component::{Component, ComponentType, Lift, Linker, Lower};
 
 /// A component exporting `echo-entry: func(e: entry) -> entry` for a small
 /// record `entry { key: string, value: u64 }`. The core function writes the
@@ -68,54 +69,6 @@ struct Entry {
     value: u64,
 }
 
-/// Store data of the bare baseline: WASI only.
-struct Bare {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Bare {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-/// The engine settings of `sysdeploy::runtime` (component model, epoch
-/// interruption, parallel compilation), so artifacts are interchangeable.
-fn bare_engine() -> Engine {
-    let mut c = Config::new();
-    c.wasm_component_model(true);
-    c.epoch_interruption(true);
-    c.parallel_compilation(true);
-    Engine::new(&c).expect("engine")
-}
-
-/// WASI plus `sysdeploy:host/node` stubbed with the smallest bodies, so the
-/// distros' components link as they do in the runtime.
-fn bare_linker(engine: &Engine) -> Linker<Bare> {
-    let mut l = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut l).expect("wasi");
-    let mut node = l.instance("sysdeploy:host/node@0.1.0").expect("host instance");
-    node.func_new("log", |_, _, _, _| Ok(())).expect("log");
-    node.func_new("peer-id", |_, _, _, r| {
-        r[0] = wasmtime::component::Val::String("peer".into());
-        Ok(())
-    })
-    .expect("peer-id");
-    node.func_new("now-ms", |_, _, _, r| {
-        r[0] = wasmtime::component::Val::U64(0);
-        Ok(())
-    })
-    .expect("now-ms");
-    l
-}
-
-fn bare_store(engine: &Engine) -> Store<Bare> {
-    let mut s = Store::new(engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
-    s.set_epoch_deadline(u64::MAX / 2);
-    s
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -153,7 +106,7 @@ async fn floor(paths: &[String]) -> Value {
         // while mapped; wasmtime checks compatibility.
         let c = unsafe { Component::deserialize_file(&engine, p) }.unwrap_or_else(|e| panic!("{p}: {e:#}"));
         let pre = linker.instantiate_pre(&c).unwrap_or_else(|e| panic!("{p}: linking: {e:#}"));
-        let mut store = bare_store(&engine);
+        let mut store = bare_store(&engine, None);
         pre.instantiate_async(&mut store).await.unwrap_or_else(|e| panic!("{p}: instantiating: {e:#}"));
     }
     json!({ "components": paths.len(), "in_process_us": us(t.elapsed()) })
@@ -208,7 +161,7 @@ async fn call(n: usize) -> Value {
     let engine = bare_engine();
     let linker: Linker<Bare> = Linker::new(&engine);
     let component = Component::new(&engine, &bytes).expect("compile");
-    let mut store = bare_store(&engine);
+    let mut store = bare_store(&engine, None);
     let instance = linker.instantiate_pre(&component).expect("link").instantiate_async(&mut store).await.expect("instantiate");
     let f = instance.get_typed_func::<(Entry,), (Entry,)>(&mut store, "echo-entry").expect("typed func");
     for i in 0..1000u64 {
