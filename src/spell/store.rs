@@ -244,13 +244,7 @@ pub(crate) fn set_applied_kv(conn: &Connection, id: &str, kv: &BTreeMap<String, 
 pub(crate) fn push_error(conn: &Connection, id: &str, at: u64, message: &str, keep: usize) -> Result<(), SpellError> {
     conn.execute("INSERT INTO spell_errors (spell_id, at, message) VALUES (?1, ?2, ?3)", params![id, at as i64, message])
         .map_err(sql("record spell error"))?;
-    conn.execute(
-        "DELETE FROM spell_errors WHERE spell_id = ?1 AND id NOT IN
-             (SELECT id FROM spell_errors WHERE spell_id = ?1 ORDER BY id DESC LIMIT ?2)",
-        params![id, keep as i64],
-    )
-    .map_err(sql("trim spell errors"))?;
-    Ok(())
+    keep_newest(conn, "spell_errors", id, keep, "trim spell errors")
 }
 
 pub(crate) fn errors(conn: &Connection, id: &str) -> Result<Vec<SpellErrorRecord>, SpellError> {
@@ -268,12 +262,19 @@ pub(crate) fn push_run(conn: &Connection, id: &str, run: &RunRecord, keep: usize
         params![id, run.started_at as i64, run.finished_at as i64, run.status.as_str()],
     )
     .map_err(sql("record spell run"))?;
+    keep_newest(conn, "spell_runs", id, keep, "trim spell runs")
+}
+
+/// Deletes all but the newest `keep` rows of one spell from a log table
+/// (`spell_errors`, `spell_runs`: a fixed name, never input).
+fn keep_newest(conn: &Connection, table: &'static str, id: &str, keep: usize, op: &'static str) -> Result<(), SpellError> {
     conn.execute(
-        "DELETE FROM spell_runs WHERE spell_id = ?1 AND id NOT IN
-             (SELECT id FROM spell_runs WHERE spell_id = ?1 ORDER BY id DESC LIMIT ?2)",
+        &format!(
+            "DELETE FROM {table} WHERE spell_id = ?1 AND id NOT IN (SELECT id FROM {table} WHERE spell_id = ?1 ORDER BY id DESC LIMIT ?2)"
+        ),
         params![id, keep as i64],
     )
-    .map_err(sql("trim spell runs"))?;
+    .map_err(sql(op))?;
     Ok(())
 }
 
