@@ -106,17 +106,7 @@ impl Journal {
     }
 
     pub fn upsert(&self, d: &Deployed) -> rusqlite::Result<()> {
-        self.store.lock().execute(
-            "INSERT INTO deploy_entries(alias, package, version, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(alias) DO UPDATE SET package = excluded.package, version = excluded.version, kind = excluded.kind, updated_at = excluded.updated_at",
-            params![d.alias.as_str(), d.package.as_str(), d.version, serde_json::to_string(&d.kind).expect("json"), d.created_at, d.updated_at],
-        )?;
-        Ok(())
-    }
-
-    pub fn delete(&self, alias: &Alias) -> rusqlite::Result<()> {
-        self.store.lock().execute("DELETE FROM deploy_entries WHERE alias = ?1", [alias.as_str()])?;
-        Ok(())
+        upsert_entry(&self.store.lock(), d)
     }
 
     /// Records (or advances) the intent of the step on `alias`.
@@ -135,13 +125,7 @@ impl Journal {
         let mut conn = self.store.lock();
         let tx = conn.transaction()?;
         match entry {
-            Some(d) => {
-                tx.execute(
-                    "INSERT INTO deploy_entries(alias, package, version, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT(alias) DO UPDATE SET package = excluded.package, version = excluded.version, kind = excluded.kind, updated_at = excluded.updated_at",
-                    params![d.alias.as_str(), d.package.as_str(), d.version, serde_json::to_string(&d.kind).expect("json"), d.created_at, d.updated_at],
-                )?;
-            }
+            Some(d) => upsert_entry(&tx, d)?,
             None => {
                 tx.execute("DELETE FROM deploy_entries WHERE alias = ?1", [alias.as_str()])?;
             }
@@ -184,6 +168,16 @@ impl Journal {
         let s: Option<String> = conn.query_row("SELECT report FROM deployments ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).optional()?;
         Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
     }
+}
+
+/// Inserts or updates one entry (keeping its `created_at`).
+fn upsert_entry(conn: &rusqlite::Connection, d: &Deployed) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO deploy_entries(alias, package, version, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(alias) DO UPDATE SET package = excluded.package, version = excluded.version, kind = excluded.kind, updated_at = excluded.updated_at",
+        params![d.alias.as_str(), d.package.as_str(), d.version, serde_json::to_string(&d.kind).expect("json"), d.created_at, d.updated_at],
+    )?;
+    Ok(())
 }
 
 fn bad_row(col: &str, value: &str, e: impl std::fmt::Display) -> rusqlite::Error {
