@@ -83,7 +83,7 @@ impl Sandbox {
         cmd.args(args).current_dir(self.dir.path()).env_clear();
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
-            cmd.uid(65534).gid(65534).groups(&[]);
+            cmd.uid(65534).gid(65534);
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("run {} as an unprivileged user: {e}", bin().display()));
         Out {

@@ -246,7 +246,6 @@ async fn fresh_boot_installs_and_second_boot_changes_nothing() {
     assert_eq!(actions(&env.plan()).len(), 3, "plan before the first boot");
     assert!(!env.state.join("state.db").exists(), "plan wrote nothing");
     ok(&env.boot());
-    let before = env.snapshot();
     {
         let rt = env.runtime();
         assert_eq!(call(&rt, "kv-a", "greeting", json!([])).await, json!("hello"));
