@@ -257,7 +257,13 @@ async fn fresh_boot_installs_and_second_boot_changes_nothing() {
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("no changes"), "{}", String::from_utf8_lossy(&text.stdout));
     let before = env.snapshot();
     ok(&env.boot());
-    assert_eq!(env.snapshot(), before, "a no-op boot writes nothing but its deployment report");
+    let after = env.snapshot();
+    let gone: Vec<&String> = before.iter().filter(|r| !after.contains(r)).collect();
+    let new: Vec<&String> = after.iter().filter(|r| !before.contains(r)).collect();
+    assert!(
+        gone.is_empty() && new.is_empty(),
+        "a no-op boot writes nothing but its deployment report:\nbefore: {gone:#?}\nafter: {new:#?}"
+    );
     let rt = env.runtime();
     assert_eq!(call(&rt, "kv-b", "get", json!(["k"])).await, json!("v"), "service data survives restarts");
 }
