@@ -194,6 +194,11 @@ async fn a_replace_leaves_no_unused_component_behind() {
     Inspect::open(&sb.state_dir()).assert_converged(&v2, "right after a replace");
 }
 
+/// The first line of stderr that reports an error.
+fn error_line(stderr: &str) -> &str {
+    stderr.lines().find(|l| l.contains("error")).unwrap_or("")
+}
+
 /// Set (non-empty) to skip the disk-full and read-only cases where even root
 /// may not mount a tmpfs (some containers). Without it, a failed mount fails
 /// the test when it runs as root.
@@ -267,6 +272,7 @@ async fn a_full_or_read_only_disk_fails_cleanly_and_converges_later() {
         "the message gives the OS's reason: {}",
         out.stderr
     );
+    println!("storage faults: disk full → exit {:?}: {}", out.code(), error_line(&out.stderr));
     assert!(!out.stderr.contains("corrupt"), "a full disk is not a corrupt store: {}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     fs::remove_file(&filler).unwrap();
@@ -290,6 +296,7 @@ async fn a_full_or_read_only_disk_fails_cleanly_and_converges_later() {
         "the message gives the OS's reason: {}",
         out.stderr
     );
+    println!("storage faults: read-only → exit {:?}: {}", out.code(), error_line(&out.stderr));
     assert!(!out.stderr.contains("corrupt"), "a read-only disk is not a corrupt store: {}", out.stderr);
     assert_eq!(sb.tree(), before);
     // `plan` cannot open a WAL store on a read-only mount (SQLite needs its
