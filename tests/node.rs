@@ -593,6 +593,7 @@ fn sigterm_during_a_spell_run_cancels_it_after_the_grace_then_the_next_boot_conv
     assert!(took >= SPELL_GRACE, "the running spell was not given its grace: exited after {took:?}; log:\n{}", node.log());
     assert!(took < Duration::from_secs(30), "exit took {took:?}: the run was not cancelled; log:\n{}", node.log());
     drop(node);
+    println!("SIGTERM during a spell run: exited after {took:?}");
     let (runs, errors) = spell_runs(&sb, "looper");
     assert_eq!(runs, ["cancelled"], "the looping run is recorded as cancelled (errors: {errors:?})");
     assert!(
