@@ -75,6 +75,23 @@ impl Sandbox {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+    /// Runs the binary with a clean environment as an unprivileged user: as
+    /// root, as uid/gid 65534 (nobody); otherwise as this process's own user.
+    fn run_unprivileged(&self, args: &[&str]) -> Out {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin());
+        cmd.args(args).current_dir(self.dir.path()).env_clear();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("run {} as an unprivileged user: {e}", bin().display()));
+        Out {
+            code: out.status.code().expect("exited normally"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
     fn config_json(&self, args: &[&str], env: &[(&str, &str)]) -> Json {
         let mut a = vec!["config", "--json"];
         a.extend_from_slice(args);
@@ -242,14 +259,17 @@ fn unreadable_config_file() {
     fs::write(&bin, b"[node]\nstate_dir = \"\xff\xfe\"\n").unwrap();
     sb.run(&["config", "--config", bin.to_str().unwrap()], &[]).invalid(&["cannot be read: it is not UTF-8"]);
 
-    // No read permission: only meaningful when not running as root.
+    // No read permission. Root reads any file, so as root the binary runs
+    // as an unprivileged uid (nobody); a readable twin shows that uid gets
+    // through the sandbox and only the mode stops it.
+    fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let readable = sb.write("readable.toml", "[node]\n");
+    fs::set_permissions(&readable, fs::Permissions::from_mode(0o644)).unwrap();
     let locked = sb.write("locked.toml", "[node]\n");
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
-    if fs::read(&locked).is_err() {
-        sb.run(&["config", "--config", locked.to_str().unwrap()], &[]).invalid(&["cannot be read", "Permission denied"]);
-    } else {
-        eprintln!("skipping the chmod 000 case: this process can read the file anyway (root)");
-    }
+    let ok = sb.run_unprivileged(&["config", "--config", readable.to_str().unwrap()]);
+    assert_eq!(ok.code, 0, "the unprivileged uid must read a 0644 file: {ok:?}");
+    sb.run_unprivileged(&["config", "--config", locked.to_str().unwrap()]).invalid(&["cannot be read", "Permission denied"]);
 }
 
 #[test]
@@ -422,12 +442,24 @@ fn help_and_argument_errors() {
     sb.run(&["call", "Bad/Alias", "get"], &[]).invalid(&["alias \"Bad/Alias\""]);
 }
 
+/// The example config sets every non-secret key (each value's source is a
+/// line of the example file), with the embedded default as its value.
 #[test]
 fn the_example_config_is_valid_and_matches_the_defaults() {
     let sb = Sandbox::new();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sysdeploy.example.toml");
     let with_file = sb.config_json(&["--config", example.to_str().unwrap()], &[]);
     let defaults = sb.config_json(&[], &[]);
+    let from_example = format!("{}:", example.display());
+    let mut missing = Vec::new();
+    for (key, v) in with_file["values"].as_object().unwrap() {
+        let source = v["source"].as_str().unwrap();
+        if v["secret"] != true && !source.starts_with(&from_example) {
+            missing.push(format!("{key} (from {source})"));
+        }
+    }
+    assert!(missing.is_empty(), "the example config lacks these keys:\n  {}", missing.join("\n  "));
+    assert!(defaults["values"].as_object().unwrap().len() > 10, "{defaults}");
     for (key, v) in defaults["values"].as_object().unwrap() {
         let (mut ours, mut theirs) = (with_file["values"][key]["value"].clone(), v["value"].clone());
         if key == "system_services.enable" {

@@ -129,16 +129,25 @@ args = ["${{config.greeting}}"]
         Runtime::open(store, RuntimeConfig::new(&self.state)).unwrap()
     }
 
-    /// Rows of the tables a deployment writes, to compare across boots.
+    /// Every row of every table but the deployment reports (`deployments`
+    /// and its `sqlite_sequence` row), plus every file under `components/`,
+    /// `cache/` and `services/` and the key files, to compare across boots.
     fn snapshot(&self) -> Vec<String> {
         let conn = rusqlite_conn(&self.state.join("state.db"));
+        let mut tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'deployments' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(tables.len() >= 13, "the store's tables: {tables:?}");
         let mut out = Vec::new();
-        for (t, order) in
-            [("rt_services", "id"), ("rt_aliases", "alias"), ("deploy_entries", "alias"), ("spells", "id"), ("spell_kv", "key")]
-        {
-            let mut stmt = conn.prepare(&format!("SELECT * FROM {t} ORDER BY {order}")).unwrap();
+        for t in tables.drain(..) {
+            let filter = if t == "sqlite_sequence" { " WHERE name != 'deployments'" } else { "" };
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {t}{filter}")).unwrap();
             let n = stmt.column_count();
-            let rows = stmt
+            let mut rows: Vec<String> = stmt
                 .query_map([], |r| {
                     let mut s = format!("{t}:");
                     for i in 0..n {
@@ -147,11 +156,52 @@ args = ["${{config.greeting}}"]
                     }
                     Ok(s)
                 })
-                .unwrap();
-            out.extend(rows.map(|r| r.unwrap()));
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            rows.sort();
+            out.extend(rows);
         }
+        out.extend(
+            state_files(&self.state)
+                .into_iter()
+                .filter(|(k, _)| ["components/", "cache/", "services/", "node.key", "api.token"].iter().any(|p| k.starts_with(p)))
+                .map(|(k, v)| format!("file {k}: {v}")),
+        );
         out
     }
+}
+
+/// Every file and directory under the state dir (relative path → blake3 of
+/// the bytes, `dir` for directories), the lock file's content (the pid of
+/// its last holder) left out: WAL and shared-memory files included, so a
+/// write that only reached `state.db-wal` still shows.
+fn state_files(root: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in walk_all(root) {
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let v = if p.is_dir() {
+            "dir".to_string()
+        } else if rel == "lock" {
+            "(pid of the last holder)".to_string()
+        } else {
+            blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()
+        };
+        out.insert(rel, v);
+    }
+    out
+}
+
+fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_all(&p));
+        }
+        out.push(p);
+    }
+    out
 }
 
 fn rusqlite_conn(p: &Path) -> rusqlite::Connection {
@@ -196,7 +246,6 @@ async fn fresh_boot_installs_and_second_boot_changes_nothing() {
     assert_eq!(actions(&env.plan()).len(), 3, "plan before the first boot");
     assert!(!env.state.join("state.db").exists(), "plan wrote nothing");
     ok(&env.boot());
-    let before = env.snapshot();
     {
         let rt = env.runtime();
         assert_eq!(call(&rt, "kv-a", "greeting", json!([])).await, json!("hello"));
@@ -206,8 +255,15 @@ async fn fresh_boot_installs_and_second_boot_changes_nothing() {
     assert_eq!(plan["no_changes"], json!(true), "{plan}");
     let text = env.cmd(&["plan"]);
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("no changes"), "{}", String::from_utf8_lossy(&text.stdout));
+    let before = env.snapshot();
     ok(&env.boot());
-    assert_eq!(env.snapshot(), before, "a no-op boot writes nothing to services, aliases, entries or spells");
+    let after = env.snapshot();
+    let gone: Vec<&String> = before.iter().filter(|r| !after.contains(r)).collect();
+    let new: Vec<&String> = after.iter().filter(|r| !before.contains(r)).collect();
+    assert!(
+        gone.is_empty() && new.is_empty(),
+        "a no-op boot writes nothing but its deployment report:\nbefore: {gone:#?}\nafter: {new:#?}"
+    );
     let rt = env.runtime();
     assert_eq!(call(&rt, "kv-b", "get", json!(["k"])).await, json!("v"), "service data survives restarts");
 }
@@ -350,18 +406,7 @@ async fn plan_rejects_an_init_argument_of_the_wrong_type_and_changes_nothing() {
     let env = Env::new();
     env.distros(&[Pkg::new("kv-a", "kv-a")]);
     ok(&env.boot());
-    let files = |dir: &Path| -> Vec<String> {
-        let mut out = Vec::new();
-        for sub in ["components", "cache", "services"] {
-            for e in walk(&dir.join(sub)) {
-                out.push(format!("{} {}", e.display(), std::fs::metadata(&e).unwrap().len()));
-            }
-        }
-        out.sort();
-        out
-    };
-    let before = std::fs::read(env.state.join("state.db")).unwrap();
-    let before_files = files(&env.state);
+    let before = state_files(&env.state);
     // The package now declares greeting as an integer (set-greeting takes a
     // string) and ships a new build: nothing of it may be stored.
     env.distros(&[Pkg { greeting_type: "integer", greeting_default: "5", build: "v2", ..Pkg::new("kv-a", "kv-a") }]);
@@ -376,23 +421,7 @@ async fn plan_rejects_an_init_argument_of_the_wrong_type_and_changes_nothing() {
             assert!(err.contains(needle), "{args:?}: missing {needle:?} in:\n{err}");
         }
     }
-    assert_eq!(std::fs::read(env.state.join("state.db")).unwrap(), before, "store unchanged");
-    assert_eq!(files(&env.state), before_files, "no component, artifact or data dir written");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    assert_eq!(state_files(&env.state), before, "store, components, artifacts and data dirs unchanged");
 }
 
 #[tokio::test]
@@ -400,7 +429,7 @@ async fn a_component_that_does_not_compile_is_invalid_input() {
     let env = Env::new();
     env.distros(&[Pkg::new("kv-a", "kv-a")]);
     ok(&env.boot());
-    let before = std::fs::read(env.state.join("state.db")).unwrap();
+    let before = state_files(&env.state);
     std::fs::write(env.distros.join("kv-a/kv-store.wasm"), b"\0asm\x0d\0\x01\0 not really a component").unwrap();
     let out = env.boot();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
@@ -409,6 +438,6 @@ async fn a_component_that_does_not_compile_is_invalid_input() {
         err.contains("package kv-a") && err.contains("component kv-store") && err.contains("not a valid WebAssembly component"),
         "{err}"
     );
-    assert_eq!(std::fs::read(env.state.join("state.db")).unwrap(), before, "store unchanged");
+    assert_eq!(state_files(&env.state), before, "the state dir is unchanged");
     assert_eq!(service_id(&env.runtime(), "kv-a").len(), 32, "the deployed service is still there");
 }

@@ -193,18 +193,22 @@ async fn runaway_guest_is_stopped_and_other_services_keep_answering() {
     let other = service(&h, &[("misbehave", None)]).await;
     let rt = h.rt.clone();
     let r = runaway.clone();
-    let spin = tokio::spawn(async move { rt.call_with_ttl(r.as_str(), "spin", json!([]), Duration::from_millis(300)).await });
-    let mut answered_meanwhile = 0u32;
-    while !spin.is_finished() {
-        let n = call(&h, &other, "count", json!([])).await.unwrap();
-        answered_meanwhile += 1;
-        assert_eq!(n, json!(answered_meanwhile));
+    let ttl = Duration::from_millis(3_000);
+    let spin = tokio::spawn(async move { rt.call_with_ttl(r.as_str(), "spin", json!([]), ttl).await });
+    // Only once the runaway is observably running: the other service must
+    // answer several calls while it still runs (one lock for all services
+    // would hold them until the runaway's TTL).
+    while !h.rt.is_busy(&runaway) {
+        assert!(!spin.is_finished(), "the runaway call ended before it was seen running");
         tokio::task::yield_now().await;
     }
-    assert!(answered_meanwhile > 0);
+    for n in 1..=5u32 {
+        assert_eq!(call(&h, &other, "count", json!([])).await.unwrap(), json!(n));
+        assert!(h.rt.is_busy(&runaway) && !spin.is_finished(), "answer {n} of the other service came only after the runaway stopped");
+    }
     let e = spin.await.unwrap().unwrap_err();
-    assert_eq!(e, CallError::Timeout { target: runaway.to_string(), function: "spin".into(), ttl_ms: 300 });
-    assert!(e.to_string().contains("time limit of 300 ms"), "{e}");
+    assert_eq!(e, CallError::Timeout { target: runaway.to_string(), function: "spin".into(), ttl_ms: 3_000 });
+    assert!(e.to_string().contains("time limit of 3000 ms"), "{e}");
     // The interrupted instance was discarded; the next call gets a fresh one.
     assert!(!h.rt.is_instantiated(&runaway));
     assert_eq!(call(&h, &runaway, "count", json!([])).await.unwrap(), json!(1));
@@ -217,7 +221,8 @@ async fn calls_to_one_service_are_serialised() {
     assert_eq!(call(&h, &s, "count", json!([])).await.unwrap(), json!(1));
     let rt = h.rt.clone();
     let id = s.clone();
-    let spin = tokio::spawn(async move { rt.call_with_ttl(id.as_str(), "spin", json!([]), Duration::from_millis(200)).await });
+    // The TTL only has to outlast the next few statements, also on a busy machine.
+    let spin = tokio::spawn(async move { rt.call_with_ttl(id.as_str(), "spin", json!([]), Duration::from_millis(2_000)).await });
     while !h.rt.is_busy(&s) {
         assert!(!spin.is_finished());
         tokio::task::yield_now().await;
@@ -237,7 +242,8 @@ async fn a_full_queue_answers_busy() {
     let s = service(&h, &[("misbehave", None)]).await;
     let rt = h.rt.clone();
     let id = s.clone();
-    let spin = tokio::spawn(async move { rt.call_with_ttl(id.as_str(), "spin", json!([]), Duration::from_millis(300)).await });
+    // The TTL only has to outlast the next few statements, also on a busy machine.
+    let spin = tokio::spawn(async move { rt.call_with_ttl(id.as_str(), "spin", json!([]), Duration::from_millis(2_000)).await });
     while !h.rt.is_busy(&s) {
         assert!(!spin.is_finished());
         tokio::task::yield_now().await;

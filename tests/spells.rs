@@ -465,9 +465,18 @@ async fn scripts_are_sandboxed() {
     let f = Fixture::new();
     let spells = f.spells_at(B);
     let a = alias("sneaky");
-    spells.install(&def("sneaky", r#"import "/etc/passwd" as p;"#, Trigger::once()), &BTreeMap::new()).unwrap();
+    // A real module a file-resolving engine would load: `import "<dir>/lib"`
+    // finds `<dir>/lib.rhai`. The sandbox must refuse it, so its value never
+    // reaches the KV.
+    let lib = f._dir.path().join("lib");
+    std::fs::write(lib.with_extension("rhai"), "export const SECRET = \"read from a file\";\n").unwrap();
+    let script = format!("kv_set(\"before\", 1);\nimport {:?} as m;\nkv_set(\"leak\", m::SECRET);\n", lib.display().to_string());
+    spells.install(&def("sneaky", &script, Trigger::once()), &BTreeMap::new()).unwrap();
     let out = spells.run_once(&a).await.unwrap();
-    assert_eq!(out.status, RunStatus::Failed);
+    assert_eq!(out.status, RunStatus::Failed, "{out:?}");
+    let msg = out.error.as_deref().unwrap_or_default();
+    assert!(msg.contains("lib"), "the refusal names the module: {msg}");
+    assert!(spells.kv(&a).unwrap().is_empty(), "nothing of the run, and no imported value, is in the KV");
     // values that are not JSON cannot be stored
     spells.update(&def("sneaky", r#"kv_set("f", |x| x + 1);"#, Trigger::once())).unwrap();
     let out = spells.run_once(&a).await.unwrap();

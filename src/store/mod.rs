@@ -29,11 +29,15 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("state store {path} cannot be used ({source}): the disk is full, read-only or failing, or the file is not accessible; it was left untouched — free space or fix the mount and permissions, then start again")]
+    #[error("state store {path} cannot be used ({source}{os}): the disk is full, read-only or failing, or the file is not accessible; it was left untouched — free space or fix the mount and permissions, then start again")]
     Unavailable {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+        /// The OS's reason for SQLite's last failed system call ("; the OS
+        /// says: No space left on device (os error 28)"), or empty: SQLite's
+        /// own text for it is often only "disk I/O error".
+        os: String,
     },
     #[error("state store {path} does not exist yet; run `sysdeploy run` once to create it")]
     Missing { path: PathBuf },
@@ -93,10 +97,10 @@ impl Store {
         // A garbage file fails here, on the first read of the header.
         let check: Result<String, _> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
         if let Err(e) = check {
-            return Err(corrupt(path, e));
+            return Err(corrupt(path, e, &conn));
         }
         if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| corrupt(path, e))?;
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| corrupt(path, e, &conn))?;
             conn.pragma_update(None, "synchronous", "FULL").map_err(|e| sql(path, e))?;
         }
         conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| sql(path, e))?;
@@ -104,7 +108,8 @@ impl Store {
     }
 
     fn schema_version(&self) -> Result<i64, StoreError> {
-        self.lock().query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e))
+        let conn = self.lock();
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e, &conn))
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -116,13 +121,13 @@ impl Store {
         let mut conn = self.lock();
         for (i, m) in migrations::MIGRATIONS.iter().enumerate().skip(found as usize) {
             let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
-            tx.execute_batch(m.sql).map_err(|e| corrupt(&self.path, e))?;
+            tx.execute_batch(m.sql).map_err(|e| corrupt(&self.path, e, &tx))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| sql(&self.path, e))?;
             tx.commit().map_err(|e| sql(&self.path, e))?;
         }
         // Integrity check on every open is cheap at our sizes and catches a
         // damaged file before we act on it.
-        let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e))?;
+        let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e, &conn))?;
         if ok != "ok" {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
@@ -149,11 +154,17 @@ fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
 /// A failure while opening or checking the store: `Corrupt` only when SQLite
 /// says the file is damaged or not a database; a full, read-only or failing
 /// disk must not send the operator restoring backups of a healthy file.
-fn corrupt(path: &Path, source: rusqlite::Error) -> StoreError {
+fn corrupt(path: &Path, source: rusqlite::Error, conn: &Connection) -> StoreError {
     use rusqlite::ErrorCode::*;
     match source.sqlite_error_code() {
         Some(DatabaseCorrupt | NotADatabase) | None => StoreError::Corrupt { path: path.into(), source },
-        Some(_) => StoreError::Unavailable { path: path.into(), source },
+        Some(_) => {
+            // SAFETY: `conn` is open for the duration of the call; the
+            // function only reads the errno SQLite saved on the connection.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+            let os = if errno > 0 { format!("; the OS says: {}", std::io::Error::from_raw_os_error(errno)) } else { String::new() };
+            StoreError::Unavailable { path: path.into(), source, os }
+        }
     }
 }
 

@@ -323,6 +323,33 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// [`tree`] with the lock file's content (the pid of its last holder) left
+/// out: `run` takes the lock and writes its pid before it can find some
+/// problems (a corrupt store, a plan-time error), and nothing else of the
+/// state dir may change.
+pub fn tree_but_lock_pid(root: &Path) -> BTreeMap<String, String> {
+    let mut t = tree(root);
+    if let Some(lock) = t.get_mut("lock") {
+        *lock = "(pid of the last holder)".into();
+    }
+    t
+}
+
+/// blake3 of zero bytes, as [`tree`] lists an empty file.
+pub const EMPTY_FILE: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
+/// `t` (a [`tree`] of a state dir after a read-only command such as `plan`)
+/// without SQLite's reader files: a read-only connection to a WAL store
+/// creates `state.db-shm` and an empty `state.db-wal` and cannot remove them
+/// (RELIABILITY.md, "Known limits"). A WAL with anything in it stays listed.
+pub fn without_reader_files(mut t: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    if t.get("state.db-wal").map(String::as_str) == Some(EMPTY_FILE) {
+        t.remove("state.db-wal");
+        t.remove("state.db-shm");
+    }
+    t
+}
+
 /// A spell caller for in-process spell runs; the ticker calls no service.
 struct NoServices;
 impl ServiceCaller for NoServices {
