@@ -71,6 +71,7 @@ impl ServiceCaller for RuntimeCaller {
             let t = std::time::Instant::now();
             let r = self.runtime.call(&alias, &function, args).await;
             self.metrics.observe_call(&alias, t.elapsed(), r.is_ok());
+            record_guest_usage(&self.runtime, &self.metrics, &alias);
             r.map_err(|e| e.to_string())
         })
     }
@@ -127,6 +128,27 @@ fn policy(cfg: &EffectiveConfig) -> ApplyPolicy {
     }
 }
 
+/// After a call: what the callee's guest takes now, into the metrics (only
+/// for targets that exist, so clients cannot grow the label set).
+fn record_guest_usage(runtime: &Runtime, metrics: &Metrics, alias: &str) {
+    if let Some(usage) = runtime.resolve(alias).and_then(|s| runtime.guest_usage(&s.id)) {
+        metrics.guest_usage(alias, &usage);
+    }
+}
+
+/// The runtime's guest limits from the `system_services.guest_*` keys.
+fn guest_limits(cfg: &EffectiveConfig) -> crate::runtime::GuestLimits {
+    let g = &cfg.system_services.guest;
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    crate::runtime::GuestLimits {
+        max_result_bytes: g.result_max_bytes,
+        max_open_files: small(g.open_files_max),
+        data_quota_bytes: g.data_quota_mb.saturating_mul(1 << 20),
+        data_quota_inodes: g.data_quota_inodes,
+        log: crate::runtime::LogLimits { lines_per_sec: small(g.log_lines_per_sec), line_max_bytes: small(g.log_line_max_bytes) },
+    }
+}
+
 impl Node {
     /// Takes the state-dir lock and opens store, runtime and spell layer.
     pub fn open(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog) -> Result<Arc<Node>, DeployFailure> {
@@ -135,9 +157,12 @@ impl Node {
         let ttl = Duration::from_millis(config.system_services.call_ttl_ms);
         let mut rcfg = RuntimeConfig::new(state.path());
         rcfg.call_ttl = ttl;
-        let runtime =
-            Runtime::open_with(store.clone(), rcfg, RuntimeOptions { host_peer: Some(state.peer_id().clone()), ..Default::default() })
-                .map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
+        let runtime = Runtime::open_with(
+            store.clone(),
+            rcfg,
+            RuntimeOptions { host_peer: Some(state.peer_id().clone()), limits: guest_limits(&config), ..Default::default() },
+        )
+        .map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let metrics = Metrics::new();
         let mut scfg = SpellConfig::new(state.peer_id().clone());
         scfg.run_ttl = ttl;
@@ -353,7 +378,11 @@ impl Backend for NodeBackend {
     }
     fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>> {
         let (alias, function) = (alias.to_string(), function.to_string());
-        Box::pin(async move { self.0.runtime.call(&alias, &function, args).await })
+        Box::pin(async move {
+            let r = self.0.runtime.call(&alias, &function, args).await;
+            record_guest_usage(&self.0.runtime, &self.0.metrics, &alias);
+            r
+        })
     }
     fn reload(&self) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(async move {

@@ -1,0 +1,205 @@
+//! Hostile guests cannot starve the node or their neighbours (issue 20,
+//! attacks 4–7; issue 13, item 7): a real wasm32-wasip2 guest built from Rust
+//! (`tests/distros/hostile/`, committed as
+//! `tests/distros/limits/hostile/hostile.wasm`) runs beside a benign instance
+//! of itself on a real runtime, store and state directory, and tries to take
+//! more than its share of disk, inodes, descriptors, the log and host memory.
+
+mod fixtures;
+
+use fixtures::{host, Harness};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use sysdeploy::ids::ServiceId;
+use sysdeploy::runtime::{Blueprint, BlueprintComponent, CallError, GuestLimits, LogLimits, RuntimeOptions};
+
+/// The committed hostile guest.
+fn hostile_wasm() -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/limits/hostile/hostile.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn harness(limits: GuestLimits) -> Harness {
+    Harness::with_options(RuntimeOptions { host_peer: Some(host()), limits, ..RuntimeOptions::default() })
+}
+
+/// Two services of the hostile blueprint: the attacker and its neighbour.
+async fn pair(h: &Harness) -> (ServiceId, ServiceId) {
+    let hash = h.rt.add_component(&hostile_wasm(), None).unwrap();
+    let bp = h.rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "hostile".into(), hash, memory_limit_mb: None }])).unwrap();
+    (h.rt.create_service(&bp, &host()).await.unwrap(), h.rt.create_service(&bp, &host()).await.unwrap())
+}
+
+async fn call(h: &Harness, s: &ServiceId, f: &str, args: Value) -> Value {
+    h.rt.call(s.as_str(), f, args).await.unwrap_or_else(|e| panic!("{f}: {e}"))
+}
+
+/// `outcome` → (done, error text or "").
+fn outcome(v: &Value) -> (u64, String) {
+    (v["done"].as_u64().unwrap(), v["error"].as_str().unwrap_or("").to_string())
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A failed stream write: wasi-libc (Rust's wasm32-wasip2 std) turns every
+/// `last-operation-failed` stream error into EIO without asking
+/// `filesystem-error-code`, which the host answers with `quota`. Either is an
+/// error code the guest handles, never a trap.
+fn quota_or_eio(err: &str) -> bool {
+    err.starts_with("QuotaExceeded") || err == "Uncategorized: I/O error (os error 29)"
+}
+
+fn limits() -> GuestLimits {
+    GuestLimits { data_quota_bytes: MIB, data_quota_inodes: 40, ..GuestLimits::default() }
+}
+
+#[tokio::test]
+async fn a_guest_over_its_data_quota_gets_an_error_code_while_its_neighbour_keeps_writing() {
+    let h = harness(limits());
+    let (bad, good) = pair(&h).await;
+
+    // Bytes: a write past the quota stops at it with EDQUOT, not a trap.
+    let (done, err) = outcome(&call(&h, &bad, "write-file", json!(["/data/big", 2 * MIB])).await);
+    assert!(done <= MIB && quota_or_eio(&err), "{done} {err}");
+    assert!(h.rt.is_instantiated(&bad), "a quota error is an error code: the instance lives on");
+    let (done, err) = outcome(&call(&h, &bad, "append-file", json!(["/data/big", 64 * 1024])).await);
+    assert!(done == 0 && quota_or_eio(&err), "{done} {err}");
+    // A sparse file counts at its length: a 10 TiB hole is refused at once.
+    let (_, err) = outcome(&call(&h, &bad, "set-size", json!(["/data/sparse", 10u64 << 40])).await);
+    assert!(err.starts_with("QuotaExceeded"), "{err}");
+
+    // The neighbour has a quota of its own.
+    assert_eq!(outcome(&call(&h, &good, "write-file", json!(["/data/x", 900 * 1024])).await), (900 * 1024, String::new()));
+
+    // Deleting frees quota; overwriting in place does not grow it.
+    assert_eq!(outcome(&call(&h, &bad, "remove-path", json!(["/data/big"])).await).1, "");
+    assert_eq!(outcome(&call(&h, &bad, "write-file", json!(["/data/a", 600 * 1024])).await), (600 * 1024, String::new()));
+    assert_eq!(outcome(&call(&h, &bad, "write-file", json!(["/data/a", 600 * 1024])).await), (600 * 1024, String::new()));
+    let (_, err) = outcome(&call(&h, &bad, "write-file", json!(["/data/b", 600 * 1024])).await);
+    assert!(quota_or_eio(&err), "{err}");
+
+    // Entries: files stop at the entry quota; the neighbour still creates its own.
+    let (done, err) = outcome(&call(&h, &bad, "make-files", json!(["/data/many", 100])).await);
+    assert!(done < 40 && err.starts_with("QuotaExceeded"), "{done} {err}");
+    assert_eq!(outcome(&call(&h, &good, "make-files", json!(["/data/few", 10])).await), (10, String::new()));
+    // At the entry quota an existing file still opens for writing.
+    assert_eq!(outcome(&call(&h, &bad, "append-file", json!(["/data/many/f0", 10])).await), (10, String::new()));
+
+    // What the runtime reports is what is on disk, and within the quota.
+    let usage = h.rt.guest_usage(&bad).unwrap();
+    let on_disk = sysdeploy::runtime::data_usage(&h.rt.data_dir(&bad)).unwrap();
+    assert!(usage.data.bytes <= MIB && usage.data.inodes <= 40, "{usage:?}");
+    assert_eq!(on_disk, usage.data, "ledger and disk agree");
+
+    // A fresh instance (after a trap) scans the dir and enforces the same quota.
+    assert!(h.rt.call(bad.as_str(), "crash", json!(["bye"])).await.is_err());
+    let (_, err) = outcome(&call(&h, &bad, "write-file", json!(["/data/c", 600 * 1024])).await);
+    assert!(quota_or_eio(&err), "{err}");
+    assert_eq!(call(&h, &good, "read-sum", json!(["/data/x"])).await["error"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_guest_cannot_hold_more_descriptors_than_its_cap() {
+    let h = harness(GuestLimits { max_open_files: 16, ..GuestLimits::default() });
+    let (bad, good) = pair(&h).await;
+    let (done, err) = outcome(&call(&h, &bad, "hold-open", json!([1000])).await);
+    assert_eq!(done, 16, "{err}");
+    assert!(err.starts_with("OutOfMemory"), "the guest gets an error code, not a trap: {err}");
+    assert_eq!(h.rt.guest_usage(&bad).unwrap().open_files, 16);
+    // The neighbour opens its own share, and its ordinary file work goes on.
+    assert_eq!(outcome(&call(&h, &good, "hold-open", json!([16])).await), (16, String::new()));
+    assert_eq!(call(&h, &good, "release", json!([])).await, json!(16));
+    assert_eq!(outcome(&call(&h, &good, "write-file", json!(["/data/x", 10])).await), (10, String::new()));
+    // Closing gives the descriptors back.
+    assert_eq!(call(&h, &bad, "release", json!([])).await, json!(16));
+    assert_eq!(outcome(&call(&h, &bad, "hold-open", json!([16])).await), (16, String::new()));
+}
+
+#[tokio::test]
+async fn a_result_over_the_cap_fails_with_result_too_large_and_the_instance_lives() {
+    let h = harness(GuestLimits { max_result_bytes: MIB, ..GuestLimits::default() });
+    let (bad, _) = pair(&h).await;
+    let e = h.rt.call(bad.as_str(), "big-result", json!([2 * MIB])).await.unwrap_err();
+    assert!(matches!(e, CallError::ResultTooLarge { limit_bytes, .. } if limit_bytes == MIB), "{e:?}");
+    assert_eq!(serde_json::to_value(&e).unwrap()["code"], "result_too_large");
+    assert!(h.rt.is_instantiated(&bad), "the guest did nothing wrong: its instance is kept");
+    assert_eq!(call(&h, &bad, "big-result", json!([1000])).await.as_str().unwrap().len(), 1000);
+}
+
+/// Everything the node logs in this test binary, human format without colour.
+fn captured() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buf.clone());
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buf
+    })
+    .clone()
+}
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured lines about service `s`.
+fn lines_of(log: &Arc<Mutex<Vec<u8>>>, s: &ServiceId) -> Vec<String> {
+    String::from_utf8_lossy(&log.lock().unwrap()).lines().filter(|l| l.contains(s.as_str())).map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn guest_output_reaches_the_log_escaped_line_buffered_and_attributed() {
+    let log = captured();
+    let h = harness(GuestLimits::default());
+    let (bad, _) = pair(&h).await;
+    call(&h, &bad, "log-flood", json!([1, "ok\nERROR sysdeploy::node: forged\r\u{1b}[31mred"])).await;
+    call(&h, &bad, "print", json!(["hello\nwor", "stderr line\n"])).await;
+    call(&h, &bad, "print", json!(["ld\n", ""])).await;
+    let e = h.rt.call(bad.as_str(), "crash", json!(["Traceback: the reason"])).await.unwrap_err();
+    assert!(matches!(e, CallError::Trap { .. }), "{e:?}");
+
+    let all = String::from_utf8_lossy(&log.lock().unwrap()).to_string();
+    assert!(!all.lines().any(|l| l.starts_with("ERROR sysdeploy::node")), "a guest forged a log line:\n{all}");
+    assert!(!all.contains('\u{1b}'), "a guest sent an escape sequence to the log");
+    let mine = lines_of(&log, &bad);
+    let has = |needle: &str, source: &str| mine.iter().any(|l| l.contains(needle) && l.contains(&format!("source=\"{source}\"")));
+    assert!(has(r"ok\nERROR sysdeploy::node: forged\r\u{1b}[31mred", "log"), "{mine:#?}");
+    assert!(has("hello", "stdout") && has("world", "stdout"), "stdout is line-buffered across calls: {mine:#?}");
+    assert!(has("stderr line", "stderr"), "{mine:#?}");
+    assert!(has("Traceback: the reason", "stderr"), "the guest's last words before a trap reach the log: {mine:#?}");
+    assert!(has("hostile guest crashed on purpose", "stderr"), "the panic message reaches the log: {mine:#?}");
+}
+
+#[tokio::test]
+async fn a_log_flood_is_rate_limited_cut_and_counted() {
+    let log = captured();
+    let h = harness(GuestLimits { log: LogLimits { lines_per_sec: 5, line_max_bytes: 100 }, ..GuestLimits::default() });
+    let (bad, good) = pair(&h).await;
+    let started = std::time::Instant::now();
+    call(&h, &bad, "log-flood", json!([2000, "x".repeat(10_000)])).await;
+    let stdout_flood = "line\n".repeat(2000);
+    call(&h, &bad, "print", json!([stdout_flood, ""])).await;
+    let secs = started.elapsed().as_secs() + 1;
+    let emitted = lines_of(&log, &bad).len() as u64;
+    // At most the burst plus the refill over the time it took, plus the
+    // summary lines that report drops.
+    assert!(emitted <= 5 + 5 * secs + 2 * (1 + 5 * secs), "{emitted} lines in ~{secs} s");
+    let dropped = h.rt.guest_usage(&bad).unwrap().log_lines_dropped;
+    assert!(dropped >= 4000 - 5 - 5 * secs, "{dropped}");
+    assert!(lines_of(&log, &bad).iter().all(|l| l.len() < 400), "long lines are cut");
+    assert_eq!(h.rt.guest_usage(&good).unwrap().log_lines_dropped, 0, "the neighbour's budget is its own");
+    call(&h, &good, "log-flood", json!([3, "neighbour speaks"])).await;
+    assert_eq!(lines_of(&log, &good).iter().filter(|l| l.contains("neighbour speaks")).count(), 3);
+}
