@@ -120,7 +120,10 @@ async fn a_guest_cannot_hold_more_descriptors_than_its_cap() {
 async fn a_result_over_the_cap_fails_with_result_too_large_and_the_instance_lives() {
     let h = harness(GuestLimits { max_result_bytes: MIB, ..GuestLimits::default() });
     let (bad, _) = pair(&h).await;
-    let e = h.rt.call(bad.as_str(), "big-result", json!([2 * MIB])).await.unwrap_err();
+    let e = match h.rt.call(bad.as_str(), "big-result", json!([2 * MIB])).await {
+        Ok(v) => panic!("a {}-byte result passed the cap", v.as_str().map_or(0, str::len)),
+        Err(e) => e,
+    };
     assert!(matches!(e, CallError::ResultTooLarge { limit_bytes, .. } if limit_bytes == MIB), "{e:?}");
     assert_eq!(serde_json::to_value(&e).unwrap()["code"], "result_too_large");
     assert!(h.rt.is_instantiated(&bad), "the guest did nothing wrong: its instance is kept");
@@ -202,4 +205,145 @@ async fn a_log_flood_is_rate_limited_cut_and_counted() {
     assert_eq!(h.rt.guest_usage(&good).unwrap().log_lines_dropped, 0, "the neighbour's budget is its own");
     call(&h, &good, "log-flood", json!([3, "neighbour speaks"])).await;
     assert_eq!(lines_of(&log, &good).iter().filter(|l| l.contains("neighbour speaks")).count(), 3);
+}
+
+/// The node end to end: `sysdeploy run` with the `hostile` package of
+/// `tests/distros/limits/` (service `hostile` with its own quota and a
+/// descriptor cap above the node's budget, service `neighbour` with the
+/// defaults), a result cap from the config, and `RLIMIT_NOFILE` lowered to
+/// 512 before exec, so the node's guest budget is 512 − 256 = 256.
+mod node {
+    use serde_json::{json, Value};
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    const PATIENCE: Duration = Duration::from_secs(120);
+
+    struct Node {
+        child: Child,
+        addr: SocketAddr,
+        log: Arc<Mutex<String>>,
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(PATIENCE)).build().into();
+        let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let resp = match body {
+            Some(b) => agent.run(req.header("Content-Type", "application/json").body(b.to_string().into_bytes()).unwrap()),
+            None => agent.run(req.body(()).unwrap()),
+        };
+        let mut resp = resp.ok()?;
+        let text = resp.body_mut().read_to_string().ok()?;
+        Some((resp.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    #[test]
+    fn per_service_limits_hold_on_a_running_node_and_status_and_metrics_show_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let config = dir.path().join("sysdeploy.toml");
+        std::fs::write(&config, "[system_services]\nguest_result_max_bytes = 1048576\n").unwrap();
+        let distros = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/limits");
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sysdeploy"));
+        cmd.arg("--state-dir").arg(&state).arg("--config").arg(&config).arg("--distros-dir").arg(&distros);
+        cmd.arg("--api-listen").arg(addr.to_string()).arg("run");
+        cmd.env_remove("RUST_LOG").env_remove("FAILPOINTS").env_remove("NOTIFY_SOCKET");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let r = libc::rlimit { rlim_cur: 512, rlim_max: 512 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut node = Node { child, addr, log };
+        let deadline = Instant::now() + PATIENCE;
+        while http(addr, "GET", "/health", None, None).map(|r| r.0) != Some(200) {
+            if let Some(st) = node.child.try_wait().unwrap() {
+                panic!("node exited ({st}); log:\n{}", node.log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "node never became ready; log:\n{}", node.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(state.join("api.token")).unwrap().trim().to_string();
+        let call = |alias: &str, f: &str, args: Value| {
+            http(addr, "POST", &format!("/v1/services/{alias}/call/{f}"), Some(&token), Some(args)).expect("the node answers")
+        };
+        let ok = |alias: &str, f: &str, args: Value| {
+            let (status, body) = call(alias, f, args);
+            assert_eq!(status, 200, "{alias}.{f}: {body}");
+            body
+        };
+
+        // The package's own quota (1 MiB, 1000 entries) for `hostile`; the
+        // neighbour has the node's default (1 GiB).
+        let r = ok("hostile", "write-file", json!(["/data/big", 3 << 20]));
+        assert!(r["done"].as_u64().unwrap() <= 1 << 20 && r["error"].is_string(), "{r}");
+        let r = ok("hostile", "set-size", json!(["/data/sparse", 1u64 << 40]));
+        assert!(r["error"].as_str().unwrap().starts_with("QuotaExceeded"), "{r}");
+        assert_eq!(ok("neighbour", "write-file", json!(["/data/x", 3 << 20])), json!({"done": 3 << 20, "error": null}));
+
+        // The result cap from the config: a stable code, before any JSON.
+        let (status, body) = call("neighbour", "big-result", json!([2 << 20]));
+        assert_eq!((status, body["error"]["code"].as_str()), (502, Some("result_too_large")), "{body}");
+        assert_eq!(ok("neighbour", "big-result", json!([10])), json!("xxxxxxxxxx"));
+
+        // `hostile` may hold 100,000 descriptors by its manifest, but the node
+        // keeps 256 of its 512 for itself: the guest stops at the budget with
+        // an error, and the node's API and store keep working.
+        let r = ok("hostile", "hold-open", json!([100_000]));
+        let held = r["done"].as_u64().unwrap();
+        assert!((100..=256).contains(&held) && r["error"].as_str().unwrap().starts_with("OutOfMemory"), "{r}");
+        assert_eq!(http(addr, "GET", "/health", None, None).map(|r| r.0), Some(200));
+        assert_eq!(http(addr, "GET", "/v1/services", Some(&token), None).map(|r| r.0), Some(200));
+        assert_eq!(ok("neighbour", "big-result", json!([3])), json!("xxx"), "calls that need no descriptor still work");
+        let metrics = http(addr, "GET", "/metrics", None, None).unwrap().1;
+        let metrics = metrics.as_str().unwrap();
+        assert!(metrics.contains(&format!("sysdeploy_guest_open_files{{alias=\"hostile\"}} {held}")), "{metrics}");
+        assert!(metrics.contains("sysdeploy_guest_data_bytes{alias=\"neighbour\"} 3145728"), "{metrics}");
+        // Released, the budget is there for the neighbour again.
+        assert_eq!(ok("hostile", "release", json!([])), json!(held));
+        assert_eq!(ok("neighbour", "hold-open", json!([10])), json!({"done": 10, "error": null}));
+
+        // `status` (read-only, beside the running node) shows each service's usage.
+        let out = Command::new(env!("CARGO_BIN_EXE_sysdeploy")).arg("--state-dir").arg(&state).args(["status", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let data_of = |alias: &str| {
+            status["services"].as_array().unwrap().iter().find(|s| s["aliases"][0] == alias).map(|s| s["data"].clone()).unwrap()
+        };
+        assert_eq!(data_of("neighbour")["bytes"], json!(3 << 20), "{status}");
+        assert!(data_of("hostile")["bytes"].as_u64().unwrap() <= 1 << 20, "{status}");
+        drop(node);
+    }
 }
