@@ -421,6 +421,8 @@ mod tests {
         assert_eq!(c.check_text(Kind::Packages, "registry,nope"), Err(Mismatch::UnknownPackages(vec!["nope".into()])));
         assert!(c.check_text(Kind::Packages, "registry,registry").is_err());
         assert!(c.check_text(Kind::Millis, "0").is_err());
+        assert!(c.check_text(Kind::Positive, "0").is_err());
+        assert_eq!(c.check_text(Kind::Positive, "256"), Ok(Json::from(256)));
         assert!(c.check_text(Kind::SocketAddr, "localhost").is_err());
         assert!(c.check_text(Kind::OnFailure, "halt").is_err());
         assert!(c.check_text(Kind::Path, "").is_err());
