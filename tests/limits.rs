@@ -76,6 +76,9 @@ async fn a_guest_over_its_data_quota_gets_an_error_code_while_its_neighbour_keep
     assert_eq!(outcome(&call(&h, &bad, "remove-path", json!(["/data/big"])).await).1, "");
     assert_eq!(outcome(&call(&h, &bad, "write-file", json!(["/data/a", 600 * 1024])).await), (600 * 1024, String::new()));
     assert_eq!(outcome(&call(&h, &bad, "write-file", json!(["/data/a", 600 * 1024])).await), (600 * 1024, String::new()));
+    // A shrink that fails (read-only descriptor) credits nothing.
+    let (_, err) = outcome(&call(&h, &bad, "truncate-read-only", json!(["/data/a", 0])).await);
+    assert!(!err.is_empty(), "a read-only descriptor cannot be truncated");
     let (_, err) = outcome(&call(&h, &bad, "write-file", json!(["/data/b", 600 * 1024])).await);
     assert!(quota_or_eio(&err), "{err}");
 

@@ -14,7 +14,12 @@
 //! `write`, `blocking-write-and-flush`, `write-zeroes` and `splice` are all
 //! covered. A guest over quota gets the WASI error code `quota` (`EDQUOT`),
 //! never a trap; `filesystem-error-code` is shadowed too so a stream write
-//! refused for quota reports `quota`.
+//! refused for quota reports `quota` (wasi-libc does not ask: its `write()`
+//! reports every failed stream write as `EIO`).
+//!
+//! The ledger errs only towards charging too much: growth is charged before
+//! the operation runs (and stays charged if it then fails), shrinking is
+//! credited after it succeeded.
 //!
 //! Bytes are the logical sizes of regular files, each inode counted once
 //! (hard links do not multiply it); a sparse file counts at its full length,
@@ -440,14 +445,24 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         |mut store: StoreContextMut<'_, HostState>, (fd, size): (Resource<Descriptor>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
-                if let Ok(Descriptor::File(f)) = state.table_mut().get(&fd) {
-                    if let Some((ino, _, _)) = ino_of(&f.file) {
-                        if state.quota.set_len(ino, size).is_err() {
-                            return Ok((Err(ErrorCode::Quota),));
-                        }
+                let ino = match state.table_mut().get(&fd) {
+                    Ok(Descriptor::File(f)) => ino_of(&f.file).map(|(ino, _, _)| ino),
+                    _ => None,
+                };
+                // Growth is charged first (refused over quota); shrinking is
+                // credited only once it happened, so a failing `set-size`
+                // cannot lower the ledger below what is on disk.
+                let grows = ino.is_some_and(|ino| size > state.quota.charged(ino));
+                if let (Some(ino), true) = (ino, grows) {
+                    if state.quota.set_len(ino, size).is_err() {
+                        return Ok((Err(ErrorCode::Quota),));
                     }
                 }
-                ret(state.filesystem().set_size(fd, size).await)
+                let r = state.filesystem().set_size(fd, size).await;
+                if let (Some(ino), false, Ok(())) = (ino, grows, &r) {
+                    let _ = state.quota.set_len(ino, size);
+                }
+                ret(r)
             })
         },
     )?;

@@ -62,6 +62,11 @@ impl Guest for Hostile {
         outcome(if r.is_ok() { size } else { 0 }, r)
     }
 
+    fn truncate_read_only(path: String, size: u64) -> Outcome {
+        let r = File::open(&path).and_then(|f| f.set_len(size));
+        outcome(if r.is_ok() { size } else { 0 }, r)
+    }
+
     fn make_files(dir: String, count: u32) -> Outcome {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return outcome(0, Err(e));
