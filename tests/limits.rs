@@ -229,7 +229,6 @@ mod node {
 
     struct Node {
         child: Child,
-        addr: SocketAddr,
         log: Arc<Mutex<String>>,
     }
 
@@ -289,7 +288,7 @@ mod node {
                 l.push('\n');
             }
         });
-        let mut node = Node { child, addr, log };
+        let mut node = Node { child, log };
         let deadline = Instant::now() + PATIENCE;
         while http(addr, "GET", "/health", None, None).map(|r| r.0) != Some(200) {
             if let Some(st) = node.child.try_wait().unwrap() {

@@ -151,8 +151,8 @@ impl Quota {
         let mut l = self.ledger();
         l.usage.inodes += 1;
         if let Some((ino, len)) = file {
-            if !l.files.contains_key(&ino) {
-                l.files.insert(ino, len);
+            if let std::collections::hash_map::Entry::Vacant(e) = l.files.entry(ino) {
+                e.insert(len);
                 l.usage.bytes = l.usage.bytes.saturating_add(len);
             }
         }
@@ -253,7 +253,7 @@ pub(crate) fn raise_nofile_limit() -> u64 {
                 r.rlim_cur = r.rlim_max;
             }
         }
-        r.rlim_cur as u64
+        r.rlim_cur
     }
 }
 
