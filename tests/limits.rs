@@ -349,3 +349,24 @@ mod node {
         drop(node);
     }
 }
+
+/// A trap message names the guest function from the guest's own name
+/// section: its control characters are escaped like log lines, so a trap
+/// reported in the node's log cannot forge a line either.
+#[tokio::test]
+async fn a_guest_function_name_cannot_forge_a_line_in_a_trap_message() {
+    let wat = r#"(component
+        (core module $m
+            (func (@name "boom\nERROR sysdeploy::node: forged\1b[31m") (export "boom") unreachable))
+        (core instance $i (instantiate $m))
+        (func (export "boom") (canon lift (core func $i "boom"))))"#;
+    let bytes = wat::parse_str(wat).unwrap();
+    let h = harness(GuestLimits::default());
+    let hash = h.rt.add_component(&bytes, None).unwrap();
+    let bp = h.rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "boom".into(), hash, memory_limit_mb: None }])).unwrap();
+    let s = h.rt.create_service(&bp, &host()).await.unwrap();
+    let e = h.rt.call(s.as_str(), "boom", json!([])).await.unwrap_err();
+    let CallError::Trap { trap, .. } = &e else { panic!("{e:?}") };
+    assert!(trap.contains(r"boom\nERROR sysdeploy::node: forged\u{1b}[31m"), "{trap}");
+    assert!(!e.to_string().contains(['\n', '\u{1b}']), "{e}");
+}

@@ -285,7 +285,10 @@ fn classify(e: wasmtime::Error, timed_out: bool, target: &str, function: &str, t
     }
     let location = e
         .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name().map(|n| format!(" in guest function {n}"))))
+        // The name comes from the guest's name section: escaped like its log lines.
+        .and_then(|bt| {
+            bt.frames().iter().find_map(|f| f.func_name().map(|n| format!(" in guest function {}", super::guestio::escape(n, 256))))
+        })
         .unwrap_or_default();
     let trap = match e.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => format!("stack overflow (call stack exhausted, e.g. by unbounded recursion){location}"),
