@@ -13,24 +13,8 @@ use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Process exit codes; part of the interface contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    Ok = 0,
-    /// A deployment step failed (or the command could not complete).
-    DeployFailed = 1,
-    /// Invalid configuration, manifest or arguments.
-    Invalid = 2,
-    /// State store unusable: locked by another process, corrupt, newer schema.
-    StoreUnusable = 3,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> ExitCode {
-        ExitCode::from(e as u8)
-    }
-}
+/// Re-exported: the exit codes live in [`crate::exit`].
+pub use crate::exit::Exit;
 
 const LONG_ABOUT: &str = "\
 sysdeploy makes sure the system services of this node (registry, trust graph, IPFS adapter, \
@@ -75,7 +59,7 @@ pub struct Cli {
     /// Deploy the packages of this folder (`<dir>/<package>/distro.toml`)
     /// instead of the ones embedded in the binary: for developing packages
     /// and for tests. Validated exactly like the build validates distros/.
-    #[arg(long, global = true, value_name = "DIR", env = "SYSDEPLOY_DISTROS_DIR")]
+    #[arg(long, global = true, value_name = "DIR", env = config::ENV_DISTROS_DIR)]
     pub distros_dir: Option<PathBuf>,
 
     /// Log format on stderr; the filter comes from RUST_LOG (default: info)
@@ -196,6 +180,10 @@ fn report(format: LogFormat, msg: impl std::fmt::Display) {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Everything the node creates (state.db, service data, components, the
+    // cache) is private to its user, whatever umask the supervisor gave us.
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -541,9 +529,19 @@ fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
         .collect();
     let last = journal.last_report().map_err(|e| format!("{}: reading the last deployment: {e}", path.display()))?.map(|mut v| {
         if let Ok(r) = serde_json::from_value::<crate::deploy::Report>(v.clone()) {
+            // A refused reload is recorded with its `error` and no steps.
+            let refused = v.get("error").and_then(Json::as_str).map(str::to_string);
             if let Json::Object(o) = &mut v {
-                o.insert("summary".into(), json!(r.summary()));
-                o.insert("failures".into(), json!(r.failures()));
+                let mut failures = r.failures();
+                let summary = match refused {
+                    Some(e) => {
+                        failures.push(e);
+                        "reload refused; nothing was changed".to_string()
+                    }
+                    None => r.summary(),
+                };
+                o.insert("summary".into(), json!(summary));
+                o.insert("failures".into(), json!(failures));
             }
         }
         v
@@ -559,6 +557,28 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every env var a CLI argument reads is skipped by the config's env
+    /// layer; otherwise `SYSDEPLOY_DISTROS_DIR` would be an unknown key.
+    #[test]
+    fn env_vars_of_arguments_are_not_config_keys() {
+        fn walk(cmd: &clap::Command, found: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if let Some(e) = a.get_env() {
+                    found.push(e.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::command(), &mut found);
+        assert!(found.iter().any(|e| e == config::ENV_DISTROS_DIR), "{found:?}");
+        for e in found {
+            assert!(config::CLI_ENV.contains(&e.as_str()), "{e} is read by the CLI but not listed in config::CLI_ENV");
+        }
     }
 
     #[test]

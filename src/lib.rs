@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod distro;
+pub mod exit;
 pub mod ids;
 pub mod node;
 pub mod runtime;

@@ -1,14 +1,19 @@
 //! The node daemon: boot sequence (lock → recover → plan → apply → spells →
 //! API ready), the API backend over runtime, spells and store, live reload,
 //! and ordered shutdown on SIGINT/SIGTERM.
+//!
+//! One control loop (`run_async`) owns recovery, deployments, reloads and
+//! shutdown: the API only sends it reload requests, so nothing deploys
+//! concurrently with recovery or with another deployment, and a signal is
+//! seen at the next await of whatever the loop is doing.
 
-use crate::api::{self, ApiConfig, Backend, BoxFuture, Health, Metrics};
-use crate::cli::Exit;
+use crate::api::{self, ApiConfig, Backend, BoxFuture, Health, Metrics, ReloadError};
 use crate::config::{self, EffectiveConfig, LoadOptions, OnFailure};
 use crate::deploy::desired::{self, CatalogComponents};
 use crate::deploy::journal::Journal;
 use crate::deploy::{self, ApplyPolicy, Deployer, DesiredSpell, FailurePolicy, Outcome, Report, SpellOps};
 use crate::distro::Catalog;
+use crate::exit::Exit;
 use crate::ids::{Alias, PeerId};
 use crate::runtime::{CallError, Runtime, RuntimeConfig, RuntimeOptions};
 use crate::spell::{self, Scheduler, ServiceCaller, SpellConfig, SpellDef, Spells, Start, Trigger};
@@ -22,12 +27,36 @@ use std::time::Duration;
 const API_DRAIN: Duration = Duration::from_secs(10);
 /// How long a running spell may take to finish at shutdown.
 const SPELL_GRACE: Duration = Duration::from_secs(5);
+/// Reload requests from the API waiting for the control loop; more get 503 `busy`.
+const RELOAD_QUEUE: usize = 16;
 
 /// Why a deployment could not even start, mapped to an exit code.
 #[derive(Debug)]
 pub struct DeployFailure {
     pub exit: Exit,
     pub message: String,
+}
+
+/// What a successful reload did: the deployment report and the changed
+/// settings that wait for a restart.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub report: Report,
+    /// `key: running → configured` for every changed setting that needs a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// A reload request from the API, answered by the control loop.
+struct ReloadRequest {
+    reply: tokio::sync::oneshot::Sender<Result<Value, ReloadError>>,
+}
+
+/// Everything checked before a deployment touches anything.
+struct Validated {
+    desired: deploy::Desired,
+    plan: deploy::Plan,
+    source: Arc<CatalogComponents>,
+    misses_before: crate::runtime::CacheStats,
 }
 
 impl DeployFailure {
@@ -149,6 +178,41 @@ fn guest_limits(cfg: &EffectiveConfig) -> crate::runtime::GuestLimits {
     }
 }
 
+/// Settings a reload cannot change in a running node keep their running
+/// (boot) values in `fresh`; returns the ones the reloaded config changes, as
+/// `key: running → configured`, to be reported as "needs restart".
+/// `call_ttl_ms` is one of them: the runtime, the spell engine and the API
+/// took it at boot, and a reload that changed only the init-call TTL would
+/// leave the others silently behind.
+fn keep_restart_only(fresh: &mut EffectiveConfig, running: &EffectiveConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut note = |key: &str, old: String, new: String| {
+        if old != new {
+            out.push(format!("{key}: {old} → {new}"));
+        }
+    };
+    note("node.state_dir", running.node.state_dir.display().to_string(), fresh.node.state_dir.display().to_string());
+    note("node.api_listen", running.node.api_listen.to_string(), fresh.node.api_listen.to_string());
+    let (old_ttl, new_ttl) = (running.system_services.call_ttl_ms, fresh.system_services.call_ttl_ms);
+    note("system_services.call_ttl_ms", old_ttl.to_string(), new_ttl.to_string());
+    // Guest limits are given to the runtime at boot.
+    let (old_g, new_g) = (running.system_services.guest, fresh.system_services.guest);
+    for (key, old, new) in [
+        ("guest_result_max_bytes", old_g.result_max_bytes, new_g.result_max_bytes),
+        ("guest_open_files_max", old_g.open_files_max, new_g.open_files_max),
+        ("guest_data_quota_mb", old_g.data_quota_mb, new_g.data_quota_mb),
+        ("guest_data_quota_inodes", old_g.data_quota_inodes, new_g.data_quota_inodes),
+        ("guest_log_lines_per_sec", old_g.log_lines_per_sec, new_g.log_lines_per_sec),
+        ("guest_log_line_max_bytes", old_g.log_line_max_bytes, new_g.log_line_max_bytes),
+    ] {
+        note(&format!("system_services.{key}"), old.to_string(), new.to_string());
+    }
+    fresh.node = running.node.clone();
+    fresh.system_services.call_ttl_ms = old_ttl;
+    fresh.system_services.guest = old_g;
+    out
+}
+
 impl Node {
     /// Takes the state-dir lock and opens store, runtime and spell layer.
     pub fn open(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog) -> Result<Arc<Node>, DeployFailure> {
@@ -215,12 +279,16 @@ impl Node {
         self.deployer.recover().await.map_err(|e| DeployFailure::new(Exit::StoreUnusable, format!("crash recovery failed: {e}")))
     }
 
-    /// Resolve → prepare → plan → apply with the current config; writes the
-    /// report, updates metrics and health.
+    /// Resolve → plan → prepare → apply with the current config; writes the
+    /// report, updates metrics and health (boot).
     pub async fn deploy(&self, recovered: Vec<String>) -> Result<Report, DeployFailure> {
         let _one = self.deploying.lock().await;
         self.set_health(Health::Deploying);
-        let result = self.deploy_locked(recovered).await;
+        let cfg = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = match self.validate(&cfg).await {
+            Ok(v) => self.apply_validated(&cfg, v, recovered).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(r) => self.set_health(match r.outcome {
                 Outcome::Ok => Health::Ready,
@@ -232,9 +300,10 @@ impl Node {
         result
     }
 
-    async fn deploy_locked(&self, recovered: Vec<String>) -> Result<Report, DeployFailure> {
-        let cfg = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut desired = desired::resolve(self.catalog, &cfg).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
+    /// Resolves, type-checks and plans `cfg` against the store; touches
+    /// nothing (components are compiled in memory, kept pending).
+    async fn validate(&self, cfg: &EffectiveConfig) -> Result<Validated, DeployFailure> {
+        let mut desired = desired::resolve(self.catalog, cfg).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
         let source = Arc::new(CatalogComponents::new(self.catalog));
         let misses_before = self.runtime.cache_stats();
         // Type-check the plan before anything is stored: a bad init argument
@@ -246,13 +315,19 @@ impl Node {
         })?;
         let current = self.deployer.current().map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let plan = deploy::plan(&desired, &current, self.state.peer_id()).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
+        Ok(Validated { desired, plan, source, misses_before })
+    }
+
+    /// Stores the components, applies the plan, collects garbage, writes the report.
+    async fn apply_validated(&self, cfg: &EffectiveConfig, v: Validated, recovered: Vec<String>) -> Result<Report, DeployFailure> {
+        let Validated { desired, plan, source, misses_before } = v;
         self.deployer.prepare(&desired, source).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;
         for s in plan.changes() {
             tracing::info!(action = s.kind(), alias = %s.alias(), package = %s.package(), "plan: {}", s.reason().unwrap_or(""));
         }
         let mut report = {
             let mut d = self.deployer.clone();
-            d.policy = policy(&cfg);
+            d.policy = policy(cfg);
             d.apply(&desired, &plan).await
         };
         report.recovered = recovered;
@@ -290,18 +365,53 @@ impl Node {
         Ok(report)
     }
 
-    /// Re-reads the config file and deploys what changed.
-    pub async fn reload(&self) -> Result<Report, DeployFailure> {
-        let fresh = config::load(&self.load_opts, &self.catalog.schemas()).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
-        {
-            let old = self.config.read().unwrap_or_else(|p| p.into_inner());
-            if fresh.node != old.node {
-                tracing::warn!("[node] settings changed; they take effect at the next restart");
+    /// Re-reads the config file (same env and flags as at boot), validates
+    /// it — load, resolve, type-check, plan — and only then swaps it in and
+    /// deploys what changed. A refused or failed reload leaves the node
+    /// serving what it served and `/health` as it was; the failure goes to
+    /// the log and to `/v1/deployments/last`. A reload that applied sets
+    /// `/health` from its outcome unless that outcome is a failure.
+    pub async fn reload(&self) -> Result<Reloaded, DeployFailure> {
+        let _one = self.deploying.lock().await;
+        let started = crate::deploy::journal::now_ms();
+        let t = std::time::Instant::now();
+        tracing::info!("reloading configuration");
+        let result = self.reload_locked().await;
+        match &result {
+            Ok(r) => match r.report.outcome {
+                Outcome::Ok => self.set_health(Health::Ready),
+                Outcome::Degraded => self.set_health(Health::Degraded { failures: r.report.failures() }),
+                Outcome::Failed => tracing::error!("reload failed; the node keeps serving: {}", r.report.failures().join("; ")),
+            },
+            Err(e) => {
+                tracing::error!("reload refused; nothing was changed and the node keeps serving: {}", e.message);
+                // Recorded as the last deployment, so `/v1/deployments/last`
+                // and `status` say why the new config is not running.
+                let mut value =
+                    serde_json::to_value(Report::new(started, t.elapsed(), Outcome::Failed, false, vec![])).expect("report serialises");
+                if let Value::Object(o) = &mut value {
+                    o.insert("trigger".into(), json!("reload"));
+                    o.insert("error".into(), json!(e.message));
+                }
+                if let Err(se) = self.deployer.journal.save_report(started, crate::deploy::journal::now_ms(), "failed", &value) {
+                    tracing::error!("recording the refused reload failed: {se}");
+                }
             }
         }
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        tracing::info!("reloading configuration");
-        self.deploy(vec![]).await
+        result
+    }
+
+    async fn reload_locked(&self) -> Result<Reloaded, DeployFailure> {
+        let mut fresh = config::load(&self.load_opts, &self.catalog.schemas()).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
+        let running = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let needs_restart = keep_restart_only(&mut fresh, &running);
+        for n in &needs_restart {
+            tracing::warn!("{n}: needs a restart to take effect; the node keeps the running value until then");
+        }
+        let validated = self.validate(&fresh).await?;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        let report = self.apply_validated(&fresh, validated, vec![]).await?;
+        Ok(Reloaded { report, needs_restart })
     }
 
     fn services_json(&self) -> Value {
@@ -356,8 +466,8 @@ pub fn service_json(
     })
 }
 
-/// The API's view of the node.
-struct NodeBackend(Arc<Node>);
+/// The API's view of the node; reloads go to the control loop.
+struct NodeBackend(Arc<Node>, tokio::sync::mpsc::Sender<ReloadRequest>);
 
 impl Backend for NodeBackend {
     fn health(&self) -> Health {
@@ -384,12 +494,14 @@ impl Backend for NodeBackend {
             r
         })
     }
-    fn reload(&self) -> BoxFuture<'_, Result<Value, String>> {
+    fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>> {
         Box::pin(async move {
-            match self.0.reload().await {
-                Ok(r) => Ok(serde_json::to_value(&r).unwrap_or(Value::Null)),
-                Err(e) => Err(e.message),
-            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.1.try_send(ReloadRequest { reply }).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => ReloadError::Busy,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => ReloadError::ShuttingDown("no reload is started now".into()),
+            })?;
+            answer.await.unwrap_or_else(|_| Err(ReloadError::ShuttingDown("the reload was not run".into())))
         })
     }
 }
@@ -435,7 +547,9 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
         }
     };
 
-    // The API is up from the start, answering 503 while deploying.
+    // The API is up from the start, answering 503 while deploying. Its
+    // reload requests go to this loop (`reloads`), never straight to the node.
+    let (reload_tx, mut reloads) = tokio::sync::mpsc::channel::<ReloadRequest>(RELOAD_QUEUE);
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let mut api_task = None;
     if !once {
@@ -455,23 +569,36 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
         };
         let ttl = Duration::from_millis(node.config.read().unwrap_or_else(|p| p.into_inner()).system_services.call_ttl_ms);
         let mut rx = api_stopped.clone();
-        let backend: Arc<dyn Backend> = Arc::new(NodeBackend(node.clone()));
+        let backend: Arc<dyn Backend> = Arc::new(NodeBackend(node.clone(), reload_tx));
         api_task = Some(tokio::spawn(api::serve(listener, backend, node.metrics.clone(), ApiConfig::new(token, ttl), async move {
             let _ = rx.wait_for(|s| *s).await;
         })));
+    } else {
+        drop(reload_tx);
     }
 
-    // Deploy, unless a signal comes first (then the interrupted step is
-    // finished or rolled back by the next boot's recovery).
-    let deployed = tokio::select! {
-        // A signal that arrived while a step was running wins at the next
-        // await, instead of a coin flip against the deployment finishing.
-        biased;
-        _ = signals.next_shutdown() => None,
-        r = async {
+    // Boot: recover, then deploy, unless a signal comes first (then the
+    // interrupted step is finished or rolled back by the next boot's
+    // recovery). Reloads asked meanwhile are answered 503 `booting`: recovery
+    // and the first deployment never share the store with another one.
+    let deployed = {
+        let boot = async {
             let recovered = node.recover().await?;
             node.deploy(recovered).await
-        } => Some(r),
+        };
+        tokio::pin!(boot);
+        loop {
+            tokio::select! {
+                // A signal that arrived while a step was running wins at the next
+                // await, instead of a coin flip against the deployment finishing.
+                biased;
+                _ = signals.next_shutdown() => break None,
+                Some(req) = reloads.recv() => {
+                    let _ = req.reply.send(Err(ReloadError::Booting));
+                }
+                r = &mut boot => break Some(r),
+            }
+        }
     };
     let exit = match deployed {
         None => {
@@ -488,6 +615,7 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     };
     if once || exit != Exit::Ok {
         // `--once`, invalid input, or on_failure = "stop" with a failure.
+        drop(reloads);
         let _ = stop_api.send(true);
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(API_DRAIN, t).await;
@@ -503,16 +631,60 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     notify_ready();
     tracing::info!(api = %listen, "node ready");
 
+    // Serve: one reload at a time, from SIGHUP or the API; requests that
+    // arrive while one runs are answered by the next. A shutdown signal
+    // preempts a reload at its next await.
+    let mut exit = Exit::Ok;
     loop {
-        match signals.next().await {
-            Sig::Reload => {
-                if let Err(e) = node.reload().await {
-                    tracing::error!("reload failed: {}", e.message);
+        let mut waiting = tokio::select! {
+            biased;
+            sig = signals.next() => match sig {
+                Sig::Shutdown => break,
+                Sig::Reload => Vec::new(),
+            },
+            Some(req) = reloads.recv() => vec![req],
+        };
+        while let Ok(req) = reloads.try_recv() {
+            waiting.push(req);
+        }
+        let reloaded = tokio::select! {
+            biased;
+            _ = signals.next_shutdown() => None,
+            r = node.reload() => Some(r),
+        };
+        let answer = match reloaded {
+            None => {
+                tracing::warn!(
+                    "signal received during a reload: the deployment was interrupted; stopping (the next boot finishes or \
+                     rolls back the interrupted step)"
+                );
+                for req in waiting {
+                    let _ = req.reply.send(Err(ReloadError::ShuttingDown(
+                        "a shutdown signal interrupted this reload; the next boot finishes or rolls back its interrupted step".into(),
+                    )));
+                }
+                exit = Exit::DeployFailed;
+                break;
+            }
+            Some(Ok(r)) => {
+                let mut v = serde_json::to_value(&r.report).unwrap_or(Value::Null);
+                if let Value::Object(o) = &mut v {
+                    o.insert("needs_restart".into(), json!(r.needs_restart));
+                }
+                if r.report.outcome == Outcome::Failed {
+                    Err(ReloadError::Failed(r.report.failures().join("; ")))
+                } else {
+                    Ok(v)
                 }
             }
-            Sig::Shutdown => break,
+            Some(Err(e)) if e.exit == Exit::Invalid => Err(ReloadError::Invalid(e.message)),
+            Some(Err(e)) => Err(ReloadError::Failed(e.message)),
+        };
+        for req in waiting {
+            let _ = req.reply.send(answer.clone());
         }
     }
+    drop(reloads);
     tracing::info!("shutting down: no new requests, draining in-flight ones");
     // A second signal exits at once: SQLite's journal keeps the store whole.
     tokio::spawn(async move {
@@ -530,7 +702,7 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     scheduler.shutdown(SPELL_GRACE).await;
     drop(node);
     tracing::info!("stopped");
-    Exit::Ok
+    exit
 }
 
 /// Tells systemd we are ready, when started under it.

@@ -80,7 +80,7 @@ impl Backend for TestBackend {
             }
         })
     }
-    fn reload(&self) -> BoxFuture<'_, Result<Value, String>> {
+    fn reload(&self) -> BoxFuture<'_, Result<Value, sysdeploy::api::ReloadError>> {
         Box::pin(async move {
             if self.reload_fails.load(Ordering::SeqCst) {
                 Err("config file: system_services.call_ttl_ms: expected an integer".into())

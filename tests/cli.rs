@@ -183,16 +183,16 @@ fn unknown_keys_are_errors() {
     let sb = Sandbox::new();
     let f = sb.write("c.toml", "[node]\nstate_dir = \"x\"\n\n[nodes]\napi_listen = \"127.0.0.1:1\"\n");
     sb.run(&["config", "--config", f.to_str().unwrap()], &[])
-        .invalid(&["nodes = { api_listen = \"127.0.0.1:1\" }", &format!("({}:4): unknown key (did you mean node?)", f.display())]);
+        .invalid(&[&format!("nodes ({}:4): unknown key (did you mean node?)", f.display())]);
 
     let f = sb.write("d.toml", "[system_services.registry]\nexpired_period = 5\n");
     sb.run(&["config", "--config", f.to_str().unwrap()], &[]).invalid(&[
-        &format!("system_services.registry.expired_period = 5 ({}:2): unknown key", f.display()),
+        &format!("system_services.registry.expired_period ({}:2): unknown key", f.display()),
         "did you mean system_services.registry.expired_period_sec?",
     ]);
 
     sb.run(&["config"], &[("SYSDEPLOY_SYSTEM_SERVICES__NOPE__X", "1")])
-        .invalid(&["system_services.nope.x = \"1\" (env SYSDEPLOY_SYSTEM_SERVICES__NOPE__X): unknown key"]);
+        .invalid(&["system_services.nope.x (env SYSDEPLOY_SYSTEM_SERVICES__NOPE__X): unknown key"]);
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn several_problems_are_all_reported() {
     let out = sb.run(&["config", "--config", f.to_str().unwrap(), "--set", "node.api_listen=x"], &[(PERIOD_ENV, "soon")]);
     out.invalid(&[
         "invalid configuration (5 problems)",
-        "bogus = 1",
+        "bogus (",
         "system_services.on_failure = \"halt\"",
         "unknown package \"nope\"",
         &format!("env {PERIOD_ENV}"),

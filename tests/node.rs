@@ -683,7 +683,7 @@ fn reload_replaces_one_service_while_another_is_called_without_failures() {
 
     // A broken config file: the reload fails with a clear error, the node keeps serving.
     std::fs::write(sb.config_path(), "[system_services]\nno_such_key = 1\n").unwrap();
-    let msg = http(node.addr, "POST", "/v1/reload", Some(&token), None).error(500, "reload_failed");
+    let msg = http(node.addr, "POST", "/v1/reload", Some(&token), None).error(400, "invalid_config");
     assert!(msg.contains("no_such_key"), "{msg}");
     assert_eq!(node.call(&token, "kv-store", "greeting", json!([])).ok_json(), json!("salut"));
 }

@@ -46,6 +46,18 @@ pub enum ApiError {
     /// 500; the backend could not reload.
     #[error("reload failed: {0}")]
     Reload(String),
+    /// 503; a reload was asked while the first deployment runs.
+    #[error("the node is still booting (its first deployment runs); reload once GET /health answers ready")]
+    Booting,
+    /// 503; too many reloads are waiting already.
+    #[error("too many reloads are waiting; try again when the current one has finished")]
+    ReloadBusy,
+    /// 503; the node is stopping.
+    #[error("the node is shutting down: {0}")]
+    ShuttingDown(String),
+    /// 400; the reloaded config, a package or the plan was refused; nothing changed.
+    #[error("reload refused, nothing was changed and the node keeps serving: {0}")]
+    InvalidConfig(String),
 }
 
 /// The wire form of an error, also what [`crate::api::client`] parses.
@@ -72,6 +84,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadBody(_) | ApiError::BadJson(_) | ApiError::NotAnArray { .. } => StatusCode::BAD_REQUEST,
             ApiError::Reload(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Booting | ApiError::ReloadBusy | ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InvalidConfig(_) => StatusCode::BAD_REQUEST,
             ApiError::Call(e) => match e {
                 CallError::UnknownTarget { .. } | CallError::UnknownFunction { .. } => StatusCode::NOT_FOUND,
                 CallError::BadArgument { .. } | CallError::BadArguments { .. } => StatusCode::BAD_REQUEST,
@@ -97,6 +111,10 @@ impl ApiError {
             ApiError::BadJson(_) => "bad_json",
             ApiError::NotAnArray { .. } => "bad_arguments",
             ApiError::Reload(_) => "reload_failed",
+            ApiError::Booting => "booting",
+            ApiError::ReloadBusy => "busy",
+            ApiError::ShuttingDown(_) => "shutting_down",
+            ApiError::InvalidConfig(_) => "invalid_config",
             // Same names as CallError's serde tag, so logs and API agree.
             ApiError::Call(e) => match e {
                 CallError::UnknownTarget { .. } => "unknown_target",

@@ -63,7 +63,37 @@ pub trait Backend: Send + Sync + 'static {
     /// JSON array of arguments.
     fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>>;
     /// Re-reads the config, plans and applies; `Ok` carries the report.
-    fn reload(&self) -> BoxFuture<'_, Result<Value, String>>;
+    fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>>;
+}
+
+/// Why `POST /v1/reload` did not deploy, each with its own status and code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// 503 `booting`: the first deployment is still running; ask again once
+    /// `/health` is ready.
+    Booting,
+    /// 503 `busy`: too many reloads are already waiting.
+    Busy,
+    /// 503 `shutting_down`: the node is stopping; the reload did not run or
+    /// was interrupted (the next boot finishes what it started).
+    ShuttingDown(String),
+    /// 400 `invalid_config`: the config, a package or the plan was refused;
+    /// nothing was changed and the node keeps serving.
+    Invalid(String),
+    /// 500 `reload_failed`: the deployment ran and failed.
+    Failed(String),
+}
+
+impl From<String> for ReloadError {
+    fn from(message: String) -> Self {
+        ReloadError::Failed(message)
+    }
+}
+
+impl From<&str> for ReloadError {
+    fn from(message: &str) -> Self {
+        ReloadError::Failed(message.to_string())
+    }
 }
 
 /// Settings of the API server.
@@ -275,7 +305,13 @@ fn parse_args(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value
 }
 
 async fn reload(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    st.backend.reload().await.map(Json).map_err(ApiError::Reload)
+    st.backend.reload().await.map(Json).map_err(|e| match e {
+        ReloadError::Booting => ApiError::Booting,
+        ReloadError::Busy => ApiError::ReloadBusy,
+        ReloadError::ShuttingDown(m) => ApiError::ShuttingDown(m),
+        ReloadError::Invalid(m) => ApiError::InvalidConfig(m),
+        ReloadError::Failed(m) => ApiError::Reload(m),
+    })
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

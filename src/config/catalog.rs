@@ -16,6 +16,12 @@ use toml::de::DeValue;
 pub const ENV_PREFIX: &str = "SYSDEPLOY_";
 /// Env var naming the config file; not a config key.
 pub const ENV_CONFIG: &str = "SYSDEPLOY_CONFIG";
+/// Env var of the CLI's `--distros-dir`; not a config key.
+pub const ENV_DISTROS_DIR: &str = "SYSDEPLOY_DISTROS_DIR";
+/// `SYSDEPLOY_` env vars the CLI owns: the env layer skips them instead of
+/// reading them as config keys (`cli` checks that every `env =` of its
+/// arguments is listed here).
+pub const CLI_ENV: &[&str] = &[ENV_CONFIG, ENV_DISTROS_DIR];
 
 /// Default of `node.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = ".sysdeploy";
@@ -210,29 +216,37 @@ impl Catalog {
         out
     }
 
-    /// Whether a value under the unknown key `path` might be a mistyped secret
-    /// (its last segment is close to a secret key's name), so it must not be echoed.
-    pub fn looks_secret(&self, path: &str) -> bool {
-        let last = path.rsplit('.').next().unwrap_or(path);
-        self.leaves.values().filter(|l| l.secret).any(|l| {
-            let name = l.path.rsplit('.').next().unwrap_or(&l.path);
-            edit_distance(name, last) <= 2
-        })
+    /// Whether the table at `path` holds a secret key at any depth (a value
+    /// given for the table itself may be a secret put one level too high).
+    pub fn holds_secret(&self, path: &str) -> bool {
+        let prefix = if path.is_empty() { String::new() } else { format!("{path}.") };
+        self.leaves.values().any(|l| l.secret && l.path.starts_with(&prefix))
     }
 
-    /// The known sibling closest to the unknown `path`, if any is close.
+    /// The known key closest to the unknown `path`, if any is close: first a
+    /// key that differs only in where the levels are cut (`decider_wallet_key`
+    /// for `decider.wallet_key`: one `_` where the env needs `__`), then the
+    /// closest sibling, then the closest key anywhere.
     pub fn suggestion(&self, path: &str) -> Option<String> {
+        let flat = |p: &str| p.replace(['.', '-'], "_");
+        let wanted = flat(path);
+        let known = || self.leaves.keys().chain(self.tables.iter());
+        if let Some(k) = known().find(|k| flat(k) == wanted) {
+            return Some(k.clone());
+        }
         let (table, last) = match path.rsplit_once('.') {
             Some((t, l)) => (t, l),
             None => ("", path),
         };
         let normalised = last.replace('-', "_");
-        self.children(table)
+        let sibling = self
+            .children(table)
             .into_iter()
             .map(|c| (edit_distance(&c, &normalised), c))
             .filter(|(d, c)| *d <= 2.max(c.len() / 4))
             .min()
-            .map(|(_, c)| if table.is_empty() { c } else { format!("{table}.{c}") })
+            .map(|(_, c)| if table.is_empty() { c } else { format!("{table}.{c}") });
+        sibling.or_else(|| known().map(|k| (edit_distance(&flat(k), &wanted), k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k.clone()))
     }
 
     /// Checks a value from a TOML file.
@@ -256,17 +270,20 @@ impl Catalog {
                 "false" => Json::Bool(false),
                 _ => return Err(bad()),
             },
-            // An empty env/flag value is far more often a templating slip
-            // than a wish to remove every system service and its data.
-            Kind::Packages if s.trim().is_empty() => {
-                return Err(Mismatch::Expected(
-                    "a comma-separated list of package names; an empty value would remove every system service \
-                     and its data, so it is refused here (to run no package, write enable = [] in the config file)"
-                        .into(),
-                ))
-            }
             Kind::Packages | Kind::Typed(ValueType::StringList) => {
-                Json::from(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Json::from).collect::<Vec<_>>())
+                let items: Vec<Json> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Json::from).collect();
+                // An env/flag value that names no package (``, `,`, ` , `) is
+                // far more often a templating slip than a wish to remove every
+                // system service and its data.
+                if kind == Kind::Packages && items.is_empty() {
+                    return Err(Mismatch::Expected(
+                        "a comma-separated list of package names; a value that names no package (empty, or only commas \
+                         and spaces) would remove every system service and its data, so it is refused here (to run no \
+                         package, write enable = [] in the config file)"
+                            .into(),
+                    ));
+                }
+                Json::from(items)
             }
         };
         self.check(kind, &json)
@@ -417,7 +434,10 @@ mod tests {
         assert_eq!(c.check_text(Kind::Typed(ValueType::Boolean), "true"), Ok(Json::Bool(true)));
         assert!(c.check_text(Kind::Typed(ValueType::Boolean), "yes").is_err());
         assert_eq!(c.check_text(Kind::Packages, "registry, decider"), Ok(serde_json::json!(["registry", "decider"])));
-        assert!(c.check_text(Kind::Packages, "").is_err(), "an empty package list from env or a flag is refused");
+        for empty in ["", ",", " , ", ",,", " "] {
+            assert!(c.check_text(Kind::Packages, empty).is_err(), "{empty:?}: a package list naming nothing is refused from env or a flag");
+        }
+        assert_eq!(c.check_text(Kind::Typed(ValueType::StringList), ","), Ok(serde_json::json!([])), "only `enable` is guarded");
         assert_eq!(c.check_text(Kind::Packages, "registry,nope"), Err(Mismatch::UnknownPackages(vec!["nope".into()])));
         assert!(c.check_text(Kind::Packages, "registry,registry").is_err());
         assert!(c.check_text(Kind::Millis, "0").is_err());
@@ -434,8 +454,11 @@ mod tests {
         assert_eq!(c.suggestion("system_services.aqua-ipfs").as_deref(), Some("system_services.aqua_ipfs"));
         assert_eq!(c.suggestion("nod").as_deref(), Some("node"));
         assert_eq!(c.suggestion("completely_else"), None);
-        assert!(c.looks_secret("system_services.decider.walet_key"));
-        assert!(!c.looks_secret("system_services.decider.colour"));
+        assert!(c.holds_secret("system_services.decider") && c.holds_secret("system_services"));
+        assert!(!c.holds_secret("system_services.registry") && !c.holds_secret("node"));
+        // One `_` where the env needs `__`: the level cut is found.
+        assert_eq!(c.suggestion("system_services.decider_wallet_key").as_deref(), Some("system_services.decider.wallet_key"));
+        assert_eq!(c.suggestion("system_service.decider.wallet_key").as_deref(), Some("system_services.decider.wallet_key"));
         assert_eq!(c.children(""), vec!["node", "system_services"]);
     }
 

@@ -5,7 +5,7 @@
 //! Each layer is validated separately so a bad value is reported with its own
 //! source even when a higher layer overrides it.
 
-use super::catalog::{self, Catalog, Leaf, Mismatch, ENV_CONFIG, ENV_PREFIX};
+use super::catalog::{self, Catalog, Leaf, Mismatch, CLI_ENV, ENV_CONFIG, ENV_PREFIX};
 use super::problem::{ConfigProblem, Source};
 use super::FlagValue;
 use figment::value::{Dict, Map, Value as FigValue};
@@ -179,14 +179,13 @@ impl FileWalker<'_> {
                     DeValue::Table(t) => self.table(t, &path, layer, problems),
                     _ => problems.push(ConfigProblem::WrongType {
                         key: path.clone(),
-                        value: catalog::show_toml(v),
+                        value: redact(self.cat.holds_secret(&path), catalog::show_toml(v)),
                         origin: self.source(value.span().start),
                         expected: format!("a table ([{path}])"),
                     }),
                 }
             } else {
-                let shown = redact(self.cat.looks_secret(&path), catalog::show_toml(v));
-                problems.push(unknown(self.cat, prefix, path, shown, self.source(key.span().start)));
+                problems.push(unknown(self.cat, prefix, path, self.source(key.span().start)));
             }
         }
     }
@@ -233,7 +232,7 @@ pub(crate) fn env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<Co
     let mut layer = Layer::new("env");
     for (var, text) in env {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
-        if var == ENV_CONFIG {
+        if CLI_ENV.contains(&var.as_str()) {
             continue;
         }
         let path = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
@@ -269,14 +268,13 @@ fn text_value(cat: &Catalog, path: &str, text: &str, origin: Source, layer: &mut
     } else if cat.is_table(path) && !path.split('.').any(str::is_empty) {
         problems.push(ConfigProblem::WrongType {
             key: path.to_string(),
-            value: catalog::show_text(text),
+            value: redact(cat.holds_secret(path), catalog::show_text(text)),
             origin,
             expected: format!("a single key, not the table [{path}]; set its keys one by one ({})", cat.children(path).join(", ")),
         });
     } else {
         let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
-        let shown = redact(cat.looks_secret(path), catalog::show_text(text));
-        problems.push(unknown(cat, parent, path.to_string(), shown, origin));
+        problems.push(unknown(cat, parent, path.to_string(), origin));
     }
 }
 
@@ -314,16 +312,21 @@ fn mismatch(cat: &Catalog, leaf: &Leaf, value: String, origin: Source, m: Mismat
     }
 }
 
-fn unknown(cat: &Catalog, parent: &str, key: String, value: String, origin: Source) -> ConfigProblem {
+/// An unknown key: its name, where it came from and the nearest known key
+/// (as an env var name when it came from the env), never its value.
+fn unknown(cat: &Catalog, parent: &str, key: String, origin: Source) -> ConfigProblem {
     let mut hint = String::new();
     if let Some(s) = cat.suggestion(&key) {
-        hint.push_str(&format!(" (did you mean {s}?)"));
+        match (&origin, cat.leaf(&s)) {
+            (Source::Env { .. }, Some(leaf)) => hint.push_str(&format!(" (did you mean {} for {s}?)", leaf.env_var())),
+            _ => hint.push_str(&format!(" (did you mean {s}?)")),
+        }
     }
     if cat.is_table(parent) {
         let where_ = if parent.is_empty() { "at the top level".to_string() } else { format!("in [{parent}]") };
         hint.push_str(&format!("; known keys {where_}: {}", cat.children(parent).join(", ")));
     }
-    ConfigProblem::UnknownKey { key, value, origin, hint }
+    ConfigProblem::UnknownKey { key, origin, hint }
 }
 
 #[cfg(test)]

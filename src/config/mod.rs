@@ -11,7 +11,7 @@ mod layers;
 mod problem;
 pub mod schema;
 
-pub use catalog::{DEFAULT_API_LISTEN, DEFAULT_CALL_TTL_MS, DEFAULT_STATE_DIR, ENV_CONFIG, ENV_PREFIX};
+pub use catalog::{CLI_ENV, DEFAULT_API_LISTEN, DEFAULT_CALL_TTL_MS, DEFAULT_STATE_DIR, ENV_CONFIG, ENV_DISTROS_DIR, ENV_PREFIX};
 pub use problem::{ConfigErrors, ConfigProblem, Source};
 
 use crate::ids::PackageName;

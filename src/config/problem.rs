@@ -51,8 +51,11 @@ pub enum ConfigProblem {
     #[error("config file {} (from {origin}) cannot be read: {reason}; expected a readable UTF-8 TOML file", path.display())]
     FileUnreadable { path: PathBuf, origin: Source, reason: String },
 
-    #[error("{key} = {value} ({origin}): unknown key{hint}")]
-    UnknownKey { key: String, value: String, origin: Source, hint: String },
+    /// The value is never kept: an unknown key may be a mistyped secret
+    /// (`..._DECIDER_WALLET_KEY` for `..._DECIDER__WALLET_KEY`), and this
+    /// text reaches stderr, JSON logs and the reload answer.
+    #[error("{key} ({origin}): unknown key{hint}; its value is not shown")]
+    UnknownKey { key: String, origin: Source, hint: String },
 
     #[error("{key} = {value} ({origin}): expected {expected}")]
     WrongType { key: String, value: String, origin: Source, expected: String },

@@ -183,17 +183,18 @@ fn every_problem_is_reported_with_key_value_source_and_expectation() {
     let all = text.join("\n");
     assert_eq!(p.len(), 8, "{all}");
     let has = |needle: &str| assert!(all.contains(needle), "missing {needle:?} in\n{all}");
-    has("nodes = 1 (");
+    has("nodes (");
     has("sysdeploy.toml:1): unknown key (did you mean node?)");
     has("system_services.enable = [\"registry\", \"nope\"] (");
     has("sysdeploy.toml:3): unknown package \"nope\"");
     has("system_services.call_ttl_ms = \"soon\" (");
     has("sysdeploy.toml:4): expected a positive integer");
-    has("system_services.aqua-ipfs = { x = 1 }");
+    has("system_services.aqua-ipfs (");
     has("did you mean system_services.aqua_ipfs?");
-    has("system_services.decider.colour = \"red\"");
+    has("system_services.decider.colour (");
     has("system_services.registry.expired_period_sec = \"abc\" (env SYSDEPLOY_SYSTEM_SERVICES__REGISTRY__EXPIRED_PERIOD_SEC): expected an integer");
-    has("node.bogus = \"1\" (env SYSDEPLOY_NODE__BOGUS): unknown key");
+    has("node.bogus (env SYSDEPLOY_NODE__BOGUS): unknown key");
+    assert!(!all.contains("\"red\"") && !all.contains("x = 1"), "values of unknown keys are never shown:\n{all}");
     has("node.api_listen = \"nowhere\" (flag --api-listen): expected an IP socket address");
 }
 
@@ -255,7 +256,37 @@ fn secrets_are_redacted_everywhere() {
     // Nor does a typo of a secret key.
     let opts = LoadOptions { env: env(&[("SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WALET_KEY", "S3CRET")]), ..Default::default() };
     let e = load(&opts, &schemas()).unwrap_err().to_string();
-    assert!(e.contains("did you mean system_services.decider.wallet_key?"), "{e}");
+    assert!(e.contains("did you mean SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WALLET_KEY for system_services.decider.wallet_key?"), "{e}");
+    assert!(!e.contains("S3CRET"), "{e}");
+}
+
+/// The most common env typo: one `_` where `__` was meant. The key, its
+/// source and the right name are reported; the value never is, whatever the
+/// key looks like, and neither is a value given for a table that holds a
+/// secret.
+#[test]
+fn unknown_keys_never_echo_their_value() {
+    let typo = "SYSDEPLOY_SYSTEM_SERVICES__DECIDER_WALLET_KEY";
+    let opts = LoadOptions {
+        env: env(&[(typo, "0xS3CRET"), ("SYSDEPLOY_SYSTEM_SERVICES__DECIDER", "0xS3CRET2"), ("SYSDEPLOY_NODE__COLOUR", "PLAIN")]),
+        ..Default::default()
+    };
+    let e = load(&opts, &schemas()).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "system_services.decider_wallet_key (env {typo}): unknown key (did you mean \
+             SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WALLET_KEY for system_services.decider.wallet_key?)"
+        )),
+        "{e}"
+    );
+    assert!(e.contains("system_services.decider = <redacted> (env SYSDEPLOY_SYSTEM_SERVICES__DECIDER)"), "{e}");
+    assert!(!e.contains("S3CRET") && !e.contains("PLAIN"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = with_file(dir.path(), "[system_services.decidr]\nwallet_key = \"0xS3CRET\"\n[system_services]\ndecider = \"0xS3CRET2\"\n");
+    let e = load(&opts, &schemas()).unwrap_err().to_string();
+    assert!(e.contains("system_services.decidr (") && e.contains("did you mean system_services.decider?"), "{e}");
+    assert!(e.contains("system_services.decider = <redacted> ("), "{e}");
     assert!(!e.contains("S3CRET"), "{e}");
 }
 
@@ -311,9 +342,14 @@ fn schema_types_apply_to_file_values() {
 
 #[test]
 fn an_empty_enable_from_env_is_refused_but_an_empty_list_in_the_file_is_not() {
-    let opts = LoadOptions { env: env(&[("SYSDEPLOY_SYSTEM_SERVICES__ENABLE", "")]), ..Default::default() };
-    let msg = load(&opts, &schemas()).unwrap_err().to_string();
-    assert!(msg.contains("SYSDEPLOY_SYSTEM_SERVICES__ENABLE") && msg.contains("enable = []"), "{msg}");
+    for value in ["", ",", " , "] {
+        let opts = LoadOptions { env: env(&[("SYSDEPLOY_SYSTEM_SERVICES__ENABLE", value)]), ..Default::default() };
+        let msg = load(&opts, &schemas()).unwrap_err().to_string();
+        assert!(msg.contains("SYSDEPLOY_SYSTEM_SERVICES__ENABLE") && msg.contains("enable = []"), "{value:?}: {msg}");
+        let opts = LoadOptions { flags: vec![FlagValue::set("system_services.enable", value)], ..Default::default() };
+        let msg = load(&opts, &schemas()).unwrap_err().to_string();
+        assert!(msg.contains("flag --set system_services.enable") && msg.contains("names no package"), "{value:?}: {msg}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let c = load(&with_file(dir.path(), "[system_services]\nenable = []\n"), &schemas()).unwrap();
     assert!(c.system_services.enable.is_empty());

@@ -131,10 +131,14 @@ impl Trigger {
 /// - ran before: at `max(now, last_run + period)`, never before `start`, so a
 ///   long downtime causes one run, not a burst, and a restart causes none;
 /// - `period_sec = 0`: once per trigger;
-/// - no run at or after `end`.
+/// - no run at or after `end`;
+/// - a `last_run` after `now` (the wall clock was stepped back) counts as
+///   `now`, so the spell waits one period, not until `last_run + period`
+///   (the scheduler clamps once and keeps that instant, see `scheduler`).
 ///
 /// `runs_under_trigger` counts the runs since the trigger was last set.
 pub fn next_run(trigger: &Trigger, last_run: Option<u64>, runs_under_trigger: u64, now: u64) -> Option<u64> {
+    let last_run = last_run.map(|l| l.min(now));
     let earliest = match trigger.start {
         Start::Now => 0,
         Start::At(t) => t,
@@ -191,6 +195,12 @@ mod tests {
         assert_eq!(next_run(&tr, Some(110), 2, 110), Some(120));
         assert_eq!(next_run(&tr, Some(120), 3, 120), None);
         assert_eq!(next_run(&tr, None, 0, 200), None);
+    }
+
+    #[test]
+    fn a_last_run_in_the_future_counts_as_now() {
+        let tr = t(Start::Now, 10, None);
+        assert_eq!(next_run(&tr, Some(1_000_000), 3, 100), Some(110));
     }
 
     #[test]

@@ -132,6 +132,12 @@ async fn sleep_opt(d: Option<Duration>) {
 /// Runs one spell on its schedule until it is removed or the scheduler stops.
 async fn spell_loop(spells: Spells, id: String, mut stop: watch::Receiver<bool>, cancel: Cancel) {
     let mut changes = spells.subscribe();
+    // A recorded `last_run` later than the wall clock (the clock was stepped
+    // back, e.g. a VM booted ahead and NTP corrected it) counts as the moment
+    // it was first seen: (recorded last_run, the now it was clamped to). Kept
+    // here because re-clamping to a fresh `now` on every wake-up would push
+    // the run back forever.
+    let mut clamped: Option<(u64, u64)> = None;
     loop {
         if *stop.borrow_and_update() {
             return;
@@ -151,7 +157,25 @@ async fn spell_loop(spells: Spells, id: String, mut stop: watch::Receiver<bool>,
             }
         };
         let now_ms = spells.inner.clock.now_ms();
-        let due = next_run(&row.trigger, row.last_run, row.runs_under_trigger, now_ms / 1000);
+        let last_run = match row.last_run {
+            Some(last) if last > now_ms / 1000 => match clamped {
+                Some((recorded, at)) if recorded == last => Some(at),
+                _ => {
+                    let now = now_ms / 1000;
+                    tracing::warn!(
+                        spell = %row.alias,
+                        last_run = last,
+                        now,
+                        "the spell's last run lies {} s in the future (the wall clock was stepped back); counting it as now",
+                        last - now
+                    );
+                    clamped = Some((last, now));
+                    Some(now)
+                }
+            },
+            other => other,
+        };
+        let due = next_run(&row.trigger, last_run, row.runs_under_trigger, now_ms / 1000);
         let wait_ms = due.map(|t| t.saturating_mul(1000).saturating_sub(now_ms));
         match wait_ms {
             Some(0) => match spells.run_with(&row.alias, cancel.clone()).await {

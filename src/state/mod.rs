@@ -45,6 +45,9 @@ pub enum StateError {
     #[error("{} can be read by group or others (mode {mode:03o}) but holds a secret; run `chmod 600 {}` and start again", path.display(), path.display())]
     Permissions { path: PathBuf, mode: u32 },
 
+    #[error("state directory {} is accessible to group or others (mode {mode:03o}) and could not be made private: {source}; it holds the node key and service data: run `chmod 700 {}` as its owner (with systemd, set StateDirectoryMode=0700) and start again", path.display(), path.display())]
+    DirPermissions { path: PathBuf, mode: u32, source: io::Error },
+
     #[error("api token {} is not 64 hex characters; it was left untouched: delete it and run `sysdeploy run` to create a new one", path.display())]
     TokenInvalid { path: PathBuf },
 
@@ -89,7 +92,7 @@ impl StateDir {
     pub fn open_exclusive(path: &Path) -> Result<StateDir, StateError> {
         match fs::metadata(path) {
             Ok(m) if !m.is_dir() => return Err(StateError::NotADirectory { path: path.into() }),
-            Ok(_) => {}
+            Ok(m) => make_private(path, m.permissions().mode() & 0o777)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
                     .recursive(true)
@@ -213,6 +216,26 @@ fn take_lock(path: &Path) -> Result<File, StateError> {
     };
     record(&mut f).map_err(io_err("write the pid into", path))?;
     Ok(f)
+}
+
+/// An existing state dir that group or others can reach (systemd's
+/// `StateDirectory=` creates 0755) is repaired to 0700, with a warning;
+/// refused when that is not permitted. Everything inside is created under
+/// umask 077 (`cli::main`), so the dir's mode is what guards older files.
+fn make_private(path: &Path, mode: u32) -> Result<(), StateError> {
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|source| StateError::DirPermissions {
+        path: path.into(),
+        mode,
+        source,
+    })?;
+    tracing::warn!(
+        state_dir = %path.display(),
+        "state directory was mode {mode:03o} (group or others could reach the node key and service data); changed it to 0700"
+    );
+    Ok(())
 }
 
 /// Fails unless only the owner can read the file.
@@ -344,6 +367,20 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains(&seed_hex) && !dbg.to_lowercase().contains("signing"), "{dbg}");
         assert!(!dbg.contains(&s.api_token().unwrap()));
+    }
+
+    #[test]
+    fn an_open_state_dir_is_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        drop(StateDir::open_exclusive(&dir).unwrap());
+        assert_eq!(mode(&dir), 0o700);
+        // Readers never change anything.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        drop(StateDir::open_shared(&dir).unwrap());
+        assert_eq!(mode(&dir), 0o750);
     }
 
     #[test]
