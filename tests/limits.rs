@@ -346,6 +346,14 @@ mod node {
         };
         assert_eq!(data_of("neighbour")["bytes"], json!(3 << 20), "{status}");
         assert!(data_of("hostile")["bytes"].as_u64().unwrap() <= 1 << 20, "{status}");
+
+        // Guest limits are given to the runtime at boot: a reload that
+        // changes one reports it as needing a restart and keeps the running value.
+        std::fs::write(&config, "[system_services]\nguest_result_max_bytes = 2097152\n").unwrap();
+        let (status, report) = http(addr, "POST", "/v1/reload", Some(&token), None).unwrap();
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["needs_restart"], json!(["system_services.guest_result_max_bytes: 1048576 → 2097152"]), "{report}");
+        assert_eq!(call("neighbour", "big-result", json!([3 << 19])).0, 502, "the running cap stays 1 MiB");
         drop(node);
     }
 }
