@@ -96,9 +96,8 @@ async fn main() {
         for (name, bytes) in &comps {
             let hash = rt.add_component(bytes, None).unwrap();
             hashes.push(hash);
-            let bp = rt
-                .put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: name.clone(), hash, memory_limit_mb: None }] })
-                .unwrap();
+            let bp =
+                rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: name.clone(), hash, memory_limit_mb: None }])).unwrap();
             let id = rt.create_service(&bp, &fixtures::host()).await.unwrap();
             if let Some((f, args)) = probe(name) {
                 services.push((id, f, args));
@@ -242,9 +241,7 @@ async fn main() {
     let rt = fixtures::open(state.path(), opts);
     let misbehave = rt.add_component(&fixtures::component("misbehave"), None).unwrap();
     let bp = rt
-        .put_blueprint(&Blueprint {
-            components: vec![BlueprintComponent { name: "misbehave".into(), hash: misbehave, memory_limit_mb: None }],
-        })
+        .put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "misbehave".into(), hash: misbehave, memory_limit_mb: None }]))
         .unwrap();
     let spin = rt.create_service(&bp, &fixtures::host()).await.unwrap();
     let ttl = Duration::from_millis(50);

@@ -141,7 +141,7 @@ async fn call(n: usize) -> Value {
     let runtime = Runtime::open_with(store, cfg, RuntimeOptions { host_peer: Some(host.clone()), ..Default::default() }).expect("runtime");
     let hash = runtime.add_component(&bytes, None).expect("add");
     let bp = runtime
-        .put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: "echo-entry".into(), hash, memory_limit_mb: None }] })
+        .put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "echo-entry".into(), hash, memory_limit_mb: None }]))
         .expect("blueprint");
     let id = runtime.create_service(&bp, &host).await.expect("service");
     let arg = |i: usize| json!([{ "key": "record-key", "value": i }]);

@@ -402,6 +402,10 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         },
         None => None,
     };
+    let mut deployed = deployed;
+    for s in deployed.iter_mut().flat_map(|d| d.services.iter_mut()) {
+        add_data_usage(s, dir);
+    }
     let version = deployed.as_ref().map(|d| d.schema_version);
     let empty = Deployment::default();
     let d = deployed.as_ref().unwrap_or(&empty);
@@ -438,6 +442,9 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
                 _ => String::new(),
             };
             println!("  {aliases:<20} service {}  blueprint {}{package}", text(&s["id"]), text(&s["blueprint_id"]));
+            if let (Some(bytes), Some(inodes)) = (s["data"]["bytes"].as_u64(), s["data"]["inodes"].as_u64()) {
+                println!("  {:<20} data {:.1} MiB in {inodes} entries", "", bytes as f64 / (1 << 20) as f64);
+            }
         }
     }
     if d.spells.is_empty() {
@@ -459,6 +466,16 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         }
     }
     Exit::Ok
+}
+
+/// Adds `data: {bytes, inodes}` (as the quota counts them) to a service's
+/// status entry; left out when its data dir cannot be read.
+fn add_data_usage(service: &mut Json, state_dir: &Path) {
+    let Some(id) = service["id"].as_str() else { return };
+    let Ok(id) = crate::ids::ServiceId::try_from(id.to_string()) else { return };
+    if let (Ok(usage), Json::Object(o)) = (crate::runtime::data_usage(&state_dir.join("services").join(id.as_str())), service) {
+        o.insert("data".into(), json!(usage));
+    }
 }
 
 /// What `status` shows from the store, as JSON values.

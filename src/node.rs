@@ -100,6 +100,7 @@ impl ServiceCaller for RuntimeCaller {
             let t = std::time::Instant::now();
             let r = self.runtime.call(&alias, &function, args).await;
             self.metrics.observe_call(&alias, t.elapsed(), r.is_ok());
+            record_guest_usage(&self.runtime, &self.metrics, &alias);
             r.map_err(|e| e.to_string())
         })
     }
@@ -156,6 +157,27 @@ fn policy(cfg: &EffectiveConfig) -> ApplyPolicy {
     }
 }
 
+/// After a call: what the callee's guest takes now, into the metrics (only
+/// for targets that exist, so clients cannot grow the label set).
+fn record_guest_usage(runtime: &Runtime, metrics: &Metrics, alias: &str) {
+    if let Some(usage) = runtime.resolve(alias).and_then(|s| runtime.guest_usage(&s.id)) {
+        metrics.guest_usage(alias, &usage);
+    }
+}
+
+/// The runtime's guest limits from the `system_services.guest_*` keys.
+fn guest_limits(cfg: &EffectiveConfig) -> crate::runtime::GuestLimits {
+    let g = &cfg.system_services.guest;
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    crate::runtime::GuestLimits {
+        max_result_bytes: g.result_max_bytes,
+        max_open_files: small(g.open_files_max),
+        data_quota_bytes: g.data_quota_mb.saturating_mul(1 << 20),
+        data_quota_inodes: g.data_quota_inodes,
+        log: crate::runtime::LogLimits { lines_per_sec: small(g.log_lines_per_sec), line_max_bytes: small(g.log_line_max_bytes) },
+    }
+}
+
 /// Settings a reload cannot change in a running node keep their running
 /// (boot) values in `fresh`; returns the ones the reloaded config changes, as
 /// `key: running → configured`, to be reported as "needs restart".
@@ -173,8 +195,21 @@ fn keep_restart_only(fresh: &mut EffectiveConfig, running: &EffectiveConfig) -> 
     note("node.api_listen", running.node.api_listen.to_string(), fresh.node.api_listen.to_string());
     let (old_ttl, new_ttl) = (running.system_services.call_ttl_ms, fresh.system_services.call_ttl_ms);
     note("system_services.call_ttl_ms", old_ttl.to_string(), new_ttl.to_string());
+    // Guest limits are given to the runtime at boot.
+    let (old_g, new_g) = (running.system_services.guest, fresh.system_services.guest);
+    for (key, old, new) in [
+        ("guest_result_max_bytes", old_g.result_max_bytes, new_g.result_max_bytes),
+        ("guest_open_files_max", old_g.open_files_max, new_g.open_files_max),
+        ("guest_data_quota_mb", old_g.data_quota_mb, new_g.data_quota_mb),
+        ("guest_data_quota_inodes", old_g.data_quota_inodes, new_g.data_quota_inodes),
+        ("guest_log_lines_per_sec", old_g.log_lines_per_sec, new_g.log_lines_per_sec),
+        ("guest_log_line_max_bytes", old_g.log_line_max_bytes, new_g.log_line_max_bytes),
+    ] {
+        note(&format!("system_services.{key}"), old.to_string(), new.to_string());
+    }
     fresh.node = running.node.clone();
     fresh.system_services.call_ttl_ms = old_ttl;
+    fresh.system_services.guest = old_g;
     out
 }
 
@@ -186,9 +221,12 @@ impl Node {
         let ttl = Duration::from_millis(config.system_services.call_ttl_ms);
         let mut rcfg = RuntimeConfig::new(state.path());
         rcfg.call_ttl = ttl;
-        let runtime =
-            Runtime::open_with(store.clone(), rcfg, RuntimeOptions { host_peer: Some(state.peer_id().clone()), ..Default::default() })
-                .map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
+        let runtime = Runtime::open_with(
+            store.clone(),
+            rcfg,
+            RuntimeOptions { host_peer: Some(state.peer_id().clone()), limits: guest_limits(&config), ..Default::default() },
+        )
+        .map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let metrics = Metrics::new();
         let mut scfg = SpellConfig::new(state.peer_id().clone());
         scfg.run_ttl = ttl;
@@ -450,7 +488,11 @@ impl Backend for NodeBackend {
     }
     fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>> {
         let (alias, function) = (alias.to_string(), function.to_string());
-        Box::pin(async move { self.0.runtime.call(&alias, &function, args).await })
+        Box::pin(async move {
+            let r = self.0.runtime.call(&alias, &function, args).await;
+            record_guest_usage(&self.0.runtime, &self.0.metrics, &alias);
+            r
+        })
     }
     fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>> {
         Box::pin(async move {

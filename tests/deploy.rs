@@ -94,7 +94,7 @@ fn node(policy: FailurePolicy) -> Node {
 
 fn service(alias: &str, package: &str, version: u32, fail: bool, value: u32, on_change: ConfigChange) -> DesiredService {
     let hash = ComponentHash::of(&counter_wat(version, fail));
-    let blueprint = Blueprint { components: vec![BlueprintComponent { name: "counter".into(), hash, memory_limit_mb: Some(16) }] };
+    let blueprint = Blueprint::new(vec![BlueprintComponent { name: "counter".into(), hash, memory_limit_mb: Some(16) }]);
     DesiredService {
         alias: Alias::new(alias).unwrap(),
         package: PackageName::new(package).unwrap(),

@@ -521,13 +521,13 @@ async fn bad_components_and_blueprints_are_rejected() {
     let h = Harness::new();
     let e = h.rt.add_component(b"not wasm at all", None).unwrap_err();
     assert!(matches!(&e, RuntimeError::Component { message, .. } if message.contains("does not compile")), "{e:?}");
-    assert!(matches!(h.rt.put_blueprint(&Blueprint { components: vec![] }), Err(RuntimeError::InvalidBlueprint { .. })));
+    assert!(matches!(h.rt.put_blueprint(&Blueprint::new(vec![])), Err(RuntimeError::InvalidBlueprint { .. })));
     let never_added = sysdeploy::runtime::BlueprintComponent {
         name: "ghost".into(),
         hash: sysdeploy::ids::ComponentHash::of(b"ghost"),
         memory_limit_mb: None,
     };
-    let e = h.rt.put_blueprint(&Blueprint { components: vec![never_added] }).unwrap_err();
+    let e = h.rt.put_blueprint(&Blueprint::new(vec![never_added])).unwrap_err();
     assert!(matches!(&e, RuntimeError::Component { message, .. } if message.contains("never added")), "{e:?}");
 }
 
@@ -548,10 +548,8 @@ async fn distro_components_built_from_rust_link_and_list_exports() {
                 let hash = h.rt.add_component(&bytes, None).unwrap();
                 let name = path.file_stem().unwrap().to_string_lossy().into_owned();
                 let bp =
-                    h.rt.put_blueprint(&Blueprint {
-                        components: vec![sysdeploy::runtime::BlueprintComponent { name, hash, memory_limit_mb: None }],
-                    })
-                    .unwrap();
+                    h.rt.put_blueprint(&Blueprint::new(vec![sysdeploy::runtime::BlueprintComponent { name, hash, memory_limit_mb: None }]))
+                        .unwrap();
                 let sigs = h.rt.blueprint_exports(&bp).unwrap();
                 assert!(!sigs.is_empty(), "{}", path.display());
                 let s = h.rt.create_service(&bp, &host()).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));

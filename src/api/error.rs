@@ -92,6 +92,7 @@ impl ApiError {
                 CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 CallError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CallError::Trap { .. } | CallError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                CallError::ResultTooLarge { .. } => StatusCode::BAD_GATEWAY,
             },
         }
     }
@@ -124,6 +125,7 @@ impl ApiError {
                 CallError::Trap { .. } => "trap",
                 CallError::Busy { .. } => "busy",
                 CallError::Internal { .. } => "internal",
+                CallError::ResultTooLarge { .. } => "result_too_large",
             },
         }
     }
@@ -174,6 +176,7 @@ mod tests {
             CallError::Trap { target: "t".into(), function: "f".into(), trap: "unreachable".into() },
             CallError::Busy { target: "t".into() },
             CallError::Internal { target: "t".into(), function: "f".into(), message: "m".into() },
+            CallError::ResultTooLarge { target: "t".into(), function: "f".into(), limit_bytes: 1 },
         ];
         for e in all {
             let tag = serde_json::to_value(&e).unwrap()["code"].as_str().unwrap().to_string();

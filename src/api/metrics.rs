@@ -55,6 +55,10 @@ struct Inner {
     spell_errors: Family<AliasLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
+    guest_data_bytes: Family<AliasLabels, Gauge>,
+    guest_data_inodes: Family<AliasLabels, Gauge>,
+    guest_open_files: Family<AliasLabels, Gauge>,
+    guest_log_dropped: Family<AliasLabels, Counter>,
 }
 
 /// Shared metrics registry. Cheap to clone; every clone records into the same
@@ -91,6 +95,10 @@ impl Metrics {
         let spell_errors = Family::<AliasLabels, Counter>::default();
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
+        let guest_data_bytes = Family::<AliasLabels, Gauge>::default();
+        let guest_data_inodes = Family::<AliasLabels, Gauge>::default();
+        let guest_open_files = Family::<AliasLabels, Gauge>::default();
+        let guest_log_dropped = Family::<AliasLabels, Counter>::default();
 
         registry.register("deploy_step_duration_seconds", "Duration of deployment steps by step kind and outcome", step_duration.clone());
         registry.register("deploy_steps", "Deployment steps applied, by step kind and outcome", steps.clone());
@@ -107,6 +115,18 @@ impl Metrics {
             "Components that had to be compiled because no valid precompiled artifact existed",
             cache_misses.clone(),
         );
+        registry.register(
+            "guest_data_bytes",
+            "Bytes under a service's /data, as its quota counts them, by alias",
+            guest_data_bytes.clone(),
+        );
+        registry.register(
+            "guest_data_inodes",
+            "Entries under a service's /data, as its quota counts them, by alias",
+            guest_data_inodes.clone(),
+        );
+        registry.register("guest_open_files", "Descriptors a service's instance holds, by alias", guest_open_files.clone());
+        registry.register("guest_log_lines_dropped", "Guest log lines dropped by the rate limit, by alias", guest_log_dropped.clone());
 
         Metrics {
             inner: Arc::new(Inner {
@@ -122,6 +142,10 @@ impl Metrics {
                 spell_errors,
                 cache_hits,
                 cache_misses,
+                guest_data_bytes,
+                guest_data_inodes,
+                guest_open_files,
+                guest_log_dropped,
             }),
         }
     }
@@ -165,6 +189,20 @@ impl Metrics {
     pub fn cache(&self, hits: u64, misses: u64) {
         self.inner.cache_hits.inc_by(hits);
         self.inner.cache_misses.inc_by(misses);
+    }
+
+    /// Records what a service's guest takes now (after a call to it).
+    pub fn guest_usage(&self, alias: &str, usage: &crate::runtime::GuestUsage) {
+        let labels = AliasLabels { alias: alias.to_string() };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.inner.guest_data_bytes.get_or_create(&labels).set(gauge(usage.data.bytes));
+        self.inner.guest_data_inodes.get_or_create(&labels).set(gauge(usage.data.inodes));
+        self.inner.guest_open_files.get_or_create(&labels).set(gauge(usage.open_files));
+        let dropped = self.inner.guest_log_dropped.get_or_create(&labels);
+        let seen = dropped.get();
+        if usage.log_lines_dropped > seen {
+            dropped.inc_by(usage.log_lines_dropped - seen);
+        }
     }
 
     /// The registry in the OpenMetrics text format (which Prometheus scrapes).

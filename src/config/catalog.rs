@@ -29,6 +29,15 @@ pub const DEFAULT_STATE_DIR: &str = ".sysdeploy";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7200";
 /// Default of `system_services.call_ttl_ms`.
 pub const DEFAULT_CALL_TTL_MS: u64 = 60_000;
+/// Limits on what one guest may take (`system_services.guest_*`), with defaults.
+pub const GUEST_LIMIT_KEYS: [(&str, u64); 6] = [
+    ("system_services.guest_result_max_bytes", 16 << 20),
+    ("system_services.guest_open_files_max", 256),
+    ("system_services.guest_data_quota_mb", 1024),
+    ("system_services.guest_data_quota_inodes", 100_000),
+    ("system_services.guest_log_lines_per_sec", 100),
+    ("system_services.guest_log_line_max_bytes", 4096),
+];
 
 /// How a key's value is checked and normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +52,8 @@ pub(crate) enum Kind {
     OnFailure,
     /// A positive integer number of milliseconds.
     Millis,
+    /// A positive integer (a count or a size).
+    Positive,
     /// A package key, typed by its schema.
     Typed(ValueType),
 }
@@ -105,7 +116,8 @@ impl Catalog {
             ("system_services.on_failure", Kind::OnFailure, Json::from("stop")),
             ("system_services.call_ttl_ms", Kind::Millis, Json::from(DEFAULT_CALL_TTL_MS)),
         ];
-        for (path, kind, default) in fixed {
+        let limits = GUEST_LIMIT_KEYS.iter().map(|(path, default)| (*path, Kind::Positive, Json::from(*default)));
+        for (path, kind, default) in fixed.into_iter().chain(limits) {
             cat.insert(Leaf {
                 path: path.into(),
                 kind,
@@ -248,7 +260,7 @@ impl Catalog {
         let bad = || Mismatch::Expected(self.expected(kind));
         let json = match kind {
             Kind::Path | Kind::SocketAddr | Kind::OnFailure | Kind::Typed(ValueType::String) => Json::from(s),
-            Kind::Millis | Kind::Typed(ValueType::Integer) => Json::from(s.trim().parse::<i64>().map_err(|_| bad())?),
+            Kind::Millis | Kind::Positive | Kind::Typed(ValueType::Integer) => Json::from(s.trim().parse::<i64>().map_err(|_| bad())?),
             Kind::Typed(ValueType::Float) => {
                 let f: f64 = s.trim().parse().map_err(|_| bad())?;
                 serde_json::Number::from_f64(f).map(Json::Number).ok_or_else(bad)?
@@ -313,6 +325,7 @@ impl Catalog {
             ),
             Kind::OnFailure => "\"stop\" or \"continue\"".into(),
             Kind::Millis => "a positive integer (milliseconds)".into(),
+            Kind::Positive => "a positive integer".into(),
             Kind::Typed(t) => t.describe().into(),
         }
     }
@@ -324,7 +337,7 @@ fn check_json(kind: Kind, v: &Json) -> Result<Json, ()> {
         Kind::Path => v.as_str().filter(|s| !s.is_empty()).map(Json::from).ok_or(()),
         Kind::SocketAddr => v.as_str().filter(|s| s.parse::<SocketAddr>().is_ok()).map(Json::from).ok_or(()),
         Kind::OnFailure => v.as_str().filter(|s| matches!(*s, "stop" | "continue")).map(Json::from).ok_or(()),
-        Kind::Millis => v.as_i64().filter(|n| *n > 0).map(Json::from).ok_or(()),
+        Kind::Millis | Kind::Positive => v.as_i64().filter(|n| *n > 0).map(Json::from).ok_or(()),
         Kind::Packages => Err(()),
         Kind::Typed(ValueType::String) => v.as_str().map(Json::from).ok_or(()),
         Kind::Typed(ValueType::Integer) => v.as_i64().map(Json::from).ok_or(()),
@@ -428,6 +441,8 @@ mod tests {
         assert_eq!(c.check_text(Kind::Packages, "registry,nope"), Err(Mismatch::UnknownPackages(vec!["nope".into()])));
         assert!(c.check_text(Kind::Packages, "registry,registry").is_err());
         assert!(c.check_text(Kind::Millis, "0").is_err());
+        assert!(c.check_text(Kind::Positive, "0").is_err());
+        assert_eq!(c.check_text(Kind::Positive, "256"), Ok(Json::from(256)));
         assert!(c.check_text(Kind::SocketAddr, "localhost").is_err());
         assert!(c.check_text(Kind::OnFailure, "halt").is_err());
         assert!(c.check_text(Kind::Path, "").is_err());

@@ -116,9 +116,30 @@ pub struct SystemServicesConfig {
     pub on_failure: OnFailure,
     /// TTL of one guest call, unless a package overrides it.
     pub call_ttl_ms: u64,
+    /// Defaults of what one guest may take (`guest_*` keys).
+    pub guest: GuestLimitsConfig,
     /// Every package in the schemas (enabled or not) → every key of its schema
     /// that has a value, with its source. Keys are schema key names.
     pub packages: BTreeMap<PackageName, BTreeMap<String, ConfigValue>>,
+}
+
+/// The `system_services.guest_*` keys: what one service's guest may take of
+/// what the node's services share (a package's `distro.toml` may lower or
+/// raise the data quota and the descriptor cap of its services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimitsConfig {
+    /// Largest call result (estimated JSON bytes).
+    pub result_max_bytes: u64,
+    /// Descriptors one instance may hold open.
+    pub open_files_max: u64,
+    /// Logical bytes of regular files under a service's `/data`, in MiB.
+    pub data_quota_mb: u64,
+    /// Directory entries under a service's `/data`.
+    pub data_quota_inodes: u64,
+    /// Guest log lines per second (and burst) per service.
+    pub log_lines_per_sec: u64,
+    /// Longer guest log lines are cut.
+    pub log_line_max_bytes: u64,
 }
 
 /// One effective value and where it came from. `Debug` and `Display` redact
@@ -290,6 +311,18 @@ fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: O
         .unwrap_or_default();
     let on_failure = if str_of("system_services.on_failure") == "continue" { OnFailure::Continue } else { OnFailure::Stop };
     let call_ttl_ms = values.get("system_services.call_ttl_ms").and_then(|v| v.value.as_u64()).unwrap_or(DEFAULT_CALL_TTL_MS);
+    let guest_limit = |i: usize| {
+        let (key, default) = catalog::GUEST_LIMIT_KEYS[i];
+        values.get(key).and_then(|v| v.value.as_u64()).unwrap_or(default)
+    };
+    let guest = GuestLimitsConfig {
+        result_max_bytes: guest_limit(0),
+        open_files_max: guest_limit(1),
+        data_quota_mb: guest_limit(2),
+        data_quota_inodes: guest_limit(3),
+        log_lines_per_sec: guest_limit(4),
+        log_line_max_bytes: guest_limit(5),
+    };
     let mut packages: BTreeMap<PackageName, BTreeMap<String, ConfigValue>> =
         cat.packages.iter().map(|p| (p.clone(), BTreeMap::new())).collect();
     for leaf in cat.leaves() {
@@ -299,7 +332,7 @@ fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: O
     }
     EffectiveConfig {
         node,
-        system_services: SystemServicesConfig { enable, on_failure, call_ttl_ms, packages },
+        system_services: SystemServicesConfig { enable, on_failure, call_ttl_ms, guest, packages },
         config_file,
         warnings,
         values,

@@ -25,13 +25,11 @@ fn service(alias: &str, package: &str, blueprint: u8) -> DesiredService {
         alias: a(alias),
         package: pkg(package),
         version: "1.0.0".into(),
-        blueprint: Blueprint {
-            components: vec![BlueprintComponent {
-                name: format!("{alias}.wasm"),
-                hash: ComponentHash([blueprint; 32]),
-                memory_limit_mb: None,
-            }],
-        },
+        blueprint: Blueprint::new(vec![BlueprintComponent {
+            name: format!("{alias}.wasm"),
+            hash: ComponentHash([blueprint; 32]),
+            memory_limit_mb: None,
+        }]),
         blueprint_id: bp(blueprint),
         keep_data: true,
         on_config_change: ConfigChange::Reinit,

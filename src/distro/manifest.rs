@@ -59,6 +59,12 @@ pub struct ServiceSpec {
     /// What a change of resolved init arguments does.
     pub on_config_change: ConfigChange,
     pub init: Vec<InitSpec>,
+    /// This service's data quota in MiB; `None` = the node's default.
+    pub data_quota_mb: Option<u64>,
+    /// This service's entry quota; `None` = the node's default.
+    pub data_quota_inodes: Option<u64>,
+    /// Descriptors one instance may hold; `None` = the node's default.
+    pub open_files_max: Option<u32>,
 }
 
 /// One component of a service, with the bytes embedded in the binary (or
@@ -244,6 +250,8 @@ pub enum ManifestErrorKind {
     BadComponentEntry(String),
     #[error("memory_limit_mb must be at least 1")]
     ZeroMemoryLimit,
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
     #[error("memory_limit_mb = {0} is more than a 32-bit WebAssembly memory can use; at most 4096 (4 GiB)")]
     HugeMemoryLimit(u64),
     #[error("{0:?} is not a valid config key name (lowercase letters, digits and '_', starting with a letter, at most 64 bytes)")]
@@ -489,6 +497,9 @@ struct RawService {
     on_config_change: ConfigChange,
     #[serde(default)]
     init: Vec<RawInit>,
+    data_quota_mb: Option<u64>,
+    data_quota_inodes: Option<u64>,
+    open_files_max: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -860,6 +871,15 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
         if let Some(n) = rs.memory_limit_mb.filter(|n| *n > MAX_MEMORY_LIMIT_MB) {
             c.err(format!("{base}.memory_limit_mb"), ManifestErrorKind::HugeMemoryLimit(n));
         }
+        for (key, zero) in [
+            ("data_quota_mb", rs.data_quota_mb == Some(0)),
+            ("data_quota_inodes", rs.data_quota_inodes == Some(0)),
+            ("open_files_max", rs.open_files_max == Some(0)),
+        ] {
+            if zero {
+                c.err(format!("{base}.{key}"), ManifestErrorKind::ZeroLimit(key));
+            }
+        }
         if rs.components.is_empty() {
             c.err(format!("{base}.components"), ManifestErrorKind::NoComponents);
         }
@@ -959,7 +979,16 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             init.push(InitSpec { function: ri.function.clone(), args, run: ri.run, for_each });
         }
         if let Some(alias) = a {
-            services.push(ServiceSpec { alias, components, keep_data: rs.keep_data, on_config_change: rs.on_config_change, init });
+            services.push(ServiceSpec {
+                alias,
+                components,
+                keep_data: rs.keep_data,
+                on_config_change: rs.on_config_change,
+                init,
+                data_quota_mb: rs.data_quota_mb,
+                data_quota_inodes: rs.data_quota_inodes,
+                open_files_max: rs.open_files_max,
+            });
         }
     }
 

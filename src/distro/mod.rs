@@ -102,6 +102,11 @@ impl ServiceSpec {
                 .iter()
                 .map(|c| BlueprintComponent { name: c.name.clone(), hash: c.hash, memory_limit_mb: c.memory_limit_mb })
                 .collect(),
+            limits: crate::runtime::ServiceLimits {
+                data_quota_mb: self.data_quota_mb,
+                data_quota_inodes: self.data_quota_inodes,
+                open_files_max: self.open_files_max,
+            },
         }
     }
 }

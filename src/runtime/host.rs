@@ -1,9 +1,12 @@
 //! What a guest sees: the per-service store data (WASI context with one
-//! preopened directory, the `sysdeploy:host/node` interface, the memory
-//! limiter) and the base linker every blueprint's linkers start from.
+//! preopened directory and stdout/stderr forwarded to the node's log, the
+//! `sysdeploy:host/node` interface, the memory limiter, the data quota and
+//! descriptor cap) and the base linker every blueprint's linkers start from.
 
+use super::guestio::{GuestLevel, GuestLog, GuestOutput, GuestSource};
+use super::limits::{OpenFiles, Quota};
 use super::RuntimeError;
-use crate::ids::{PeerId, ServiceId};
+use crate::ids::PeerId;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +31,12 @@ pub(crate) struct HostState {
     pub(crate) limiter: ComponentLimiter,
     /// Returned by `peer-id`.
     peer_id: PeerId,
-    /// Tags log events.
-    service: ServiceId,
+    /// The service's log (host `log`, stdout, stderr): escaped, rate-limited.
+    log: Arc<GuestLog>,
+    /// The data dir's quota ledger.
+    pub(crate) quota: Arc<Quota>,
+    /// Descriptors this instance holds.
+    pub(crate) open_files: OpenFiles,
     /// Instances of the blueprint's components, in order; forwarding
     /// functions of component k call into entries j < k.
     pub(crate) instances: Vec<Option<wasmtime::component::Instance>>,
@@ -44,17 +51,22 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
+    #[allow(clippy::too_many_arguments)] // each is one piece of the instance's world
     pub(crate) fn new(
         data_dir: &Path,
         peer_id: PeerId,
-        service: ServiceId,
+        log: Arc<GuestLog>,
+        quota: Arc<Quota>,
+        open_files: OpenFiles,
         limiter: ComponentLimiter,
         ticks: Arc<AtomicU64>,
     ) -> Result<Self, RuntimeError> {
-        // Deny by default: no env, no args, no stdio, no network; the data
-        // directory is the only filesystem.
+        // Deny by default: no env, no args, no stdin, no network; the data
+        // directory is the only filesystem; stdout and stderr go to the log.
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.stdout(GuestOutput::new(log.clone(), GuestSource::Stdout));
+        b.stderr(GuestOutput::new(log.clone(), GuestSource::Stderr));
         b.preopened_dir(data_dir, DATA_DIR_GUEST_PATH, FsPerms::ReadWrite)
             .map_err(|e| RuntimeError::Io { path: data_dir.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
         let n = limiter.limits.len();
@@ -63,7 +75,9 @@ impl HostState {
             table: ResourceTable::new(),
             limiter,
             peer_id,
-            service,
+            log,
+            quota,
+            open_files,
             instances: vec![None; n],
             deadline_tick: u64::MAX,
             ticks,
@@ -73,6 +87,15 @@ impl HostState {
 
     pub(crate) fn now_tick(&self) -> u64 {
         self.ticks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// The service id, for log events.
+    pub(crate) fn service_id(&self) -> &str {
+        self.log.service()
     }
 }
 
@@ -84,14 +107,14 @@ impl WasiView for HostState {
 
 impl sysdeploy::host::node::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let service = self.service.as_str();
-        match level {
-            Level::Trace => tracing::trace!(target: "guest", service, "{message}"),
-            Level::Debug => tracing::debug!(target: "guest", service, "{message}"),
-            Level::Info => tracing::info!(target: "guest", service, "{message}"),
-            Level::Warn => tracing::warn!(target: "guest", service, "{message}"),
-            Level::Error => tracing::error!(target: "guest", service, "{message}"),
-        }
+        let level = match level {
+            Level::Trace => GuestLevel::Trace,
+            Level::Debug => GuestLevel::Debug,
+            Level::Info => GuestLevel::Info,
+            Level::Warn => GuestLevel::Warn,
+            Level::Error => GuestLevel::Error,
+        };
+        self.log.line(level, GuestSource::Log, &message);
     }
     fn peer_id(&mut self) -> String {
         self.peer_id.to_string()
@@ -110,6 +133,8 @@ pub(crate) fn base_linker(engine: &Engine) -> Result<Linker<HostState>, RuntimeE
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Wasmtime(format!("adding WASI to the linker: {e:#}")))?;
     sysdeploy::host::node::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| RuntimeError::Wasmtime(format!("adding sysdeploy:host/node to the linker: {e:#}")))?;
+    super::limits::add_to_linker(&mut linker)
+        .map_err(|e| RuntimeError::Wasmtime(format!("adding the quota and descriptor checks to the linker: {e:#}")))?;
     Ok(linker)
 }
 

@@ -111,6 +111,8 @@ pub(crate) struct Prepared {
     pub(crate) pres: Vec<InstancePre<HostState>>,
     /// The facade's functions.
     pub(crate) exports: Arc<Exports>,
+    /// The blueprint's overrides of the node's guest limits.
+    pub(crate) service_limits: super::ServiceLimits,
 }
 
 /// Links every component of a blueprint. `components[k]` is the loaded

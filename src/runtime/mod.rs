@@ -9,14 +9,18 @@
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
 mod cache;
+mod guestio;
 mod host;
+mod limits;
 mod link;
 pub mod records;
 mod service;
 pub mod wit;
 
 pub use cache::{engine_key, CacheStats};
+pub use guestio::{escape as escape_guest_text, LogLimits};
 pub use host::{MemoryLimitExceeded, DATA_DIR_GUEST_PATH};
+pub use limits::DataUsage;
 pub use wit::{check_args, ArgError};
 
 use crate::ids::{Alias, BlueprintId, ComponentHash, PeerId, ServiceId};
@@ -62,6 +66,44 @@ pub struct BlueprintComponent {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Blueprint {
     pub components: Vec<BlueprintComponent>,
+    /// Overrides of the node's guest limits for services of this blueprint;
+    /// encoded (and so part of the id) only when one is set.
+    #[serde(default, skip_serializing_if = "ServiceLimits::is_unset")]
+    pub limits: ServiceLimits,
+}
+
+/// Per-service overrides of [`GuestLimits`] (from `distro.toml`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_inodes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files_max: Option<u32>,
+}
+
+impl ServiceLimits {
+    pub fn is_unset(&self) -> bool {
+        *self == ServiceLimits::default()
+    }
+
+    /// `defaults` with these overrides applied.
+    pub fn apply(&self, defaults: &GuestLimits) -> GuestLimits {
+        GuestLimits {
+            data_quota_bytes: self.data_quota_mb.map_or(defaults.data_quota_bytes, |mb| mb.saturating_mul(1 << 20)),
+            data_quota_inodes: self.data_quota_inodes.unwrap_or(defaults.data_quota_inodes),
+            max_open_files: self.open_files_max.unwrap_or(defaults.max_open_files),
+            ..*defaults
+        }
+    }
+}
+
+impl Blueprint {
+    /// A blueprint of `components` with the node's default limits.
+    pub fn new(components: Vec<BlueprintComponent>) -> Self {
+        Blueprint { components, limits: ServiceLimits::default() }
+    }
 }
 
 impl Blueprint {
@@ -228,6 +270,10 @@ pub enum CallError {
     /// 500
     #[error("{target}.{function}: {message}")]
     Internal { target: String, function: String, message: String },
+    /// 502: the result is larger than the node accepts; the guest's instance
+    /// is kept, the result discarded before any JSON was built.
+    #[error("{target}.{function}: the result is larger than the cap of {limit_bytes} bytes (system_services.guest_result_max_bytes) and was discarded")]
+    ResultTooLarge { target: String, function: String, limit_bytes: u64 },
 }
 
 /// Runtime settings that are not part of the node config (yet).
@@ -242,11 +288,41 @@ pub struct RuntimeOptions {
     /// Calls admitted per service (one running, the rest queued) before
     /// further calls fail fast with `CallError::Busy`.
     pub max_queued_calls: usize,
+    /// What one guest may take of what services share.
+    pub limits: GuestLimits,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { host_peer: None, default_memory_limit_mb: 128, max_queued_calls: 64 }
+        Self { host_peer: None, default_memory_limit_mb: 128, max_queued_calls: 64, limits: GuestLimits::default() }
+    }
+}
+
+/// What one service's guest may take of what the node's services share
+/// (defaults from `[system_services]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Largest call result, as estimated JSON bytes (`result_too_large` above).
+    pub max_result_bytes: u64,
+    /// Descriptors one instance may hold open (files and directories).
+    pub max_open_files: u32,
+    /// Logical bytes of regular files under `/data`.
+    pub data_quota_bytes: u64,
+    /// Directory entries under `/data`.
+    pub data_quota_inodes: u64,
+    /// Guest log lines (host `log`, stdout, stderr).
+    pub log: LogLimits,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            max_result_bytes: 16 << 20,
+            max_open_files: 256,
+            data_quota_bytes: 1 << 30,
+            data_quota_inodes: 100_000,
+            log: LogLimits { lines_per_sec: 100, line_max_bytes: 4096 },
+        }
     }
 }
 
@@ -283,6 +359,8 @@ struct Inner {
     prepared: RwLock<HashMap<BlueprintId, Arc<Prepared>>>,
     services: RwLock<HashMap<ServiceId, Arc<ServiceSlot>>>,
     aliases: RwLock<BTreeMap<Alias, AliasBinding>>,
+    /// Descriptors all guests together may hold (below `RLIMIT_NOFILE`).
+    fd_budget: Arc<limits::FdBudget>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -344,13 +422,17 @@ impl Runtime {
             .into_iter()
             .map(|row| {
                 let dir = services_dir.join(row.id.as_str());
-                (row.id.clone(), Arc::new(ServiceSlot::new(row, dir)))
+                (row.id.clone(), Arc::new(ServiceSlot::new(row, dir, opts.limits.log)))
             })
             .collect();
         let aliases = records::aliases(&store)?.into_iter().map(|b| (b.alias.clone(), b)).collect();
         let ticks = Arc::new(AtomicU64::new(0));
         spawn_ticker(&engine, cfg.epoch_tick, ticks.clone())?;
+        let soft = limits::raise_nofile_limit();
+        let fd_budget = limits::FdBudget::new(limits::guest_fd_budget(soft));
+        tracing::debug!(nofile = soft, guest_budget = limits::guest_fd_budget(soft), "descriptor limits");
         let inner = Inner {
+            fd_budget,
             cfg,
             opts,
             store,
@@ -448,7 +530,7 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        write(&self.inner.services).insert(id.clone(), Arc::new(ServiceSlot::new(row, dir)));
+        write(&self.inner.services).insert(id.clone(), Arc::new(ServiceSlot::new(row, dir, self.inner.opts.limits.log)));
         tracing::info!(service = %id, blueprint = %blueprint.short(), owner = %owner, "service created");
         Ok(id)
     }
@@ -595,6 +677,16 @@ impl Runtime {
         self.inner.slot(id).map(|s| s.in_flight()).unwrap_or(0)
     }
 
+    /// What the service's guest takes now: data usage (as its live instance
+    /// accounts it, else scanned from disk), descriptors held, log lines
+    /// dropped by the rate limit since the node started.
+    pub fn guest_usage(&self, id: &ServiceId) -> Option<GuestUsage> {
+        let slot = self.inner.slot(id).ok()?;
+        let (data, open_files) = slot.usage();
+        let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
+        Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
+    }
+
     /// Artifact cache counters (for `/metrics`).
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.stats()
@@ -651,6 +743,8 @@ impl Runtime {
             ticks: &inner.ticks,
             tick: inner.cfg.epoch_tick,
             max_queue: inner.opts.max_queued_calls.max(1),
+            limits: &inner.opts.limits,
+            fd_budget: &inner.fd_budget,
         };
         slot.call(&env, &prepared, target, function, export, params, ttl).await
     }
@@ -662,6 +756,21 @@ impl Runtime {
     pub fn gc(&self) -> Result<Vec<String>, RuntimeError> {
         self.inner.gc()
     }
+}
+
+/// What one service's guest takes of the node's shared resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestUsage {
+    pub data: DataUsage,
+    /// Descriptors its instance holds (0 when not instantiated).
+    pub open_files: u64,
+    pub log_lines_dropped: u64,
+}
+
+/// Bytes and entries under a data dir, counted as the quota counts them
+/// (read-only; for `status`).
+pub fn data_usage(dir: &Path) -> Result<DataUsage, RuntimeError> {
+    Ok(limits::Quota::scan(dir, u64::MAX, u64::MAX)?.usage())
 }
 
 fn info(slot: &ServiceSlot, mut aliases: Vec<Alias>) -> ServiceInfo {
@@ -730,7 +839,7 @@ impl Inner {
         let limits =
             bp.components.iter().map(|c| c.memory_limit_mb.unwrap_or(self.opts.default_memory_limit_mb).saturating_mul(1 << 20)).collect();
         let exports = self.facade_exports(id)?;
-        let p = Arc::new(Prepared { names, limits, pres, exports });
+        let p = Arc::new(Prepared { names, limits, pres, exports, service_limits: bp.limits });
         write(&self.prepared).insert(*id, p.clone());
         Ok(p)
     }

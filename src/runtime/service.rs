@@ -10,15 +10,17 @@
 //! could not be cancelled from outside and would need one OS thread per
 //! running guest.
 
+use super::guestio::{GuestLog, LogLimits};
 use super::host::{ComponentLimiter, HostState, MemoryLimitExceeded};
+use super::limits::{result_size, DataUsage, FdBudget, OpenFiles, Quota};
 use super::link::Prepared;
 use super::records::ServiceRow;
 use super::wit::{placeholder, results_to_json};
-use super::CallError;
+use super::{CallError, GuestLimits};
 use crate::ids::PeerId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Instance, Val};
 use wasmtime::{Engine, Trap, UpdateDeadline};
@@ -37,6 +39,10 @@ pub(crate) struct ServiceSlot {
     /// Set (under the `live` lock) when the service is removed, so calls that
     /// resolved it just before fail instead of resurrecting it.
     pub(crate) removed: AtomicBool,
+    /// The service's log, shared by its successive instances.
+    pub(crate) log: Arc<GuestLog>,
+    /// The quota ledger of the latest instance (scanned when it was created).
+    quota: Mutex<Option<Arc<Quota>>>,
 }
 
 /// An instantiated service.
@@ -62,6 +68,8 @@ pub(crate) struct CallEnv<'a> {
     pub(crate) ticks: &'a Arc<AtomicU64>,
     pub(crate) tick: Duration,
     pub(crate) max_queue: usize,
+    pub(crate) limits: &'a GuestLimits,
+    pub(crate) fd_budget: &'a Arc<FdBudget>,
 }
 
 /// Releases an admission slot when the call ends, however it ends.
@@ -90,8 +98,10 @@ impl Drop for Running<'_> {
 }
 
 impl ServiceSlot {
-    pub(crate) fn new(row: ServiceRow, data_dir: PathBuf) -> Self {
+    pub(crate) fn new(row: ServiceRow, data_dir: PathBuf, log: LogLimits) -> Self {
         Self {
+            log: Arc::new(GuestLog::new(row.id.clone(), log)),
+            quota: Mutex::new(None),
             row,
             data_dir,
             live: tokio::sync::Mutex::new(None),
@@ -114,6 +124,18 @@ impl ServiceSlot {
     /// Calls running or queued now.
     pub(crate) fn in_flight(&self) -> usize {
         self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Data usage as the latest instance accounted it (`None` before the
+    /// first instance), and descriptors the instance holds now (0 while a
+    /// call runs or without an instance).
+    pub(crate) fn usage(&self) -> (Option<DataUsage>, u64) {
+        let data = self.quota.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|q| q.usage());
+        let open = match self.live.try_lock() {
+            Ok(mut g) => g.as_mut().map(|l| l.store.data_mut().open_files.live() as u64).unwrap_or(0),
+            Err(_) => 0,
+        };
+        (data, open)
     }
 
     /// Calls `func` of the facade with already converted `params`.
@@ -158,6 +180,11 @@ impl ServiceSlot {
         match outcome {
             Ok(Ok(())) => {
                 *guard = Some(live);
+                // Checked on the lifted values, before any JSON exists.
+                let cap = env.limits.max_result_bytes;
+                if result_size(&results, cap) > cap {
+                    return Err(CallError::ResultTooLarge { target: target.to_string(), function: function.to_string(), limit_bytes: cap });
+                }
                 Ok(results_to_json(&results))
             }
             Ok(Err(e)) => {
@@ -184,7 +211,15 @@ impl ServiceSlot {
         let internal = |message: String| CallError::Internal { target: target.to_string(), function: function.to_string(), message };
         std::fs::create_dir_all(&self.data_dir).map_err(|e| internal(format!("creating {}: {e}", self.data_dir.display())))?;
         let limiter = ComponentLimiter::new(prepared.names.clone(), prepared.limits.clone());
-        let state = HostState::new(&self.data_dir, env.host_peer.clone(), self.row.id.clone(), limiter, env.ticks.clone())
+        let (dir, limits) = (self.data_dir.clone(), prepared.service_limits.apply(env.limits));
+        let quota = tokio::task::spawn_blocking(move || Quota::scan(&dir, limits.data_quota_bytes, limits.data_quota_inodes))
+            .await
+            .map_err(|e| internal(format!("data usage scan failed: {e}")))?
+            .map_err(|e| internal(format!("scanning the data dir for its quota: {e}")))?;
+        let quota = Arc::new(quota);
+        *self.quota.lock().unwrap_or_else(|p| p.into_inner()) = Some(quota.clone());
+        let open_files = OpenFiles::new(limits.max_open_files as usize, env.fd_budget.clone());
+        let state = HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
             .map_err(|e| internal(e.to_string()))?;
         let mut store = wasmtime::Store::new(env.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -250,7 +285,10 @@ fn classify(e: wasmtime::Error, timed_out: bool, target: &str, function: &str, t
     }
     let location = e
         .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name().map(|n| format!(" in guest function {n}"))))
+        // The name comes from the guest's name section: escaped like its log lines.
+        .and_then(|bt| {
+            bt.frames().iter().find_map(|f| f.func_name().map(|n| format!(" in guest function {}", super::guestio::escape(n, 256))))
+        })
         .unwrap_or_default();
     let trap = match e.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => format!("stack overflow (call stack exhausted, e.g. by unbounded recursion){location}"),
