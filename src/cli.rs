@@ -111,6 +111,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when the running node is ready (GET /readyz answers 200: its
+    /// first deployment finished, also while it reloads or when degraded),
+    /// 1 otherwise; for container health checks.
+    Health {
+        /// Print the node's readiness details as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running node to reload its configuration (as SIGHUP does) and
+    /// print what the reload changed. Exit 0 when it applied, 1 when it failed,
+    /// 2 when the new configuration was refused (nothing changed).
+    Reload,
     /// Call a function of a deployed service through the running node's API.
     ///
     /// Example: sysdeploy call registry get-record '["key-1"]'
@@ -262,6 +274,8 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         Command::Status { json } => cmd_status(&ctx, json),
         Command::Config { json } => cmd_config(&ctx, json),
         Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
+        Command::Health { json } => cmd_health(&ctx, json),
+        Command::Reload => cmd_reload(&ctx),
     }
 }
 
@@ -274,7 +288,50 @@ fn cmd_run(ctx: &Context, once: bool) -> Exit {
     for e in ctx.config.entries() {
         tracing::debug!(key = %e.key, value = %e.value, source = %e.source, "config");
     }
-    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), ctx.catalog, once)
+    let format = ctx.log_format;
+    crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), ctx.catalog, once, &|msg| report(format, msg))
+}
+
+/// How long `health` waits for the node's answer.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `health`: 0 when `GET /readyz` answers 200, 1 otherwise (not running,
+/// booting, failed, unreachable). Needs no token.
+fn cmd_health(ctx: &Context, json: bool) -> Exit {
+    let addr = ctx.config.node.api_listen;
+    match crate::api::client::readiness(addr, HEALTH_TIMEOUT) {
+        Ok((ready, body)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body).expect("json"));
+            } else {
+                let status = body["status"].as_str().unwrap_or("unknown");
+                let reloading = if body["reloading"] == Json::Bool(true) { " (reloading)" } else { "" };
+                println!("{}: {status}{reloading}", if ready { "ready" } else { "not ready" });
+            }
+            if ready {
+                Exit::Ok
+            } else {
+                Exit::DeployFailed
+            }
+        }
+        Err(e) => ctx.fail(Exit::DeployFailed, e),
+    }
+}
+
+/// `reload`: `POST /v1/reload` with the token from the state dir.
+fn cmd_reload(ctx: &Context) -> Exit {
+    let token = match StateDir::open_shared(ctx.state_dir()).and_then(|s| s.api_token()) {
+        Ok(t) => t,
+        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
+    };
+    match crate::api::client::reload(ctx.config.node.api_listen, &token) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            Exit::Ok
+        }
+        Err(e) if e.code() == Some("invalid_config") => ctx.fail(Exit::Invalid, e),
+        Err(e) => ctx.fail(Exit::DeployFailed, e),
+    }
 }
 
 /// `plan`: read-only; never takes the lock, never writes.

@@ -11,6 +11,7 @@ pub mod distro;
 pub mod exit;
 pub mod ids;
 pub mod node;
+pub mod notify;
 pub mod runtime;
 pub mod spell;
 pub mod state;

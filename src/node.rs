@@ -80,6 +80,10 @@ pub struct Node {
     health: RwLock<Health>,
     /// One deployment (boot or reload) at a time.
     deploying: tokio::sync::Mutex<()>,
+    /// A reload runs now (`/readyz` says so; `/health` keeps its status).
+    reloading: std::sync::atomic::AtomicBool,
+    /// systemd's notify socket, when started under it.
+    notifier: crate::notify::Notifier,
 }
 
 /// Lets spells call services through the runtime.
@@ -99,7 +103,7 @@ impl ServiceCaller for RuntimeCaller {
         Box::pin(async move {
             let t = std::time::Instant::now();
             let r = self.runtime.call(&alias, &function, args).await;
-            self.metrics.observe_call(&alias, t.elapsed(), r.is_ok());
+            self.metrics.observe_call(&alias, t.elapsed(), r.as_ref().err().map(crate::api::call_error_code));
             record_guest_usage(&self.runtime, &self.metrics, &alias);
             r.map_err(|e| e.to_string())
         })
@@ -254,6 +258,8 @@ impl Node {
             config: RwLock::new(config),
             health: RwLock::new(Health::Deploying),
             deploying: tokio::sync::Mutex::new(()),
+            reloading: std::sync::atomic::AtomicBool::new(false),
+            notifier: crate::notify::Notifier::from_env(),
         }))
     }
 
@@ -271,11 +277,24 @@ impl Node {
     }
 
     fn set_health(&self, h: Health) {
+        self.metrics.set_health(&h);
         *self.health.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    /// The one-line state systemd shows (`systemctl status`) once deployed.
+    fn serving_status(&self) -> String {
+        let (services, spells) = (self.runtime.list_services().len(), self.spells.list().len());
+        match &*self.health.read().unwrap_or_else(|p| p.into_inner()) {
+            Health::Degraded { failures } => {
+                format!("degraded: serving {services} services, {spells} spells; {} failed: {}", failures.len(), failures.join("; "))
+            }
+            _ => format!("serving {services} services, {spells} spells"),
+        }
     }
 
     /// Finishes or rolls back whatever a crash interrupted.
     pub async fn recover(&self) -> Result<Vec<String>, DeployFailure> {
+        self.notifier.status("recovering: finishing or rolling back any interrupted deployment");
         self.deployer.recover().await.map_err(|e| DeployFailure::new(Exit::StoreUnusable, format!("crash recovery failed: {e}")))
     }
 
@@ -284,6 +303,7 @@ impl Node {
     pub async fn deploy(&self, recovered: Vec<String>) -> Result<Report, DeployFailure> {
         let _one = self.deploying.lock().await;
         self.set_health(Health::Deploying);
+        self.notifier.status("deploying the configured services and spells");
         let cfg = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         let result = match self.validate(&cfg).await {
             Ok(v) => self.apply_validated(&cfg, v, recovered).await,
@@ -377,6 +397,15 @@ impl Node {
         let t = std::time::Instant::now();
         tracing::info!("reloading configuration");
         let result = self.reload_locked().await;
+        self.metrics.reload(match &result {
+            Ok(r) => match r.report.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Degraded => "degraded",
+                Outcome::Failed => "failed",
+            },
+            Err(e) if e.exit == Exit::Invalid => "refused",
+            Err(_) => "failed",
+        });
         match &result {
             Ok(r) => match r.report.outcome {
                 Outcome::Ok => self.set_health(Health::Ready),
@@ -466,38 +495,52 @@ pub fn service_json(
     })
 }
 
-/// The API's view of the node; reloads go to the control loop.
-struct NodeBackend(Arc<Node>, tokio::sync::mpsc::Sender<ReloadRequest>);
+/// The API's view of the node; reloads and liveness pings go to the control loop.
+struct NodeBackend {
+    node: Arc<Node>,
+    reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+    pings: tokio::sync::mpsc::Sender<Ping>,
+}
 
 impl Backend for NodeBackend {
+    fn reloading(&self) -> bool {
+        self.node.reloading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn alive(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A full queue means the loop is not taking pings: not alive.
+            self.pings.try_send(tx).is_ok() && rx.await.is_ok()
+        })
+    }
     fn health(&self) -> Health {
-        self.0.health.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.node.health.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn services(&self) -> Value {
-        self.0.services_json()
+        self.node.services_json()
     }
     fn spells(&self) -> Value {
-        self.0.spells_json()
+        self.node.spells_json()
     }
     fn spell_kv(&self, alias: &str) -> Option<Value> {
         let alias = Alias::new(alias).ok()?;
-        self.0.spells.kv(&alias).map(|kv| serde_json::to_value(kv).unwrap_or(Value::Null))
+        self.node.spells.kv(&alias).map(|kv| serde_json::to_value(kv).unwrap_or(Value::Null))
     }
     fn last_deployment(&self) -> Option<Value> {
-        self.0.deployer.journal.last_report().ok().flatten()
+        self.node.deployer.journal.last_report().ok().flatten()
     }
     fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>> {
         let (alias, function) = (alias.to_string(), function.to_string());
         Box::pin(async move {
-            let r = self.0.runtime.call(&alias, &function, args).await;
-            record_guest_usage(&self.0.runtime, &self.0.metrics, &alias);
+            let r = self.node.runtime.call(&alias, &function, args).await;
+            record_guest_usage(&self.node.runtime, &self.node.metrics, &alias);
             r
         })
     }
     fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>> {
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            self.1.try_send(ReloadRequest { reply }).map_err(|e| match e {
+            self.reloads.try_send(ReloadRequest { reply }).map_err(|e| match e {
                 tokio::sync::mpsc::error::TrySendError::Full(_) => ReloadError::Busy,
                 tokio::sync::mpsc::error::TrySendError::Closed(_) => ReloadError::ShuttingDown("no reload is started now".into()),
             })?;
@@ -507,74 +550,84 @@ impl Backend for NodeBackend {
 }
 
 /// `sysdeploy run`: boot, then serve until SIGINT/SIGTERM (or exit after
-/// deploying with `once`).
-pub fn run(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
+/// deploying with `once`). Fatal errors go to `fatal` (plain text or a JSON
+/// log record, as `--log-format` says).
+pub fn run(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool, fatal: &dyn Fn(&str)) -> Exit {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sysdeploy").build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
+            fatal(&format!("starting the async runtime: {e}"));
             return Exit::DeployFailed;
         }
     };
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let exit = rt.block_on(run_async(config, load_opts, catalog, once));
+    let exit = rt.block_on(run_async(config, load_opts, catalog, once, fatal));
     // Guest calls that outlive shutdown must not hold the process.
     rt.shutdown_timeout(Duration::from_secs(1));
     exit
 }
 
-async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool) -> Exit {
+/// A liveness probe's question to the control loop; answered by dropping
+/// nothing but sending `()`.
+type Ping = tokio::sync::oneshot::Sender<()>;
+
+async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'static Catalog, once: bool, fatal: &dyn Fn(&str)) -> Exit {
     let listen = config.node.api_listen;
+    // Signal handlers first: a SIGTERM while the state dir is opened is then
+    // seen by the boot loop below instead of killing the process.
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            fatal(&format!("installing signal handlers: {e}"));
+            return Exit::DeployFailed;
+        }
+    };
     // Bad input is refused before the state directory is touched (no lock
     // taken, no store opened, no recovery run): resolving is pure and cheap.
     if let Err(e) = desired::resolve(catalog, &config) {
-        eprint!("error: {e}");
+        fatal(e.to_string().trim_end());
         return Exit::Invalid;
     }
     let node = match Node::open(config, load_opts, catalog) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            fatal(&e.message);
             return e.exit;
-        }
-    };
-    let mut signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: installing signal handlers: {e}");
-            return Exit::DeployFailed;
         }
     };
 
     // The API is up from the start, answering 503 while deploying. Its
-    // reload requests go to this loop (`reloads`), never straight to the node.
+    // reload requests and liveness pings go to this loop, never straight to
+    // the node.
     let (reload_tx, mut reloads) = tokio::sync::mpsc::channel::<ReloadRequest>(RELOAD_QUEUE);
+    let (ping_tx, mut pings) = tokio::sync::mpsc::channel::<Ping>(RELOAD_QUEUE);
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let mut api_task = None;
     if !once {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: node.api_listen = {listen}: cannot listen: {e}; choose another address with --api-listen");
+                fatal(&format!("node.api_listen = {listen}: cannot listen: {e}; choose another address with --api-listen"));
                 return Exit::Invalid;
             }
         };
         let token = match node.state.api_token() {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                fatal(&e.to_string());
                 return Exit::StoreUnusable;
             }
         };
         let ttl = Duration::from_millis(node.config.read().unwrap_or_else(|p| p.into_inner()).system_services.call_ttl_ms);
         let mut rx = api_stopped.clone();
-        let backend: Arc<dyn Backend> = Arc::new(NodeBackend(node.clone(), reload_tx));
+        let backend: Arc<dyn Backend> = Arc::new(NodeBackend { node: node.clone(), reloads: reload_tx, pings: ping_tx });
         api_task = Some(tokio::spawn(api::serve(listener, backend, node.metrics.clone(), ApiConfig::new(token, ttl), async move {
             let _ = rx.wait_for(|s| *s).await;
         })));
     } else {
         drop(reload_tx);
+        drop(ping_tx);
     }
 
     // Boot: recover, then deploy, unless a signal comes first (then the
@@ -596,18 +649,30 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
                 Some(req) = reloads.recv() => {
                     let _ = req.reply.send(Err(ReloadError::Booting));
                 }
+                Some(ping) = pings.recv() => {
+                    let _ = ping.send(());
+                }
                 r = &mut boot => break Some(r),
             }
         }
     };
     let exit = match deployed {
         None => {
-            tracing::warn!("signal received during deployment; stopping (the next boot converges)");
+            // An orderly stop asked by the supervisor (`systemctl stop`,
+            // `docker stop`): not a failure. The interrupted step is in the
+            // journal and the next boot's recovery finishes or rolls it back.
+            tracing::warn!(
+                "signal received during the first deployment; stopping (the next boot finishes or rolls back the interrupted step)"
+            );
+            node.notifier.stopping("stopping: the first deployment was interrupted; the next boot converges");
             let _ = stop_api.send(true);
-            return Exit::DeployFailed;
+            if let Some(t) = api_task {
+                let _ = tokio::time::timeout(API_DRAIN, t).await;
+            }
+            return Exit::Ok;
         }
         Some(Err(e)) => {
-            eprintln!("error: {}", e.message);
+            fatal(&e.message);
             e.exit
         }
         Some(Ok(r)) if r.outcome == Outcome::Failed => Exit::DeployFailed,
@@ -615,6 +680,9 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     };
     if once || exit != Exit::Ok {
         // `--once`, invalid input, or on_failure = "stop" with a failure.
+        if exit != Exit::Ok {
+            node.notifier.stopping("stopping: the deployment failed");
+        }
         drop(reloads);
         let _ = stop_api.send(true);
         if let Some(t) = api_task {
@@ -628,13 +696,13 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
         let mut rx = stop_spells_rx;
         let _ = rx.wait_for(|s| *s).await;
     });
-    notify_ready();
+    node.notifier.ready(&node.serving_status());
     tracing::info!(api = %listen, "node ready");
 
     // Serve: one reload at a time, from SIGHUP or the API; requests that
     // arrive while one runs are answered by the next. A shutdown signal
-    // preempts a reload at its next await.
-    let mut exit = Exit::Ok;
+    // preempts a reload at its next await; liveness pings are answered
+    // throughout.
     loop {
         let mut waiting = tokio::select! {
             biased;
@@ -642,16 +710,32 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
                 Sig::Shutdown => break,
                 Sig::Reload => Vec::new(),
             },
+            Some(ping) = pings.recv() => {
+                let _ = ping.send(());
+                continue;
+            }
             Some(req) = reloads.recv() => vec![req],
         };
         while let Ok(req) = reloads.try_recv() {
             waiting.push(req);
         }
-        let reloaded = tokio::select! {
-            biased;
-            _ = signals.next_shutdown() => None,
-            r = node.reload() => Some(r),
+        node.reloading.store(true, std::sync::atomic::Ordering::SeqCst);
+        node.notifier.reloading("reloading the configuration");
+        let reloaded = {
+            let reload = node.reload();
+            tokio::pin!(reload);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = signals.next_shutdown() => break None,
+                    Some(ping) = pings.recv() => {
+                        let _ = ping.send(());
+                    }
+                    r = &mut reload => break Some(r),
+                }
+            }
         };
+        node.reloading.store(false, std::sync::atomic::Ordering::SeqCst);
         let answer = match reloaded {
             None => {
                 tracing::warn!(
@@ -663,7 +747,6 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
                         "a shutdown signal interrupted this reload; the next boot finishes or rolls back its interrupted step".into(),
                     )));
                 }
-                exit = Exit::DeployFailed;
                 break;
             }
             Some(Ok(r)) => {
@@ -680,11 +763,15 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             Some(Err(e)) if e.exit == Exit::Invalid => Err(ReloadError::Invalid(e.message)),
             Some(Err(e)) => Err(ReloadError::Failed(e.message)),
         };
+        // Whatever the reload did, the node serves: systemd gets READY=1 back.
+        node.notifier.ready(&node.serving_status());
         for req in waiting {
             let _ = req.reply.send(answer.clone());
         }
     }
     drop(reloads);
+    drop(pings);
+    node.notifier.stopping("stopping: draining in-flight requests and spells");
     tracing::info!("shutting down: no new requests, draining in-flight ones");
     // A second signal exits at once: SQLite's journal keeps the store whole.
     tokio::spawn(async move {
@@ -702,16 +789,7 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     scheduler.shutdown(SPELL_GRACE).await;
     drop(node);
     tracing::info!("stopped");
-    exit
-}
-
-/// Tells systemd we are ready, when started under it.
-fn notify_ready() {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-            tracing::warn!("sd_notify READY=1 failed: {e}");
-        }
-    }
+    Exit::Ok
 }
 
 enum Sig {

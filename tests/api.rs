@@ -327,7 +327,7 @@ async fn a_call_past_the_api_timeout_answers_504() {
     let s = Server::start_with(|c| c.call_timeout = Duration::from_millis(100)).await;
     s.post("/v1/services/echo/call/hang", b"[]").await.assert_error(504, "timeout");
     let text = s.metrics.render();
-    assert!(text.contains(r#"sysdeploy_call_errors_total{alias="echo"} 1"#), "{text}");
+    assert!(text.contains(r#"sysdeploy_call_errors_total{alias="echo",code="timeout"} 1"#), "{text}");
     s.stop().await;
 }
 
@@ -361,11 +361,11 @@ async fn metrics_show_calls_and_the_other_layers_series() {
     assert!(r.content_type.as_deref().unwrap().contains("text"), "{r:?}");
     for needle in [
         r#"sysdeploy_calls_total{alias="echo"} 3"#,
-        r#"sysdeploy_call_errors_total{alias="echo"} 1"#,
+        r#"sysdeploy_call_errors_total{alias="echo",code="trap"} 1"#,
         r#"sysdeploy_call_duration_seconds_count{alias="echo"} 3"#,
         r#"sysdeploy_call_duration_seconds_bucket{le="+Inf",alias="echo"} 3"#,
-        r#"sysdeploy_deploy_steps_total{kind="install",outcome="ok"} 1"#,
-        r#"sysdeploy_deploy_step_duration_seconds_count{kind="install",outcome="ok"} 1"#,
+        r#"sysdeploy_deploy_steps_total{action="install",outcome="ok"} 1"#,
+        r#"sysdeploy_deploy_step_duration_seconds_count{action="install",outcome="ok"} 1"#,
         "sysdeploy_services_deployed 3",
         "sysdeploy_spells_deployed 1",
         r#"sysdeploy_spell_runs_total{alias="tick"} 1"#,

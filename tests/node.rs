@@ -404,12 +404,12 @@ fn every_endpoint_and_error_code_through_the_real_node() {
     let m = node.get("/metrics", None);
     assert_eq!(m.status, 200);
     for needle in [
-        r#"sysdeploy_deploy_steps_total{kind="install",outcome="ok"} 2"#,
+        r#"sysdeploy_deploy_steps_total{action="install",outcome="ok"} 2"#,
         "sysdeploy_deploy_step_duration_seconds_count{",
         "sysdeploy_services_deployed 2",
         "sysdeploy_spells_deployed 1",
         r#"sysdeploy_calls_total{alias="kv-store"}"#,
-        r#"sysdeploy_call_errors_total{alias="kv-store"}"#,
+        r#"sysdeploy_call_errors_total{alias="kv-store",code="trap"}"#,
         r#"sysdeploy_call_duration_seconds_count{alias="kv-store"}"#,
         r#"sysdeploy_calls_total{alias="kv-other"} 1"#,
         "sysdeploy_precompiled_cache_hits_total",

@@ -42,18 +42,45 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest body echoed back in [`ClientError::BadResponse`].
 const MAX_ECHOED_BODY: usize = 512;
 
-/// Calls `alias.function(args)` through the node listening on `addr`;
-/// returns the JSON result.
-pub fn call(addr: SocketAddr, token: &str, alias: &str, function: &str, args: Value) -> Result<Value, ClientError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn agent(timeout: Option<Duration>) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         // Loopback traffic must never go through a proxy from the environment.
         .proxy(None)
         .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(timeout)
         .build()
-        .into();
+        .into()
+}
+
+/// Calls `alias.function(args)` through the node listening on `addr`;
+/// returns the JSON result.
+pub fn call(addr: SocketAddr, token: &str, alias: &str, function: &str, args: Value) -> Result<Value, ClientError> {
     let url = format!("http://{addr}/v1/services/{}/call/{}", encode_segment(alias), encode_segment(function));
-    let mut resp = agent.post(&url).header("Authorization", &format!("Bearer {token}")).send_json(&args).map_err(|e| transport(addr, e))?;
+    let resp =
+        agent(None).post(&url).header("Authorization", &format!("Bearer {token}")).send_json(&args).map_err(|e| transport(addr, e))?;
+    answer(addr, resp)
+}
+
+/// Asks the node on `addr` to reload its configuration (`POST /v1/reload`);
+/// returns the deployment report.
+pub fn reload(addr: SocketAddr, token: &str) -> Result<Value, ClientError> {
+    let url = format!("http://{addr}/v1/reload");
+    let resp = agent(None).post(&url).header("Authorization", &format!("Bearer {token}")).send_empty().map_err(|e| transport(addr, e))?;
+    answer(addr, resp)
+}
+
+/// `GET /readyz` of the node on `addr` (bounded by `timeout`): whether it
+/// answered 200, and its JSON body.
+pub fn readiness(addr: SocketAddr, timeout: Duration) -> Result<(bool, Value), ClientError> {
+    let mut resp = agent(Some(timeout)).get(&format!("http://{addr}/readyz")).call().map_err(|e| transport(addr, e))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().map_err(|e| transport(addr, e))?;
+    let body = serde_json::from_str(&text).map_err(|_| bad_response(addr, status, &text))?;
+    Ok((status == 200, body))
+}
+
+fn answer(addr: SocketAddr, mut resp: ureq::http::Response<ureq::Body>) -> Result<Value, ClientError> {
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().map_err(|e| transport(addr, e))?;
     if (200..300).contains(&status) {

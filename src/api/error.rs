@@ -17,7 +17,7 @@ pub enum ApiError {
     #[error("invalid bearer token: use the token from <state_dir>/api.token of the running node")]
     BadToken,
     /// 404; no route matches the path.
-    #[error("no endpoint {method} {path}; endpoints: GET /health, GET /metrics, GET /v1/services, GET /v1/spells, GET /v1/spells/{{alias}}/kv, GET /v1/deployments/last, POST /v1/services/{{alias}}/call/{{function}}, POST /v1/reload")]
+    #[error("no endpoint {method} {path}; endpoints: GET /health, GET /livez, GET /readyz, GET /metrics, GET /v1/services, GET /v1/spells, GET /v1/spells/{{alias}}/kv, GET /v1/deployments/last, POST /v1/services/{{alias}}/call/{{function}}, POST /v1/reload")]
     NoRoute { method: String, path: String },
     /// 405; the path exists with other methods.
     #[error("{method} is not allowed on {path}")]
@@ -59,6 +59,28 @@ pub enum ApiError {
     #[error("reload refused, nothing was changed and the node keeps serving: {0}")]
     InvalidConfig(String),
 }
+
+/// The stable code of a failed call: the same names as [`CallError`]'s serde
+/// tag, so logs, API answers and the `code` label of
+/// `sysdeploy_call_errors_total` agree.
+pub fn call_error_code(e: &CallError) -> &'static str {
+    match e {
+        CallError::UnknownTarget { .. } => "unknown_target",
+        CallError::UnknownFunction { .. } => "unknown_function",
+        CallError::BadArgument { .. } => "bad_argument",
+        CallError::BadArguments { .. } => "bad_arguments",
+        CallError::Timeout { .. } => "timeout",
+        CallError::Trap { .. } => "trap",
+        CallError::Busy { .. } => "busy",
+        CallError::Internal { .. } => "internal",
+        CallError::ResultTooLarge { .. } => "result_too_large",
+    }
+}
+
+/// Every code [`call_error_code`] returns except `unknown_target` (calls to
+/// unknown targets are not recorded, so they never have a series).
+pub const CALL_ERROR_CODES: &[&str] =
+    &["unknown_function", "bad_argument", "bad_arguments", "timeout", "trap", "busy", "internal", "result_too_large"];
 
 /// The wire form of an error, also what [`crate::api::client`] parses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,18 +137,7 @@ impl ApiError {
             ApiError::ReloadBusy => "busy",
             ApiError::ShuttingDown(_) => "shutting_down",
             ApiError::InvalidConfig(_) => "invalid_config",
-            // Same names as CallError's serde tag, so logs and API agree.
-            ApiError::Call(e) => match e {
-                CallError::UnknownTarget { .. } => "unknown_target",
-                CallError::UnknownFunction { .. } => "unknown_function",
-                CallError::BadArgument { .. } => "bad_argument",
-                CallError::BadArguments { .. } => "bad_arguments",
-                CallError::Timeout { .. } => "timeout",
-                CallError::Trap { .. } => "trap",
-                CallError::Busy { .. } => "busy",
-                CallError::Internal { .. } => "internal",
-                CallError::ResultTooLarge { .. } => "result_too_large",
-            },
+            ApiError::Call(e) => call_error_code(e),
         }
     }
 

@@ -10,8 +10,10 @@ pub mod client;
 mod error;
 mod metrics;
 
-pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+pub use error::{call_error_code, ApiError, ErrorBody, ErrorDetail};
+pub use metrics::{
+    Format as MetricsFormat, Metrics, CLASSIC_CONTENT_TYPE as METRICS_CLASSIC_CONTENT_TYPE, CONTENT_TYPE as METRICS_CONTENT_TYPE,
+};
 
 use crate::runtime::CallError;
 use auth::TokenCheck;
@@ -44,6 +46,31 @@ pub enum Health {
     Failed { failures: Vec<String> },
 }
 
+impl Health {
+    /// The `status` word of `/health` and `/readyz` bodies.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Health::Deploying => "deploying",
+            Health::Ready => "ready",
+            Health::Degraded { .. } => "degraded",
+            Health::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether `/readyz` answers 200: a deployment finished and did not fail
+    /// (a degraded node serves what works; readiness is about routing traffic).
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Health::Ready | Health::Degraded { .. })
+    }
+
+    fn failures(&self) -> Option<&[String]> {
+        match self {
+            Health::Degraded { failures } | Health::Failed { failures } => Some(failures),
+            Health::Deploying | Health::Ready => None,
+        }
+    }
+}
+
 /// A boxed future borrowing the backend, as trait methods return it.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -64,7 +91,19 @@ pub trait Backend: Send + Sync + 'static {
     fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>>;
     /// Re-reads the config, plans and applies; `Ok` carries the report.
     fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>>;
+    /// Whether a reload is running now (`/readyz` says so in its body).
+    fn reloading(&self) -> bool {
+        false
+    }
+    /// Resolves to `true` when the node's control loop answered; `/livez`
+    /// bounds the wait.
+    fn alive(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
 }
+
+/// How long `/livez` waits for the control loop before answering 503.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why `POST /v1/reload` did not deploy, each with its own status and code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +214,8 @@ pub(crate) fn router(backend: Arc<dyn Backend>, metrics: Metrics, cfg: &ApiConfi
     let state = AppState { backend, metrics, token, body_limit: cfg.body_limit, call_timeout: cfg.call_timeout };
     Ok(Router::new()
         .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/services", get(services))
         .route("/v1/spells", get(spells))
@@ -205,7 +246,7 @@ pub fn warn_if_not_loopback(addr: SocketAddr) -> bool {
     exposed
 }
 
-/// Everything under `/v1` needs the bearer token; `/health` and `/metrics` are open.
+/// Everything under `/v1` needs the bearer token; `/health`, `/livez`, `/readyz` and `/metrics` are open.
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/v1" || path.starts_with("/v1/") {
@@ -236,8 +277,43 @@ async fn health(State(st): State<AppState>) -> Response {
     resp
 }
 
-async fn metrics_text(State(st): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], st.metrics.render()).into_response()
+/// `GET /livez`: 200 while the process runs and its control loop answers
+/// within [`LIVENESS_TIMEOUT`] (also during deployments and reloads, which
+/// the loop watches rather than blocks on); 503 otherwise, so a supervisor
+/// restarts a wedged node. Says nothing about deployments.
+async fn livez(State(st): State<AppState>) -> Response {
+    let alive = tokio::time::timeout(LIVENESS_TIMEOUT, st.backend.alive()).await.unwrap_or(false);
+    let (status, word) = if alive { (StatusCode::OK, "alive") } else { (StatusCode::SERVICE_UNAVAILABLE, "unresponsive") };
+    no_store((status, Json(serde_json::json!({ "status": word }))).into_response())
+}
+
+/// `GET /readyz`: 200 once the first deployment finished and did not fail —
+/// also while a reload runs and when degraded — so a readiness probe never
+/// flaps on reloads; the body carries the details.
+async fn readyz(State(st): State<AppState>) -> Response {
+    let h = st.backend.health();
+    let status = if h.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "ready": h.is_ready(),
+        "status": h.status(),
+        "reloading": st.backend.reloading(),
+        "failures": h.failures().unwrap_or(&[]),
+    });
+    no_store((status, Json(body)).into_response())
+}
+
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /metrics`: the classic text format unless `Accept` prefers OpenMetrics.
+async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], st.metrics.render_as(format)).into_response();
+    resp.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
+    resp
 }
 
 async fn services(State(st): State<AppState>) -> Json<Value> {
@@ -274,7 +350,7 @@ async fn call(
     // Unknown targets are not recorded: a label per mistyped alias would let
     // any client grow the metrics without bound.
     if !matches!(result, Err(CallError::UnknownTarget { .. })) {
-        st.metrics.observe_call(&alias, started.elapsed(), result.is_ok());
+        st.metrics.observe_call(&alias, started.elapsed(), result.as_ref().err().map(error::call_error_code));
     }
     Ok(Json(result?))
 }
