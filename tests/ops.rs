@@ -307,9 +307,43 @@ fn metrics_honour_accept_and_promtool_accepts_them() {
     assert!(busy.body.contains(r#"sysdeploy_deploy_steps_total{action="install",outcome="ok"} 1"#), "{}", busy.body);
     assert!(!busy.body.contains(r#"action="keep""#), "keep steps are not counted:\n{}", busy.body);
 
+    let busy_om = node.get_accept("/metrics", "application/openmetrics-text; version=1.0.0");
+    python_parse(&busy.body, &busy_om.body);
     let Some(promtool) = tool("promtool") else { return };
     promtool_check(&promtool, &fresh.body);
     promtool_check(&promtool, &busy.body);
+}
+
+/// The Python `prometheus-client` parsers (the classic one and the strict
+/// OpenMetrics one) read both renderings; skipped loudly without the module.
+fn python_parse(classic: &str, openmetrics: &str) {
+    const SCRIPT: &str = r#"
+import sys
+try:
+    from prometheus_client.parser import text_string_to_metric_families as classic
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+except ImportError:
+    sys.exit(77)
+a, b = sys.stdin.read().split("\x00")
+print(len(list(classic(a))), len(list(om(b))))
+"#;
+    use std::io::Write;
+    let Ok(mut child) =
+        Command::new("python3").args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    else {
+        eprintln!("\n!!!!! SKIPPED: python3 is not installed; the prometheus-client parsers were not tried !!!!!\n");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(format!("{classic}\0{openmetrics}").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    if o.status.code() == Some(77) {
+        eprintln!("\n!!!!! SKIPPED: the Python module prometheus_client is missing (pip install prometheus-client) !!!!!\n");
+        return;
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "prometheus-client parsers refused the metrics: {}", String::from_utf8_lossy(&o.stderr));
+    let counts: Vec<usize> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(counts.len() == 2 && counts[0] > 10 && counts[1] > 10, "families parsed: {out}");
 }
 
 // ------------------------------------------------------------------ health
