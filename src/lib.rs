@@ -15,3 +15,4 @@ pub mod spell;
 pub mod state;
 pub mod store;
 pub mod text;
+pub mod tree;

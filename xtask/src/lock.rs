@@ -17,6 +17,7 @@ pub const TEST_GUESTS: &[(&str, &str, &str)] = &[
     ("tests/distros/guest", "", "tests/distros/v1/kv-store/kv-store.wasm"),
     ("tests/distros/guest", "v2", "tests/distros/v2/kv-store/kv-store.wasm"),
     ("tests/distros/guest", "fail-init", "tests/distros/fail-init/kv-store/kv-store.wasm"),
+    ("tests/distros/hostile", "", "tests/distros/containment/hostile/hostile.wasm"),
 ];
 
 /// One artifact and how it is built.
