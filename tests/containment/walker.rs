@@ -24,11 +24,12 @@ pub fn build_deep(top: &Path, levels: u32) {
     }
 }
 
-/// Depth of the `d` chain under `top`, one fd-relative open per level.
+/// Depth of the `d` chain under `top`, one fd-relative open per level (0
+/// when `top` is not there).
 pub fn depth(top: &Path) -> u32 {
     use rustix::fs::{openat, Mode, OFlags, CWD};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut fd = openat(CWD, top, flags, Mode::empty()).unwrap();
+    let Ok(mut fd) = openat(CWD, top, flags, Mode::empty()) else { return 0 };
     let mut n = 0;
     while let Ok(child) = openat(&fd, c"d", flags, Mode::empty()) {
         fd = child;
