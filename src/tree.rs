@@ -321,7 +321,7 @@ fn open_entry(dir: &OwnedFd, entry: &Entry) -> Result<Opened, Option<Errno>> {
     for _ in 0..ATTEMPTS {
         if kind == FileType::Unknown {
             match rustix::fs::statat(dir, entry.name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => (kind, ino) = (FileType::from_raw_mode(st.st_mode), Some(st.st_ino as u64)),
+                Ok(st) => (kind, ino) = (FileType::from_raw_mode(st.st_mode), Some(st.st_ino)),
                 Err(Errno::NOENT) => return Ok(Opened::Gone),
                 Err(e) => return Err(Some(e)),
             }
@@ -334,7 +334,7 @@ fn open_entry(dir: &OwnedFd, entry: &Entry) -> Result<Opened, Option<Errno>> {
                     Ok(target) => {
                         // The inode the target was read from must be the one listed.
                         let st = rustix::fs::statat(dir, entry.name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(Some)?;
-                        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink && ino.is_none_or(|i| i == st.st_ino as u64) {
+                        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink && ino.is_none_or(|i| i == st.st_ino) {
                             return Ok(Opened::Symlink(target, st));
                         }
                     }
@@ -351,7 +351,7 @@ fn open_entry(dir: &OwnedFd, entry: &Entry) -> Result<Opened, Option<Errno>> {
             Ok(fd) => {
                 let st = fstat(&fd).map_err(Some)?;
                 let is = FileType::from_raw_mode(st.st_mode);
-                if is == kind && ino.is_none_or(|i| i == st.st_ino as u64) {
+                if is == kind && ino.is_none_or(|i| i == st.st_ino) {
                     return Ok(if is == FileType::Directory { Opened::Dir(fd, st) } else { Opened::File(fd, st) });
                 }
             }
@@ -572,7 +572,7 @@ fn unlink(dir: impl AsFd, name: &CStr, flags: AtFlags) -> rustix::io::Result<()>
 }
 
 fn id(st: &Stat) -> (u64, u64) {
-    (st.st_dev as u64, st.st_ino as u64)
+    (st.st_dev, st.st_ino)
 }
 
 fn times(st: &Stat) -> rustix::fs::Timestamps {
