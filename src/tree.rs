@@ -52,11 +52,8 @@ pub struct Usage {
 /// Copies the tree at `src` into `dst` (created if absent; existing entries
 /// of the same name are replaced). Safe while a guest rewrites `src`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
-    match std::fs::create_dir(dst) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(dst, "creating", String::new(), e)),
-    }
+    // `dst` is the host's own path (a new service's data dir), not the guest's.
+    std::fs::create_dir_all(dst).map_err(|e| io_err(dst, "creating", String::new(), e))?;
     let root = open_dir(CWD, dst).map_err(|e| io_err(dst, "opening", String::new(), e))?;
     let mut copy = Copier {
         dst: None,
@@ -76,7 +73,11 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
 /// against symlinks inside (they are unlinked, never followed) and at any depth.
 pub fn remove_tree(path: &Path) -> Result<bool, TreeError> {
     let (parent, name) = split(path)?;
-    let parent_fd = open_dir(CWD, parent).map_err(|e| io_err(path, "opening the parent of", String::new(), e))?;
+    let parent_fd = match open_dir(CWD, parent) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(io_err(path, "opening the parent of", String::new(), e)),
+    };
     let top = match open_dir(&parent_fd, &name) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(false),

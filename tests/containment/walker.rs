@@ -78,6 +78,7 @@ fn symlinks_are_copied_as_symlinks_and_never_followed() {
     assert!(!dst.exists());
     assert_eq!(fs::read_to_string(&secret).unwrap(), "TOP SECRET");
     assert!(!remove_tree(&dst).unwrap(), "removing what is gone is fine");
+    assert!(!remove_tree(&dst.join("a/b")).unwrap(), "so is removing below what is gone");
     let file = t.path().join("file");
     fs::write(&file, "x").unwrap();
     assert!(remove_tree(&file).unwrap(), "a plain file is unlinked");
