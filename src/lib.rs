@@ -16,3 +16,4 @@ pub mod spell;
 pub mod state;
 pub mod store;
 pub mod text;
+pub mod tree;

@@ -240,6 +240,8 @@ pub enum RuntimeError {
     ServiceInUse(String),
     #[error("runtime configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Tree(#[from] crate::tree::TreeError),
 }
 
 /// Why a call failed. Each variant maps to one HTTP status in the API.
@@ -527,7 +529,7 @@ impl Runtime {
         std::fs::create_dir_all(&dir).map_err(|e| cache::io(&dir, e))?;
         let row = ServiceRow { id: id.clone(), blueprint_id: *blueprint, owner: owner.clone(), created_at: records::now_secs() };
         if let Err(e) = records::put_service(&self.inner.store, &row) {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = remove_dir_if_exists(&dir);
             return Err(e);
         }
         write(&self.inner.services).insert(id.clone(), Arc::new(ServiceSlot::new(row, dir, self.inner.opts.limits.log)));
@@ -548,7 +550,10 @@ impl Runtime {
         write(&self.inner.aliases).retain(|_, b| b.target != AliasTarget::Service(id.clone()));
         drop(live);
         if !keep_data {
-            remove_dir_if_exists(&slot.data_dir)?;
+            let dir = slot.data_dir.clone();
+            tokio::task::spawn_blocking(move || remove_dir_if_exists(&dir))
+                .await
+                .map_err(|e| RuntimeError::Wasmtime(format!("removal task failed: {e}")))??;
         }
         tracing::info!(service = %id, keep_data, "service removed");
         Ok(())
@@ -569,7 +574,9 @@ impl Runtime {
             return Err(RuntimeError::ServiceInUse(to.to_string()));
         }
         let (a, b) = (src.data_dir.clone(), dst.data_dir.clone());
-        tokio::task::spawn_blocking(move || copy_tree(&a, &b))
+        // The old instance may be running and rewriting its tree meanwhile:
+        // the walker opens every entry fd-relative without following symlinks.
+        tokio::task::spawn_blocking(move || crate::tree::copy_tree(&a, &b))
             .await
             .map_err(|e| RuntimeError::Wasmtime(format!("copy task failed: {e}")))??;
         drop(guard);
@@ -896,36 +903,10 @@ impl Inner {
     }
 }
 
+/// Removes a data dir with the safe walker: iterative (any depth), fd-relative,
+/// never following a symlink the guest left inside.
 fn remove_dir_if_exists(path: &Path) -> Result<(), RuntimeError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(cache::io(path, e)),
-    }
-}
-
-/// Copies a directory tree. Symlinks are recreated as symlinks, never
-/// followed, so a guest cannot make the copy read outside its directory.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
-    std::fs::create_dir_all(to).map_err(|e| cache::io(to, e))?;
-    let entries = match std::fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(cache::io(from, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| cache::io(from, e))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ft = entry.file_type().map_err(|e| cache::io(&src, e))?;
-        if ft.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst).map_err(|e| cache::io(&src, e))?;
-        } else if ft.is_symlink() {
-            let link = std::fs::read_link(&src).map_err(|e| cache::io(&src, e))?;
-            std::os::unix::fs::symlink(&link, &dst).map_err(|e| cache::io(&dst, e))?;
-        }
-    }
+    crate::tree::remove_tree(path)?;
     Ok(())
 }
 
