@@ -39,9 +39,8 @@ impl Node {
         let cfg = RuntimeConfig { state_dir: dir.path().into(), call_ttl: Duration::from_secs(300), epoch_tick: Duration::from_millis(10) };
         let rt = Runtime::open_with(store, cfg, RuntimeOptions { host_peer: Some(host()), ..RuntimeOptions::default() }).unwrap();
         let hash = rt.add_component(&hostile_wasm(), None).unwrap();
-        let bp = rt
-            .put_blueprint(&Blueprint { components: vec![BlueprintComponent { name: "hostile".into(), hash, memory_limit_mb: None }] })
-            .unwrap();
+        let bp =
+            rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "hostile".into(), hash, memory_limit_mb: None }])).unwrap();
         Node { dir, rt, bp }
     }
 
