@@ -7,7 +7,7 @@
 use crate::config::{self, schema::PackageSchema, EffectiveConfig, FlagValue, LoadOptions};
 use crate::ids::Alias;
 use crate::state::StateDir;
-use crate::store::{migrations::MIGRATIONS, Store, StoreError};
+use crate::store::{Store, StoreError};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
@@ -384,7 +384,7 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
 /// blueprints, spells) and the last deployment; read-only, never takes the lock.
 fn cmd_status(ctx: &Context, json: bool) -> Exit {
     let dir = ctx.state_dir();
-    let known = MIGRATIONS.len() as i64;
+    let known = crate::schema::known() as i64;
     if !dir.exists() {
         if json {
             println!(

@@ -11,6 +11,7 @@ pub mod distro;
 pub mod ids;
 pub mod node;
 pub mod runtime;
+pub mod schema;
 pub mod spell;
 pub mod state;
 pub mod store;

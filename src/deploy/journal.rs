@@ -10,7 +10,11 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// SQL of the deployer's migration (appended to `store::migrations`).
+/// The deployer's migrations, handed to the store (`crate::schema`).
+pub const MIGRATIONS: &[crate::store::migrations::Migration] =
+    &[crate::store::migrations::Migration { name: "003-deploy", sql: MIGRATION_SQL }];
+
+/// SQL of the deployer's migration.
 pub const MIGRATION_SQL: &str = "
 CREATE TABLE deploy_entries (
     alias      TEXT PRIMARY KEY,
