@@ -275,13 +275,17 @@ async fn hold(reps: usize, keys: usize) -> Value {
         }
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros");
-    let builds: Vec<Vec<u8>> = ["v1", "v2"].iter().map(|b| std::fs::read(root.join(b).join("kv-store/kv-store.wasm")).expect("kv-store")).collect();
+    let builds: Vec<Vec<u8>> =
+        ["v1", "v2"].iter().map(|b| std::fs::read(root.join(b).join("kv-store/kv-store.wasm")).expect("kv-store")).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = sysdeploy::store::Store::open(&dir.path().join("state.db")).expect("store");
     let host = PeerId::from_ed25519_public(&[1u8; 32]);
-    let runtime =
-        Runtime::open_with(store.clone(), RuntimeConfig::new(dir.path()), RuntimeOptions { host_peer: Some(host.clone()), ..Default::default() })
-            .expect("runtime");
+    let runtime = Runtime::open_with(
+        store.clone(),
+        RuntimeConfig::new(dir.path()),
+        RuntimeOptions { host_peer: Some(host.clone()), ..Default::default() },
+    )
+    .expect("runtime");
     let deployer = Deployer {
         runtime: runtime.clone(),
         spells: Arc::new(NoSpells),
@@ -291,7 +295,9 @@ async fn hold(reps: usize, keys: usize) -> Value {
     };
     let source = Arc::new(Bytes(builds.iter().map(|b| (ComponentHash::of(b), b.clone())).collect()));
     let desired = |k: usize| {
-        let bp = Blueprint { components: vec![BlueprintComponent { name: "kv-store".into(), hash: ComponentHash::of(&builds[k]), memory_limit_mb: None }] };
+        let bp = Blueprint {
+            components: vec![BlueprintComponent { name: "kv-store".into(), hash: ComponentHash::of(&builds[k]), memory_limit_mb: None }],
+        };
         let s = DesiredService {
             alias: Alias::new("kv-store").unwrap(),
             package: PackageName::new("kv-store").unwrap(),
@@ -303,7 +309,13 @@ async fn hold(reps: usize, keys: usize) -> Value {
             init: vec![ResolvedInit { function: "set-greeting".into(), args: vec![json!("hi")], run: InitRun::OnChange, inputs: vec![] }],
         };
         Desired {
-            packages: vec![DesiredPackage { name: s.package.clone(), version: s.version.clone(), depends_on: vec![], services: vec![s], spells: vec![] }],
+            packages: vec![DesiredPackage {
+                name: s.package.clone(),
+                version: s.version.clone(),
+                depends_on: vec![],
+                services: vec![s],
+                spells: vec![],
+            }],
             ..Default::default()
         }
     };
@@ -318,7 +330,10 @@ async fn hold(reps: usize, keys: usize) -> Value {
         assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
         if rep == 0 {
             for i in 0..keys {
-                runtime.call("kv-store", "put", json!([format!("key-{i}"), "a value of some forty bytes, like a record"])).await.expect("put");
+                runtime
+                    .call("kv-store", "put", json!([format!("key-{i}"), "a value of some forty bytes, like a record"]))
+                    .await
+                    .expect("put");
             }
             continue;
         }

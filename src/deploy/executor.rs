@@ -210,7 +210,7 @@ impl Deployer {
                     // Imports the host does not provide are bad input too.
                     let lookup = |h: &ComponentHash| src.bytes(h);
                     rt.check_links(&blueprint, &lookup).map_err(|e| unlinkable(&package, &alias, e))?;
-                    Ok((id, sigs))
+                    Ok::<_, DeployError>((id, sigs))
                 }));
             }
         }
@@ -742,8 +742,14 @@ struct StepTx<'a> {
 impl<'a> StepTx<'a> {
     fn begin(d: &'a Deployer, step: &Step, entry: Option<Deployed>) -> Result<Self, StepFailure> {
         let action = Action::of(step).ok_or_else(|| fail(format!("{} is not a mutating step", step.kind())))?;
-        let intent =
-            Intent { alias: step.alias().clone(), package: step.package().clone(), action, phase: Phase::Started, new_service: None, entry };
+        let intent = Intent {
+            alias: step.alias().clone(),
+            package: step.package().clone(),
+            action,
+            phase: Phase::Started,
+            new_service: None,
+            entry,
+        };
         d.journal.put_intent(&intent).map_err(fail)?;
         Ok(Self { d, intent })
     }

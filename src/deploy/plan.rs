@@ -320,7 +320,8 @@ fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
-    let install = |reason: String| Step::Install { alias: s.alias.clone(), package: s.package.clone(), blueprint_id: s.blueprint_id, reason };
+    let install =
+        |reason: String| Step::Install { alias: s.alias.clone(), package: s.package.clone(), blueprint_id: s.blueprint_id, reason };
     let bound = current.aliases.get(&s.alias);
     let Some(d) = current.deployed.get(&s.alias) else {
         return install(match bound {
@@ -481,7 +482,9 @@ fn plan_spell(s: &DesiredSpell, current: &Current, host: &PeerId) -> Vec<Step> {
     }
     let misbound = match current.aliases.get(&s.alias) {
         None => Some("alias is not bound".to_string()),
-        Some(h) if h.kind != "spell" || h.target != *spell_id => Some(format!("alias points at {} {}, recorded is spell {spell_id}", h.kind, h.target)),
+        Some(h) if h.kind != "spell" || h.target != *spell_id => {
+            Some(format!("alias points at {} {}, recorded is spell {spell_id}", h.kind, h.target))
+        }
         Some(_) => None,
     };
     let mut out = Vec::new();

@@ -43,7 +43,8 @@ pub fn resolve(intent: &Intent, current: &Current, host: &crate::ids::PeerId) ->
                 super::model::DeployedKind::Spell { spell_id, .. } => Some(spell_id.clone()),
                 _ => None,
             });
-            let swapped = matches!((bound, spell, &entry_spell), (Some(h), Some(s), Some(id)) if h.kind == "spell" && h.target == *id && s.id == *id);
+            let swapped =
+                matches!((bound, spell, &entry_spell), (Some(h), Some(s), Some(id)) if h.kind == "spell" && h.target == *id && s.id == *id);
             if swapped {
                 Resolution::RollForward
             } else {

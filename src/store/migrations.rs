@@ -11,4 +11,5 @@ pub struct Migration {
 /// The store's own table. Every layer above hands its migrations in
 /// (`crate::schema::SCHEMA` lists them in order); the store knows none of
 /// their SQL.
-pub const STORE: &[Migration] = &[Migration { name: "001-meta", sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;" }];
+pub const STORE: &[Migration] =
+    &[Migration { name: "001-meta", sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;" }];

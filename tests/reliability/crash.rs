@@ -70,8 +70,11 @@ fn assert_plan_after_crash(point: &str, op: &str, plan: &serde_json::Value) {
     };
     assert_eq!(plan["no_changes"], false, "{point}: {plan:#}");
     let steps = plan["steps"].as_array().expect("steps");
-    let changes: Vec<(&str, &str)> =
-        steps.iter().map(|s| (s["alias"].as_str().unwrap_or(""), s["action"].as_str().unwrap_or(""))).filter(|(_, a)| !a.starts_with("keep")).collect();
+    let changes: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|s| (s["alias"].as_str().unwrap_or(""), s["action"].as_str().unwrap_or("")))
+        .filter(|(_, a)| !a.starts_with("keep"))
+        .collect();
     assert_eq!(changes, vec![(alias, action)], "{point}: the plan of the crashed state dir: {plan:#}");
 }
 
