@@ -610,5 +610,5 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
 /// The current state from a read-only store (the same observed state the
 /// deployer plans and recovers against).
 pub fn current_readonly(store: &Store, host: &PeerId) -> Result<deploy::Current, deploy::observed::ObserveError> {
-    deploy::observed::observe(store, host)
+    deploy::observed::observe(store, Some(host))
 }

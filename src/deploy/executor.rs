@@ -122,7 +122,7 @@ impl Deployer {
     /// The observed state (`observed::observe`): entries joined with every
     /// alias, service and spell.
     pub fn current(&self) -> Result<Current, DeployError> {
-        Ok(super::observed::observe(self.journal.store(), &self.host)?)
+        Ok(super::observed::observe(self.journal.store(), Some(&self.host))?)
     }
 
     /// Makes sure every desired component and blueprint is stored (and

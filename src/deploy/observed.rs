@@ -22,8 +22,9 @@ pub enum ObserveError {
 }
 
 /// Reads the observed state from `store` (read-only; works on a store opened
-/// with `Store::open_read_only` while a node runs).
-pub fn observe(store: &Store, host: &PeerId) -> Result<Current, ObserveError> {
+/// with `Store::open_read_only` while a node runs). `host` is recorded in it
+/// for the planner (`None` for a listing that plans nothing).
+pub fn observe(store: &Store, host: Option<&PeerId>) -> Result<Current, ObserveError> {
     let deployed = Journal::new(store.clone()).deployed()?;
     let aliases = alias_holders(records::aliases(store)?);
     let services = records::services(store)?
@@ -35,7 +36,7 @@ pub fn observe(store: &Store, host: &PeerId) -> Result<Current, ObserveError> {
         .into_iter()
         .map(|s| (s.alias.clone(), ObservedSpell { id: s.id.as_str().to_string(), owner: s.owner }))
         .collect();
-    Ok(Current { host: Some(host.clone()), deployed, aliases, services, spells })
+    Ok(Current { host: host.cloned(), deployed, aliases, services, spells })
 }
 
 /// Who holds each bound alias, as the planner sees it.
