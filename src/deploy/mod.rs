@@ -8,6 +8,7 @@ pub mod observed;
 pub mod plan;
 mod recover;
 pub mod report;
+mod steps;
 
 pub use executor::{ApplyPolicy, ComponentSource, DeployError, Deployer, FailurePolicy, SpellOps};
 pub use model::*;
