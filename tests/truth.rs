@@ -580,6 +580,21 @@ mod observed {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unbound_alias_and_a_config_change_converge_in_one_deployment() {
+        let n = node();
+        n.deploy(desired(vec![counter("both", 4, ConfigChange::Reinit)], vec![])).await;
+        let id = n.id_of("both");
+        n.deployer.runtime.unbind_alias(&a("both"), &host()).unwrap();
+        let d = desired(vec![counter("both", 5, ConfigChange::Reinit)], vec![]);
+        assert_eq!(kinds(&n.plan(&d)), vec![("both".into(), "repair"), ("both".into(), "reinit")]);
+        let (_, r) = n.deploy(d.clone()).await;
+        assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
+        assert_eq!(n.id_of("both"), id);
+        assert_eq!(n.call("both", "get-value", json!([])).await, json!(5));
+        converged(&n, &d).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spell_without_an_entry_is_removed_and_a_lost_service_reinstalled() {
         let n = node();
         let d = desired(vec![counter("lost", 4, ConfigChange::Reinit)], vec![]);

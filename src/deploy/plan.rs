@@ -296,7 +296,7 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
 
     for p in &desired.packages {
         for s in &p.services {
-            steps.push(plan_service(s, current, host));
+            steps.extend(plan_service(s, current, host));
         }
         for s in &p.spells {
             steps.extend(plan_spell(s, current, host));
@@ -316,7 +316,16 @@ fn conflict(alias: &Alias, package: &PackageName, current: &Current, host: &Peer
     })
 }
 
-fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
+/// The steps of one desired service: one, or a repair of its alias followed
+/// by what its config asks for.
+fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Vec<Step> {
+    let mut out = Vec::new();
+    let main = plan_service_main(s, current, host, &mut out);
+    out.push(main);
+    out
+}
+
+fn plan_service_main(s: &DesiredService, current: &Current, host: &PeerId, repairs: &mut Vec<Step>) -> Step {
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
@@ -366,14 +375,14 @@ fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
     if *blueprint_id != s.blueprint_id {
         return replace(describe_component_change(components, &s.components(), &d.version, &s.version));
     }
-    if let Some(m) = misbound {
-        return Step::Repair {
+    if let Some(m) = &misbound {
+        repairs.push(Step::Repair {
             alias: s.alias.clone(),
             package: s.package.clone(),
             kind: "service".into(),
             target: service_id.to_string(),
-            reason: format!("{m}; pointing it back (init changes, if any, follow on the next plan)"),
-        };
+            reason: format!("{m}; pointing it back"),
+        });
     }
     if *init_hash == s.init_hash() {
         return Step::Keep { alias: s.alias.clone(), package: s.package.clone() };
@@ -387,7 +396,11 @@ fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
             functions: s.init.iter().filter(|i| i.run == InitRun::OnChange).map(|i| i.function.clone()).collect(),
             reason,
         },
-        ConfigChange::Replace => replace(format!("{reason}; this service is replaced rather than re-initialised")),
+        ConfigChange::Replace => {
+            // The replace moves the alias itself.
+            repairs.clear();
+            replace(format!("{reason}; this service is replaced rather than re-initialised"))
+        }
     }
 }
 
