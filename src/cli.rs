@@ -7,7 +7,7 @@
 use crate::config::{self, schema::PackageSchema, EffectiveConfig, FlagValue, LoadOptions};
 use crate::ids::Alias;
 use crate::state::StateDir;
-use crate::store::{migrations::MIGRATIONS, Store, StoreError};
+use crate::store::{Store, StoreError};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
@@ -372,7 +372,7 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
 /// blueprints, spells) and the last deployment; read-only, never takes the lock.
 fn cmd_status(ctx: &Context, json: bool) -> Exit {
     let dir = ctx.state_dir();
-    let known = MIGRATIONS.len() as i64;
+    let known = crate::schema::known() as i64;
     if !dir.exists() {
         if json {
             println!(
@@ -495,20 +495,12 @@ fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(|source| StoreError::Corrupt { path: path.to_path_buf(), source }.to_string())?;
     let journal = crate::deploy::journal::Journal::new(store.clone());
-    let deployed = journal.deployed().map_err(|e| format!("{}: reading deployments: {e}", path.display()))?;
-    let aliases = crate::runtime::records::aliases(store).map_err(|e| format!("{}: {e}", path.display()))?;
-    let services = crate::runtime::records::services(store).map_err(|e| format!("{}: {e}", path.display()))?;
-    let services = services
+    // The same observed state the planner and `/v1/services` read.
+    let current = crate::deploy::observed::observe(store, None).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = current
+        .list_services()
         .into_iter()
-        .map(|s| {
-            let names: Vec<Alias> = aliases
-                .iter()
-                .filter(|a| matches!(&a.target, crate::runtime::AliasTarget::Service(id) if *id == s.id))
-                .map(|a| a.alias.clone())
-                .collect();
-            let entry = names.iter().find_map(|a| deployed.get(a));
-            crate::node::service_json(&s.id, &names, &s.blueprint_id, &s.owner, s.created_at, entry)
-        })
+        .map(|s| crate::node::service_json(s.id, &s.aliases, &s.service.blueprint_id, &s.service.owner, s.service.created_at, s.entry))
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let spells = crate::spell::read_spells(store, now)

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod ids;
 pub mod node;
 pub mod runtime;
+pub mod schema;
 pub mod spell;
 pub mod state;
 pub mod store;

@@ -10,6 +10,8 @@
 
 mod cache;
 mod guestio;
+mod check;
+mod hold;
 mod host;
 mod limits;
 mod link;
@@ -19,6 +21,8 @@ pub mod wit;
 
 pub use cache::{engine_key, CacheStats};
 pub use guestio::{escape as escape_guest_text, LogLimits};
+pub use check::check_links_offline;
+pub use hold::CallHold;
 pub use host::{MemoryLimitExceeded, DATA_DIR_GUEST_PATH};
 pub use limits::DataUsage;
 pub use wit::{check_args, ArgError};
@@ -725,6 +729,27 @@ impl Runtime {
         args: serde_json::Value,
         ttl: Duration,
     ) -> Result<serde_json::Value, CallError> {
+        // A call held by a replace that then moved the alias was not run on
+        // the old service; it goes to the service the alias names now.
+        let mut attempts = 0;
+        loop {
+            let r = self.call_once(alias_or_id, function, &args, ttl).await;
+            attempts += 1;
+            let moved = matches!(r, Err(CallError::UnknownTarget { .. }))
+                && self.inner.resolve_slot(alias_or_id).is_some_and(|s| !s.superseded.load(Ordering::Acquire));
+            if !moved || attempts >= 3 {
+                return r;
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        alias_or_id: &str,
+        function: &str,
+        args: &serde_json::Value,
+        ttl: Duration,
+    ) -> Result<serde_json::Value, CallError> {
         let inner = &self.inner;
         let target = alias_or_id;
         let slot = inner.resolve_slot(alias_or_id).ok_or_else(|| CallError::UnknownTarget { target: target.to_string() })?;
@@ -742,7 +767,7 @@ impl Runtime {
                 message: format!("{} uses types that JSON cannot carry (resources, streams, futures)", export.sig),
             });
         }
-        let params = wit::json_args_to_vals(&export.sig.params, &args).map_err(|e| e.into_call_error(target, function))?;
+        let params = wit::json_args_to_vals(&export.sig.params, args).map_err(|e| e.into_call_error(target, function))?;
         let host_peer = inner.opts.host_peer.as_ref().unwrap_or(&slot.row.owner);
         let env = CallEnv {
             engine: &inner.engine,
