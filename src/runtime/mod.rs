@@ -9,8 +9,8 @@
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
 mod cache;
-mod guestio;
 mod check;
+mod guestio;
 mod hold;
 mod host;
 mod limits;
@@ -20,8 +20,8 @@ mod service;
 pub mod wit;
 
 pub use cache::{engine_key, CacheStats};
-pub use guestio::{escape as escape_guest_text, LogLimits};
 pub use check::check_links_offline;
+pub use guestio::{escape as escape_guest_text, LogLimits};
 pub use hold::CallHold;
 pub use host::{MemoryLimitExceeded, DATA_DIR_GUEST_PATH};
 pub use limits::DataUsage;

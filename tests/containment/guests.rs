@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use sysdeploy::ids::{BlueprintId, PeerId, ServiceId};
-use sysdeploy::runtime::{Blueprint, BlueprintComponent, Runtime, RuntimeConfig, RuntimeOptions};
+use sysdeploy::runtime::{Blueprint, BlueprintComponent, Runtime, RuntimeConfig, RuntimeOptions, ServiceLimits};
 use sysdeploy::store::Store;
 
 /// The committed artifact of the hostile guest.
@@ -39,8 +39,11 @@ impl Node {
         let cfg = RuntimeConfig { state_dir: dir.path().into(), call_ttl: Duration::from_secs(300), epoch_tick: Duration::from_millis(10) };
         let rt = Runtime::open_with(store, cfg, RuntimeOptions { host_peer: Some(host()), ..RuntimeOptions::default() }).unwrap();
         let hash = rt.add_component(&hostile_wasm(), None).unwrap();
-        let bp =
-            rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "hostile".into(), hash, memory_limit_mb: None }])).unwrap();
+        // The attacks here are about the walker, not the data quota (tests/limits.rs):
+        // a quota large enough for the 1 GiB sparse file, whose logical length it counts.
+        let limits = ServiceLimits { data_quota_mb: Some(4096), ..ServiceLimits::default() };
+        let components = vec![BlueprintComponent { name: "hostile".into(), hash, memory_limit_mb: None }];
+        let bp = rt.put_blueprint(&Blueprint { components, limits }).unwrap();
         Node { dir, rt, bp }
     }
 
