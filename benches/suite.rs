@@ -295,9 +295,11 @@ async fn hold(reps: usize, keys: usize) -> Value {
     };
     let source = Arc::new(Bytes(builds.iter().map(|b| (ComponentHash::of(b), b.clone())).collect()));
     let desired = |k: usize| {
-        let bp = Blueprint {
-            components: vec![BlueprintComponent { name: "kv-store".into(), hash: ComponentHash::of(&builds[k]), memory_limit_mb: None }],
-        };
+        let bp = Blueprint::new(vec![BlueprintComponent {
+            name: "kv-store".into(),
+            hash: ComponentHash::of(&builds[k]),
+            memory_limit_mb: None,
+        }]);
         let s = DesiredService {
             alias: Alias::new("kv-store").unwrap(),
             package: PackageName::new("kv-store").unwrap(),

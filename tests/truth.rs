@@ -162,7 +162,7 @@ fn node() -> Node {
 }
 
 fn blueprint(bytes: &[u8], name: &str) -> Blueprint {
-    Blueprint { components: vec![BlueprintComponent { name: name.into(), hash: ComponentHash::of(bytes), memory_limit_mb: Some(64) }] }
+    Blueprint::new(vec![BlueprintComponent { name: name.into(), hash: ComponentHash::of(bytes), memory_limit_mb: Some(64) }])
 }
 
 fn service(alias: &str, package: &str, bp: Blueprint, init: Vec<(&str, serde_json::Value)>, on_change: ConfigChange) -> DesiredService {
