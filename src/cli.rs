@@ -23,7 +23,9 @@ decider, ...) and their periodic spells are deployed as configured, and hosts th
 
 Configuration, lowest to highest precedence:
   1. defaults embedded in the binary (no file needed)
-  2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG
+  2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG; with
+     --config-section system_services only [system_services] and [node]
+     are read from it (an existing node's own config file)
   3. env vars: SYSDEPLOY_ prefix, __ between levels, e.g.
      SYSDEPLOY_NODE__API_LISTEN=0.0.0.0:7200
      SYSDEPLOY_SYSTEM_SERVICES__ENABLE=registry,decider
@@ -41,6 +43,13 @@ pub struct Cli {
     /// the node runs on the embedded defaults plus env and flags.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Read only this section of the config file (and [node] next to it),
+    /// ignoring its other top-level keys: point --config at an existing
+    /// node's own config file. The only section is system_services. Also env
+    /// SYSDEPLOY_CONFIG_SECTION.
+    #[arg(long, global = true, value_name = "SECTION")]
+    pub config_section: Option<String>,
 
     /// State directory: node key, state store, components, service data
     /// [config: node.state_dir, default: .sysdeploy]
@@ -136,6 +145,9 @@ impl Cli {
     /// The flag layer of the config, in precedence order (later wins).
     pub fn flag_values(&self) -> Vec<FlagValue> {
         let mut out: Vec<FlagValue> = self.set.iter().map(|(k, v)| FlagValue::set(k, v.clone())).collect();
+        if let Some(s) = &self.config_section {
+            out.push(FlagValue::config_section(s.clone()));
+        }
         if let Some(d) = &self.state_dir {
             out.push(FlagValue::new("--state-dir", "node.state_dir", d.to_string_lossy()));
         }
@@ -342,7 +354,7 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
                 (e.key.clone(), v)
             })
             .collect();
-        let doc = json!({ "config_file": c.config_file, "values": values, "warnings": c.warnings });
+        let doc = json!({ "config_file": c.config_file, "values": values, "warnings": c.warnings, "notices": c.notices });
         println!("{}", serde_json::to_string_pretty(&doc).expect("json values serialise"));
         return Exit::Ok;
     }
@@ -361,6 +373,9 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
     let vw = rendered.iter().map(|r| r.1.chars().count()).filter(|n| *n <= 40).max().unwrap_or(0);
     for (k, v, s) in rendered {
         println!("{k:<kw$} = {v:<vw$}  # {s}");
+    }
+    for n in &c.notices {
+        println!("# note: {n}");
     }
     for w in &c.warnings {
         println!("# warning: {w}");
