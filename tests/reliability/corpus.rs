@@ -336,7 +336,7 @@ fn generated_cases(scratch: &Path) -> Vec<Case> {
     config(
         "many-problems",
         (0..10_000).map(|i| format!("[system_services.k{i}]\nx = 1\n")).collect::<String>().into_bytes(),
-        &["10000 problems", "system_services.k0 = { x = 1 }", "unknown key"],
+        &["10000 problems", "system_services.k0 (", "its value is not shown", "unknown key"],
     );
     config("invalid-utf8", b"[system_services.kv_store]\ngreeting = \"\xc3\x28\"\n".to_vec(), &["UTF-8"]);
     config("nul-bytes", b"[system_services.kv_store]\n\0greeting = \"a\"\n".to_vec(), &["nul-bytes.toml:2:1", "malformed TOML"]);
