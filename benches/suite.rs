@@ -13,6 +13,10 @@
 //!   same function on the same engine settings.
 //! - `plan <distros-dir> <state-dir> <reps>`: resolve desired state and run
 //!   the pure planner against a deployed store, in process, repeatedly.
+//! - `hold <reps> <keys>`: blue-green replaces (kv-store v1 ⇄ v2, `keep_data`,
+//!   `keys` files of data) through the executor: how long calls to the old
+//!   service are held (data copy + init + sync + alias move), next to the
+//!   whole replace step as its baseline.
 //!
 //! Every mode ignores the `--bench` flag cargo passes to bench binaries.
 
@@ -87,8 +91,12 @@ fn main() {
         Some("compile") => compile(&args[1..]),
         Some("call") => rt.block_on(call(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(20_000))),
         Some("plan") => plan(Path::new(&args[1]), Path::new(&args[2]), args.get(3).and_then(|n| n.parse().ok()).unwrap_or(11)),
+        Some("hold") => rt.block_on(hold(
+            args.get(1).and_then(|n| n.parse().ok()).unwrap_or(11),
+            args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100),
+        )),
         _ => {
-            eprintln!("usage: suite floor <cwasm>... | compile <wasm>... | call [iterations] | plan <distros-dir> <state-dir> [reps]");
+            eprintln!("usage: suite floor <cwasm>... | compile <wasm>... | call [iterations] | plan <distros-dir> <state-dir> [reps] | hold [reps] [keys]");
             std::process::exit(2);
         }
     };
@@ -234,4 +242,110 @@ fn plan(distros: &Path, state: &Path, reps: usize) -> Value {
         services = d.packages.iter().map(|p| p.services.len()).sum();
     }
     json!({ "services": services, "load_dir_us": load_us, "resolve": stats(resolve_s), "plan": stats(plan_s) })
+}
+
+/// Pause of calls during a blue-green replace with `keep_data`.
+async fn hold(reps: usize, keys: usize) -> Value {
+    use std::sync::Arc;
+    use sysdeploy::deploy::*;
+    use sysdeploy::ids::{Alias, ComponentHash, PackageName, PeerId};
+
+    struct Bytes(std::collections::HashMap<ComponentHash, Vec<u8>>);
+    impl ComponentSource for Bytes {
+        fn bytes(&self, h: &ComponentHash) -> Option<std::borrow::Cow<'_, [u8]>> {
+            self.0.get(h).map(|b| std::borrow::Cow::Borrowed(b.as_slice()))
+        }
+    }
+    struct NoSpells;
+    impl SpellOps for NoSpells {
+        fn install(&self, _: &DesiredSpell, _: &PeerId) -> Result<String, String> {
+            Err("no spells here".into())
+        }
+        fn update(&self, _: &DesiredSpell, _: &PeerId) -> Result<(), String> {
+            Err("no spells here".into())
+        }
+        fn kv_apply(&self, _: &DesiredSpell) -> Result<Vec<String>, String> {
+            Err("no spells here".into())
+        }
+        fn remove(&self, _: &Alias) -> Result<(), String> {
+            Ok(())
+        }
+        fn id_of(&self, _: &Alias) -> Option<String> {
+            None
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros");
+    let builds: Vec<Vec<u8>> =
+        ["v1", "v2"].iter().map(|b| std::fs::read(root.join(b).join("kv-store/kv-store.wasm")).expect("kv-store")).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = sysdeploy::store::Store::open(&dir.path().join("state.db")).expect("store");
+    let host = PeerId::from_ed25519_public(&[1u8; 32]);
+    let runtime = Runtime::open_with(
+        store.clone(),
+        RuntimeConfig::new(dir.path()),
+        RuntimeOptions { host_peer: Some(host.clone()), ..Default::default() },
+    )
+    .expect("runtime");
+    let deployer = Deployer {
+        runtime: runtime.clone(),
+        spells: Arc::new(NoSpells),
+        journal: journal::Journal::new(store),
+        host: host.clone(),
+        policy: ApplyPolicy::default(),
+    };
+    let source = Arc::new(Bytes(builds.iter().map(|b| (ComponentHash::of(b), b.clone())).collect()));
+    let desired = |k: usize| {
+        let bp = Blueprint::new(vec![BlueprintComponent {
+            name: "kv-store".into(),
+            hash: ComponentHash::of(&builds[k]),
+            memory_limit_mb: None,
+        }]);
+        let s = DesiredService {
+            alias: Alias::new("kv-store").unwrap(),
+            package: PackageName::new("kv-store").unwrap(),
+            version: format!("{k}"),
+            blueprint_id: bp.id(),
+            blueprint: bp,
+            keep_data: true,
+            on_config_change: ConfigChange::Reinit,
+            init: vec![ResolvedInit { function: "set-greeting".into(), args: vec![json!("hi")], run: InitRun::OnChange, inputs: vec![] }],
+        };
+        Desired {
+            packages: vec![DesiredPackage {
+                name: s.package.clone(),
+                version: s.version.clone(),
+                depends_on: vec![],
+                services: vec![s],
+                spells: vec![],
+            }],
+            ..Default::default()
+        }
+    };
+    sysdeploy::failpoint::trace::enable();
+    let (mut held, mut step) = (Vec::new(), Vec::new());
+    for rep in 0..=reps {
+        let mut d = desired(rep % 2);
+        d.exports = deployer.prepare(&d, source.clone()).await.expect("prepare");
+        let p = sysdeploy::deploy::plan(&d, &deployer.current().expect("current"), &host).expect("plan");
+        let before = sysdeploy::failpoint::trace::events().len();
+        let r = deployer.apply(&d, &p).await;
+        assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+        if rep == 0 {
+            for i in 0..keys {
+                runtime
+                    .call("kv-store", "put", json!([format!("key-{i}"), "a value of some forty bytes, like a record"]))
+                    .await
+                    .expect("put");
+            }
+            continue;
+        }
+        let events = sysdeploy::failpoint::trace::events();
+        let us_held = events[before..]
+            .iter()
+            .find_map(|e| e.strip_prefix("held kv-store ").and_then(|v| v.strip_suffix("us")).and_then(|v| v.parse::<f64>().ok()))
+            .expect("a replace holds calls");
+        held.push(us_held);
+        step.push(r.steps[0].duration_ms * 1000.0);
+    }
+    json!({ "reps": reps, "keys": keys, "calls_held": stats(held), "replace_step": stats(step) })
 }

@@ -7,7 +7,7 @@
 use crate::config::{self, schema::PackageSchema, EffectiveConfig, FlagValue, LoadOptions};
 use crate::ids::Alias;
 use crate::state::StateDir;
-use crate::store::{migrations::MIGRATIONS, Store, StoreError};
+use crate::store::{Store, StoreError};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,9 @@ decider, ...) and their periodic spells are deployed as configured, and hosts th
 
 Configuration, lowest to highest precedence:
   1. defaults embedded in the binary (no file needed)
-  2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG
+  2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG; with
+     --config-section system_services only [system_services] and [node]
+     are read from it (an existing node's own config file)
   3. env vars: SYSDEPLOY_ prefix, __ between levels, e.g.
      SYSDEPLOY_NODE__API_LISTEN=0.0.0.0:7200
      SYSDEPLOY_SYSTEM_SERVICES__ENABLE=registry,decider
@@ -41,6 +43,13 @@ pub struct Cli {
     /// the node runs on the embedded defaults plus env and flags.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Read only this section of the config file (and [node] next to it),
+    /// ignoring its other top-level keys: point --config at an existing
+    /// node's own config file. The only section is system_services. Also env
+    /// SYSDEPLOY_CONFIG_SECTION.
+    #[arg(long, global = true, value_name = "SECTION")]
+    pub config_section: Option<String>,
 
     /// State directory: node key, state store, components, service data
     /// [config: node.state_dir, default: .sysdeploy]
@@ -148,6 +157,9 @@ impl Cli {
     /// The flag layer of the config, in precedence order (later wins).
     pub fn flag_values(&self) -> Vec<FlagValue> {
         let mut out: Vec<FlagValue> = self.set.iter().map(|(k, v)| FlagValue::set(k, v.clone())).collect();
+        if let Some(s) = &self.config_section {
+            out.push(FlagValue::config_section(s.clone()));
+        }
         if let Some(d) = &self.state_dir {
             out.push(FlagValue::new("--state-dir", "node.state_dir", d.to_string_lossy()));
         }
@@ -399,7 +411,7 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
                 (e.key.clone(), v)
             })
             .collect();
-        let doc = json!({ "config_file": c.config_file, "values": values, "warnings": c.warnings });
+        let doc = json!({ "config_file": c.config_file, "values": values, "warnings": c.warnings, "notices": c.notices });
         println!("{}", serde_json::to_string_pretty(&doc).expect("json values serialise"));
         return Exit::Ok;
     }
@@ -419,6 +431,9 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
     for (k, v, s) in rendered {
         println!("{k:<kw$} = {v:<vw$}  # {s}");
     }
+    for n in &c.notices {
+        println!("# note: {n}");
+    }
     for w in &c.warnings {
         println!("# warning: {w}");
     }
@@ -429,7 +444,7 @@ fn cmd_config(ctx: &Context, json: bool) -> Exit {
 /// blueprints, spells) and the last deployment; read-only, never takes the lock.
 fn cmd_status(ctx: &Context, json: bool) -> Exit {
     let dir = ctx.state_dir();
-    let known = MIGRATIONS.len() as i64;
+    let known = crate::schema::known() as i64;
     if !dir.exists() {
         if json {
             println!(
@@ -552,20 +567,12 @@ fn read_deployed(store: &Store, path: &Path) -> Result<Deployment, String> {
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(|source| StoreError::Corrupt { path: path.to_path_buf(), source }.to_string())?;
     let journal = crate::deploy::journal::Journal::new(store.clone());
-    let deployed = journal.deployed().map_err(|e| format!("{}: reading deployments: {e}", path.display()))?;
-    let aliases = crate::runtime::records::aliases(store).map_err(|e| format!("{}: {e}", path.display()))?;
-    let services = crate::runtime::records::services(store).map_err(|e| format!("{}: {e}", path.display()))?;
-    let services = services
+    // The same observed state the planner and `/v1/services` read.
+    let current = crate::deploy::observed::observe(store, None).map_err(|e| format!("{}: {e}", path.display()))?;
+    let services = current
+        .list_services()
         .into_iter()
-        .map(|s| {
-            let names: Vec<Alias> = aliases
-                .iter()
-                .filter(|a| matches!(&a.target, crate::runtime::AliasTarget::Service(id) if *id == s.id))
-                .map(|a| a.alias.clone())
-                .collect();
-            let entry = names.iter().find_map(|a| deployed.get(a));
-            crate::node::service_json(&s.id, &names, &s.blueprint_id, &s.owner, s.created_at, entry)
-        })
+        .map(|s| crate::node::service_json(s.id, &s.aliases, &s.service.blueprint_id, &s.service.owner, s.service.created_at, s.entry))
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let spells = crate::spell::read_spells(store, now)

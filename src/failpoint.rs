@@ -43,6 +43,50 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("runtime::gc::component-files-removed", "gc"),
 ];
 
+/// An in-process record of the order of durability-relevant events (data
+/// synced, alias bound, old service removed, entry recorded), so a test can
+/// prove that data is made durable before the commit that points an alias
+/// at it. Off (one atomic load per event) unless a test turns it on.
+pub mod trace {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    type Hook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+
+    /// Starts recording (for the rest of the process).
+    pub fn enable() {
+        ON.store(true, Ordering::SeqCst);
+    }
+
+    /// Also calls `hook` with every event, on the thread that records it (a
+    /// test may block there to hold the deployment at that point).
+    pub fn add_hook(hook: impl Fn(&str) + Send + Sync + 'static) {
+        enable();
+        HOOKS.lock().unwrap_or_else(|p| p.into_inner()).push(std::sync::Arc::new(hook));
+    }
+
+    /// Records an event when recording is on.
+    pub fn event(what: impl FnOnce() -> String) {
+        if ON.load(Ordering::Relaxed) {
+            let e = what();
+            LOG.lock().unwrap_or_else(|p| p.into_inner()).push(e.clone());
+            let hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for h in hooks {
+                h(&e);
+            }
+        }
+    }
+
+    /// Every event recorded so far.
+    pub fn events() -> Vec<String> {
+        LOG.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[doc(hidden)]
 pub fn die(at: &str) -> ! {
     eprintln!("failpoint {at}: killing this process with SIGKILL");

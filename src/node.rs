@@ -330,7 +330,7 @@ impl Node {
         // is invalid input and must leave the state as it was.
         desired.exports = self.deployer.exports(&desired, source.clone()).await.map_err(|e| {
             // A component that does not compile is a bad package: invalid input.
-            let exit = if matches!(e, deploy::DeployError::BadComponent { .. }) { Exit::Invalid } else { Exit::DeployFailed };
+            let exit = if e.is_invalid_input() { Exit::Invalid } else { Exit::DeployFailed };
             DeployFailure::new(exit, e)
         })?;
         let current = self.deployer.current().map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
@@ -444,15 +444,17 @@ impl Node {
     }
 
     fn services_json(&self) -> Value {
-        let deployed = self.deployer.journal.deployed().unwrap_or_default();
-        let list: Vec<Value> = self
-            .runtime
+        let current = match self.deployer.current() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("listing services: {e}");
+                return json!({ "services": [] });
+            }
+        };
+        let list: Vec<Value> = current
             .list_services()
             .into_iter()
-            .map(|s| {
-                let entry = s.aliases.iter().find_map(|a| deployed.get(a));
-                service_json(&s.id, &s.aliases, &s.blueprint_id, &s.owner, s.created_at, entry)
-            })
+            .map(|s| service_json(s.id, &s.aliases, &s.service.blueprint_id, &s.service.owner, s.service.created_at, s.entry))
             .collect();
         json!({ "services": list })
     }
@@ -831,7 +833,9 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
     let mut desired = desired::resolve(catalog, config).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
     let dir = &config.node.state_dir;
     let mut store = None;
-    let (host, current) = if dir.join("node.key").exists() {
+    // A store without its key is refused (`StateDir::open_shared` says so),
+    // never planned against as if the node were new.
+    let (host, current) = if dir.join("node.key").exists() || dir.join(crate::state::STORE_FILE).exists() {
         let state = StateDir::open_shared(dir).map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let host = state.peer_id().clone();
         let current = match Store::open_read_only(&state.store_path()) {
@@ -848,6 +852,10 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
         (None, deploy::Current::default())
     };
     let source = CatalogComponents::new(catalog);
+    let linked: std::collections::BTreeSet<crate::ids::BlueprintId> = match &store {
+        Some(s) => crate::runtime::records::blueprints(s).map(|b| b.into_iter().map(|(id, _)| id).collect()).unwrap_or_default(),
+        None => Default::default(),
+    };
     for p in &desired.packages {
         for s in &p.services {
             if desired.exports.contains_key(&s.blueprint_id) {
@@ -859,6 +867,17 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
             let sigs = crate::runtime::inspect_exports(dir, store.as_ref(), &facade.hash, &bytes)
                 .map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
             desired.exports.insert(s.blueprint_id, sigs);
+            // Imports the host does not provide: invalid input, found here
+            // rather than by a failed install. A blueprint the store records
+            // passed this check when it was prepared.
+            if linked.contains(&s.blueprint_id) {
+                continue;
+            }
+            let lookup = |h: &crate::ids::ComponentHash| deploy::ComponentSource::bytes(&source, h);
+            crate::runtime::check_links_offline(&s.blueprint, &lookup).map_err(|e| {
+                let e = deploy::executor::unlinkable(&p.name, &s.alias, e);
+                DeployFailure::new(if e.is_invalid_input() { Exit::Invalid } else { Exit::DeployFailed }, e)
+            })?;
         }
     }
     // Without a key there is no host yet: nothing can conflict.
@@ -867,9 +886,8 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
     Ok((plan, host))
 }
 
-/// The current state from a read-only store.
-pub fn current_readonly(store: &Store, host: &PeerId) -> Result<deploy::Current, crate::runtime::RuntimeError> {
-    let deployed = Journal::new(store.clone()).deployed()?;
-    let aliases = deploy::executor::alias_holders(crate::runtime::records::aliases(store)?);
-    Ok(deploy::Current { host: Some(host.clone()), deployed, aliases })
+/// The current state from a read-only store (the same observed state the
+/// deployer plans and recovers against).
+pub fn current_readonly(store: &Store, host: &PeerId) -> Result<deploy::Current, deploy::observed::ObserveError> {
+    deploy::observed::observe(store, Some(host))
 }

@@ -513,6 +513,12 @@ fn every_env_var_the_help_documents_works() {
                 let v = config_json(&[(var, f.to_str().unwrap())]);
                 assert_eq!(v["values"]["node.api_listen"]["value"], "127.0.0.1:7999", "{v}");
             }
+            "SYSDEPLOY_CONFIG_SECTION" => {
+                let f = dir.join("node-file.toml");
+                std::fs::write(&f, "tcp_port = 7777\n[system_services]\nenable = [\"registry\", \"trust-graph\"]\n").unwrap();
+                let v = config_json(&[(var, "system_services"), ("SYSDEPLOY_CONFIG", f.to_str().unwrap())]);
+                assert_eq!(v["values"]["system_services.enable"]["value"], json!(["registry", "trust-graph"]), "{v}");
+            }
             "SYSDEPLOY_NODE__API_LISTEN" => {
                 let v = config_json(&[(var, "127.0.0.1:7201")]);
                 assert_eq!(v["values"]["node.api_listen"]["value"], "127.0.0.1:7201", "{v}");

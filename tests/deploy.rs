@@ -126,7 +126,7 @@ fn desired(services: Vec<DesiredService>) -> Desired {
             }),
         }
     }
-    Desired { packages, exports: Default::default() }
+    Desired { packages, exports: Default::default(), catalog_order: vec![] }
 }
 
 impl Node {
@@ -284,7 +284,9 @@ async fn recovery_rolls_back_unbound_install_and_finishes_swapped_replace() {
     n.deployer
         .journal
         .put_intent(&journal::Intent {
-            step: p.steps[0].clone(),
+            alias: p.steps[0].alias().clone(),
+            package: p.steps[0].package().clone(),
+            action: journal::Action::of(&p.steps[0]).unwrap(),
             phase: journal::Phase::Initialised,
             new_service: Some(new.clone()),
             entry: Some(entry),

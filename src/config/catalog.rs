@@ -18,10 +18,49 @@ pub const ENV_PREFIX: &str = "SYSDEPLOY_";
 pub const ENV_CONFIG: &str = "SYSDEPLOY_CONFIG";
 /// Env var of the CLI's `--distros-dir`; not a config key.
 pub const ENV_DISTROS_DIR: &str = "SYSDEPLOY_DISTROS_DIR";
+/// Env var of `--config-section`; not a config key.
+pub const ENV_CONFIG_SECTION: &str = "SYSDEPLOY_CONFIG_SECTION";
 /// `SYSDEPLOY_` env vars the CLI owns: the env layer skips them instead of
 /// reading them as config keys (`cli` checks that every `env =` of its
 /// arguments is listed here).
-pub const CLI_ENV: &[&str] = &[ENV_CONFIG, ENV_DISTROS_DIR];
+pub const CLI_ENV: &[&str] = &[ENV_CONFIG, ENV_DISTROS_DIR, ENV_CONFIG_SECTION];
+/// Pseudo-key of a [`super::FlagValue`] that selects section mode
+/// (`--config-section`); read by the file layer, not a config key.
+pub const SECTION_KEY: &str = "config_section";
+/// The only section a larger file can be read for: `[system_services]`
+/// (and `[node]` next to it), as in a nox node's config file.
+pub const SECTION_SYSTEM_SERVICES: &str = "system_services";
+/// Top-level tables read from a file in section mode.
+pub const SECTION_TABLES: &[&str] = &["node", "system_services"];
+/// nox's own env form of its `[system_services]` section; read as an alias of
+/// `SYSDEPLOY_SYSTEM_SERVICES__`, with one deprecation warning.
+pub const LEGACY_SECTION_PREFIX: &str = "FLUENCE_SYSTEM_SERVICES__";
+/// nox's switch for the decider: `true` adds `decider` to `enable`, `false`
+/// removes it.
+pub const ENV_JOIN_ALL_DEALS: &str = "FLUENCE_ENV_CONNECTOR_JOIN_ALL_DEALS";
+/// The package `FLUENCE_ENV_CONNECTOR_JOIN_ALL_DEALS` switches.
+pub const JOIN_ALL_DEALS_PACKAGE: &str = "decider";
+
+/// Keys of nox's `[system_services]` that mean nothing for WebAssembly
+/// components: accepted from every layer with a deprecation warning saying
+/// why, and never part of the effective config or the plan.
+pub const RETIRED: &[(&str, &str)] = &[
+    (
+        "system_services.aqua_ipfs.ipfs_binary_path",
+        "the IPFS adapter is a WebAssembly component that reaches IPFS through its API multiaddr \
+         (local_api_multiaddr), not by running an ipfs binary; remove the key",
+    ),
+    (
+        "system_services.connector.curl_binary_path",
+        "the connector is a WebAssembly component inside the decider package and never runs curl; \
+         its chain endpoint is [system_services.decider] network_api_endpoint; remove the key",
+    ),
+];
+
+/// Why a retired key no longer applies, if `path` is one.
+pub(crate) fn retired(path: &str) -> Option<&'static str> {
+    RETIRED.iter().find(|(p, _)| *p == path).map(|(_, why)| *why)
+}
 
 /// Default of `node.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = ".sysdeploy";
@@ -200,6 +239,14 @@ impl Catalog {
         path.is_empty() || self.tables.contains(path)
     }
 
+    /// A table that exists only to hold retired keys (nox's
+    /// `[system_services.connector]`): walked for them, not a package.
+    pub fn is_retired_table(&self, path: &str) -> bool {
+        !self.is_table(path)
+            && !self.leaves.contains_key(path)
+            && RETIRED.iter().any(|(p, _)| p.rsplit_once('.').map(|(t, _)| t) == Some(path))
+    }
+
     /// Names of the keys and tables directly under `table` (for hints).
     pub fn children(&self, table: &str) -> Vec<String> {
         let prefix = if table.is_empty() { String::new() } else { format!("{table}.") };
@@ -259,7 +306,10 @@ impl Catalog {
     pub fn check_text(&self, kind: Kind, s: &str) -> Result<Json, Mismatch> {
         let bad = || Mismatch::Expected(self.expected(kind));
         let json = match kind {
-            Kind::Path | Kind::SocketAddr | Kind::OnFailure | Kind::Typed(ValueType::String) => Json::from(s),
+            Kind::Path
+            | Kind::SocketAddr
+            | Kind::OnFailure
+            | Kind::Typed(ValueType::String | ValueType::Url | ValueType::HexAddress | ValueType::HexNumber) => Json::from(s),
             Kind::Millis | Kind::Positive | Kind::Typed(ValueType::Integer) => Json::from(s.trim().parse::<i64>().map_err(|_| bad())?),
             Kind::Typed(ValueType::Float) => {
                 let f: f64 = s.trim().parse().map_err(|_| bad())?;
@@ -290,7 +340,7 @@ impl Catalog {
     }
 
     /// Checks and normalises an already-parsed value.
-    fn check(&self, kind: Kind, v: &Json) -> Result<Json, Mismatch> {
+    pub(crate) fn check(&self, kind: Kind, v: &Json) -> Result<Json, Mismatch> {
         let bad = || Mismatch::Expected(self.expected(kind));
         match kind {
             Kind::Packages => {
@@ -347,7 +397,22 @@ fn check_json(kind: Kind, v: &Json) -> Result<Json, ()> {
             let items = v.as_array().ok_or(())?;
             items.iter().map(|i| i.as_str().map(Json::from).ok_or(())).collect::<Result<Vec<_>, _>>().map(Json::from)
         }
+        Kind::Typed(ValueType::Url) => v.as_str().filter(|s| is_http_url(s)).map(Json::from).ok_or(()),
+        Kind::Typed(ValueType::HexAddress) => v.as_str().filter(|s| is_hex(s, 40, 40)).map(Json::from).ok_or(()),
+        Kind::Typed(ValueType::HexNumber) => v.as_str().filter(|s| is_hex(s, 1, 16)).map(Json::from).ok_or(()),
     }
+}
+
+/// An absolute `http`/`https` URL with a host, written without surrounding
+/// spaces (the parser would trim them; the value would not be what runs).
+fn is_http_url(s: &str) -> bool {
+    s.trim() == s && url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// `0x` (or `0X`) followed by `min..=max` hex digits.
+fn is_hex(s: &str, min: usize, max: usize) -> bool {
+    let Some(digits) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) else { return false };
+    (min..=max).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// TOML value to JSON; `None` for values JSON cannot hold (datetimes,

@@ -5,7 +5,10 @@
 //! Each layer is validated separately so a bad value is reported with its own
 //! source even when a higher layer overrides it.
 
-use super::catalog::{self, Catalog, Leaf, Mismatch, CLI_ENV, ENV_CONFIG, ENV_PREFIX};
+use super::catalog::{
+    self, Catalog, Kind, Leaf, Mismatch, CLI_ENV, ENV_CONFIG, ENV_JOIN_ALL_DEALS, ENV_PREFIX, JOIN_ALL_DEALS_PACKAGE,
+    LEGACY_SECTION_PREFIX, SECTION_TABLES,
+};
 use super::problem::{ConfigProblem, Source};
 use super::FlagValue;
 use figment::value::{Dict, Map, Value as FigValue};
@@ -66,12 +69,25 @@ pub(crate) fn defaults(cat: &Catalog) -> Layer {
     layer
 }
 
+/// What the loader tells the operator besides problems: deprecations
+/// (`warnings`, also shown by `sysdeploy config`) and plain information
+/// (`notices`, such as the top-level keys section mode ignored).
+#[derive(Debug, Default)]
+pub(crate) struct Notes {
+    pub warnings: Vec<String>,
+    pub notices: Vec<String>,
+}
+
 /// Reads the config file named by `--config` or `SYSDEPLOY_CONFIG`, if any.
+/// With `section` (section mode) only the `[system_services]` and `[node]`
+/// tables are read, strictly; every other top-level key is named in one notice.
 pub(crate) fn file(
     config_path: Option<&Path>,
     env: &[(String, String)],
+    section: Option<&str>,
     cat: &Catalog,
     problems: &mut Vec<ConfigProblem>,
+    notes: &mut Notes,
 ) -> (Option<PathBuf>, Layer) {
     let mut layer = Layer::new("file");
     let (path, origin) = match config_path {
@@ -103,9 +119,26 @@ pub(crate) fn file(
         }
         return (Some(path), layer);
     }
-    let walker = FileWalker { cat, path: &path, text: &text };
+    let walker = FileWalker { cat, path: &path, text: &text, section_mode: section.is_some() };
     let mut found = Vec::new();
-    walker.table(table.get_ref(), "", &mut layer, &mut found);
+    let mut ignored = Vec::new();
+    walker.table(table.get_ref(), "", &mut layer, &mut found, notes, &mut ignored);
+    if let Some(section) = section {
+        if !ignored.is_empty() {
+            notes.notices.push(format!(
+                "config file {}: section mode ({section}) reads only [{}]; ignored the other top-level keys: {}",
+                path.display(),
+                SECTION_TABLES.join("] and ["),
+                ignored.join(", ")
+            ));
+        }
+        if !table.get_ref().contains_key(section) {
+            notes.notices.push(format!(
+                "config file {}: section mode ({section}) found no [{section}] table; its keys keep their defaults",
+                path.display()
+            ));
+        }
+    }
     // Tables iterate in key order; operators read files top to bottom.
     found.sort_by_key(|p| match p.origin() {
         Some(Source::File { line, .. }) => line,
@@ -155,6 +188,8 @@ struct FileWalker<'a> {
     cat: &'a Catalog,
     path: &'a Path,
     text: &'a str,
+    /// Top-level keys other than [`SECTION_TABLES`] are skipped, not errors.
+    section_mode: bool,
 }
 
 impl FileWalker<'_> {
@@ -162,10 +197,22 @@ impl FileWalker<'_> {
         Source::File { path: self.path.to_path_buf(), line: Some(line_col(self.text, offset).0) }
     }
 
-    fn table(&self, table: &DeTable<'_>, prefix: &str, layer: &mut Layer, problems: &mut Vec<ConfigProblem>) {
+    fn table(
+        &self,
+        table: &DeTable<'_>,
+        prefix: &str,
+        layer: &mut Layer,
+        problems: &mut Vec<ConfigProblem>,
+        notes: &mut Notes,
+        ignored: &mut Vec<String>,
+    ) {
         for (key, value) in table.iter() {
             let path = if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
             let v = value.get_ref();
+            if prefix.is_empty() && self.section_mode && !SECTION_TABLES.contains(&key.get_ref().as_ref()) {
+                ignored.push(path);
+                continue;
+            }
             if let Some(leaf) = self.cat.leaf(&path) {
                 let origin = self.source(value.span().start);
                 match self.cat.check_toml(leaf.kind, v) {
@@ -176,7 +223,7 @@ impl FileWalker<'_> {
                 }
             } else if self.cat.is_table(&path) {
                 match v {
-                    DeValue::Table(t) => self.table(t, &path, layer, problems),
+                    DeValue::Table(t) => self.table(t, &path, layer, problems, notes, ignored),
                     _ => problems.push(ConfigProblem::WrongType {
                         key: path.clone(),
                         value: redact(self.cat.holds_secret(&path), catalog::show_toml(v)),
@@ -184,52 +231,178 @@ impl FileWalker<'_> {
                         expected: format!("a table ([{path}])"),
                     }),
                 }
+            } else if let Some(why) = catalog::retired(&path) {
+                notes.warnings.push(retired_warning(&path, &self.source(key.span().start), why));
+            } else if let (true, DeValue::Table(t)) = (self.cat.is_retired_table(&path), v) {
+                self.table(t, &path, layer, problems, notes, ignored);
             } else {
-                problems.push(unknown(self.cat, prefix, path, self.source(key.span().start)));
+                let mut p = unknown(self.cat, prefix, path, self.source(key.span().start));
+                if let (true, ConfigProblem::UnknownKey { hint, .. }) = (prefix.is_empty(), &mut p) {
+                    hint.push_str(&format!(
+                        "; if this is a node's own config file with [{}] among other sections, read only that section \
+                         with --config-section {0}",
+                        catalog::SECTION_SYSTEM_SERVICES
+                    ));
+                }
+                problems.push(p);
             }
         }
     }
 }
 
-/// Deprecated env names declared by packages, below the `SYSDEPLOY_` names.
-pub(crate) fn legacy_env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<ConfigProblem>, warnings: &mut Vec<String>) -> Layer {
+fn retired_warning(path: &str, origin: &Source, why: &str) -> String {
+    format!("{path} ({origin}) is deprecated and ignored: {why}")
+}
+
+/// A legacy value that does not parse: refused for secrets (a garbled key
+/// must not silently leave the node unsigned), otherwise ignored with a
+/// warning, as the old node did.
+fn legacy_unparsable(leaf: &Leaf, problem: ConfigProblem, notes: &mut Notes, problems: &mut Vec<ConfigProblem>) {
+    if leaf.secret {
+        problems.push(problem);
+    } else {
+        notes.warnings.push(format!("{problem}; ignored, as the old node did (the value from a lower layer applies)"));
+    }
+}
+
+/// Deprecated env names declared by packages and nox's
+/// `FLUENCE_ENV_CONNECTOR_JOIN_ALL_DEALS`, below the `SYSDEPLOY_` names.
+/// `base_enable` is `enable` as the lower layers (defaults, file) leave it:
+/// the value `JOIN_ALL_DEALS` edits.
+pub(crate) fn legacy_env(
+    env: &[(String, String)],
+    cat: &Catalog,
+    base_enable: Option<&Json>,
+    problems: &mut Vec<ConfigProblem>,
+    notes: &mut Notes,
+) -> Layer {
     let mut layer = Layer::new("legacy env");
     for leaf in cat.leaves() {
         let current = leaf.env_var();
-        let overridden = env.iter().any(|(k, _)| *k == current);
+        let overridden = higher_name(env, leaf);
         for legacy in &leaf.legacy_env {
             let Some((_, text)) = env.iter().rev().find(|(k, _)| k == legacy) else { continue };
             let origin = Source::LegacyEnv { var: legacy.clone() };
             if layer.values.contains_key(&leaf.path) {
-                warnings.push(format!(
+                notes.warnings.push(format!(
                     "env {legacy} is deprecated and ignored: an earlier legacy name already sets {}; use {current}",
                     leaf.path
                 ));
                 continue;
             }
-            if overridden {
-                warnings.push(format!("env {legacy} is deprecated and ignored because {current} is also set; unset {legacy}"));
-            } else {
-                warnings.push(format!("env {legacy} is deprecated; rename it to {current}"));
+            match &overridden {
+                Some(higher) => {
+                    notes.warnings.push(format!("env {legacy} is deprecated and ignored because {higher} is also set; unset {legacy}"))
+                }
+                None => notes.warnings.push(format!("env {legacy} is deprecated; rename it to {current}")),
             }
             if let Some(p) = not_utf8(leaf, text, &origin) {
-                problems.push(p);
+                legacy_unparsable(leaf, p, notes, problems);
                 continue;
             }
             match cat.check_text(leaf.kind, text) {
                 Ok(json) => {
                     layer.values.insert(leaf.path.clone(), (json, origin));
                 }
-                Err(m) => problems.push(mismatch(cat, leaf, redact(leaf.secret, catalog::show_text(text)), origin, m)),
+                Err(m) => {
+                    let p = mismatch(cat, leaf, redact(leaf.secret, catalog::show_text(text)), origin, m);
+                    legacy_unparsable(leaf, p, notes, problems);
+                }
             }
         }
+    }
+    if let (Some((var, text)), Some(leaf)) = (env.iter().rev().find(|(k, _)| k == ENV_JOIN_ALL_DEALS), cat.leaf("system_services.enable")) {
+        join_all_deals(env, var, text, leaf, cat, base_enable, &mut layer, problems, notes);
     }
     layer
 }
 
-/// `SYSDEPLOY_` env vars: `__` between levels, lower-cased keys.
-pub(crate) fn env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<ConfigProblem>) -> Layer {
+/// The `SYSDEPLOY_` name of `leaf` or its `FLUENCE_SYSTEM_SERVICES__` alias,
+/// if one is set: it outranks every legacy name.
+fn higher_name(env: &[(String, String)], leaf: &Leaf) -> Option<String> {
+    let current = leaf.env_var();
+    let alias =
+        leaf.path.strip_prefix("system_services.").map(|rest| format!("{LEGACY_SECTION_PREFIX}{}", rest.replace('.', "__").to_uppercase()));
+    env.iter().map(|(k, _)| k).find(|k| **k == current || Some(*k) == alias.as_ref()).cloned()
+}
+
+/// `FLUENCE_ENV_CONNECTOR_JOIN_ALL_DEALS`: `true` adds the decider to
+/// `enable` as the lower layers leave it, `false` removes it. Anything else is
+/// refused: `enable` decides which services (and their data) exist.
+#[allow(clippy::too_many_arguments)]
+fn join_all_deals(
+    env: &[(String, String)],
+    var: &str,
+    text: &str,
+    leaf: &Leaf,
+    cat: &Catalog,
+    base_enable: Option<&Json>,
+    layer: &mut Layer,
+    problems: &mut Vec<ConfigProblem>,
+    notes: &mut Notes,
+) {
+    let origin = Source::LegacyEnv { var: var.to_string() };
+    let edit = format!("it now adds {JOIN_ALL_DEALS_PACKAGE} to (true) or removes it from (false) system_services.enable");
+    match higher_name(env, leaf) {
+        Some(higher) => notes.warnings.push(format!("env {var} is deprecated and ignored because {higher} is also set; unset {var}")),
+        None => notes
+            .warnings
+            .push(format!("env {var} is deprecated: {edit}; list the packages in enable in the file or in {} instead", leaf.env_var())),
+    }
+    let join = match text.trim() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            problems.push(ConfigProblem::WrongType {
+                key: leaf.path.clone(),
+                value: catalog::show_text(text),
+                origin,
+                expected: format!(
+                    "true (add {JOIN_ALL_DEALS_PACKAGE} to enable) or false (remove it); refused rather than ignored because \
+                     enable decides which services and their data exist"
+                ),
+            });
+            return;
+        }
+    };
+    let mut list: Vec<Json> = base_enable.and_then(Json::as_array).cloned().unwrap_or_default();
+    let decider = Json::from(JOIN_ALL_DEALS_PACKAGE);
+    if join {
+        if !list.contains(&decider) {
+            list.push(decider);
+        }
+    } else {
+        list.retain(|p| *p != decider);
+    }
+    match cat.check(Kind::Packages, &Json::from(list)) {
+        Ok(json) => {
+            layer.values.insert(leaf.path.clone(), (json, origin));
+        }
+        Err(m) => problems.push(mismatch(cat, leaf, catalog::show_text(text), origin, m)),
+    }
+}
+
+/// `SYSDEPLOY_` env vars: `__` between levels, lower-cased keys. nox's
+/// `FLUENCE_SYSTEM_SERVICES__` names are read first as aliases of
+/// `SYSDEPLOY_SYSTEM_SERVICES__` (a `SYSDEPLOY_` name of the same key wins),
+/// with one deprecation warning naming them all.
+pub(crate) fn env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<ConfigProblem>, notes: &mut Notes) -> Layer {
     let mut layer = Layer::new("env");
+    let mut aliased = Vec::new();
+    for (var, text) in env {
+        let Some(rest) = var.strip_prefix(LEGACY_SECTION_PREFIX) else { continue };
+        let path = format!("system_services.{}", rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join("."));
+        let origin = Source::LegacyEnv { var: var.clone() };
+        text_value(cat, &path, text, origin, &mut layer, problems, notes);
+        aliased.push(var.as_str());
+    }
+    if !aliased.is_empty() {
+        notes.warnings.push(format!(
+            "env {}: the {LEGACY_SECTION_PREFIX} prefix is deprecated and read as {ENV_PREFIX}SYSTEM_SERVICES__; rename {}",
+            aliased.join(", "),
+            if aliased.len() == 1 { "it" } else { "them" }
+        ));
+    }
     for (var, text) in env {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
         if CLI_ENV.contains(&var.as_str()) {
@@ -237,24 +410,34 @@ pub(crate) fn env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<Co
         }
         let path = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
         let origin = Source::Env { var: var.clone() };
-        text_value(cat, &path, text, origin, &mut layer, problems);
+        text_value(cat, &path, text, origin, &mut layer, problems, notes);
     }
     layer
 }
 
 /// `--state-dir`, `--api-listen` and `--set KEY=VALUE`.
-pub(crate) fn flags(flags: &[FlagValue], cat: &Catalog, problems: &mut Vec<ConfigProblem>) -> Layer {
+pub(crate) fn flags(flags: &[FlagValue], cat: &Catalog, problems: &mut Vec<ConfigProblem>, notes: &mut Notes) -> Layer {
     let mut layer = Layer::new("flags");
-    for f in flags {
+    for f in flags.iter().filter(|f| f.key != catalog::SECTION_KEY) {
         let origin = Source::Flag { flag: f.flag.clone() };
-        text_value(cat, &f.key, &f.value, origin, &mut layer, problems);
+        text_value(cat, &f.key, &f.value, origin, &mut layer, problems, notes);
     }
     layer
 }
 
 /// Checks one text value (env or flag) against the key at `path`.
-fn text_value(cat: &Catalog, path: &str, text: &str, origin: Source, layer: &mut Layer, problems: &mut Vec<ConfigProblem>) {
-    if let Some(leaf) = cat.leaf(path) {
+fn text_value(
+    cat: &Catalog,
+    path: &str,
+    text: &str,
+    origin: Source,
+    layer: &mut Layer,
+    problems: &mut Vec<ConfigProblem>,
+    notes: &mut Notes,
+) {
+    if let Some(why) = catalog::retired(path) {
+        notes.warnings.push(retired_warning(path, &origin, why));
+    } else if let Some(leaf) = cat.leaf(path) {
         if let Some(p) = not_utf8(leaf, text, &origin) {
             problems.push(p);
             return;

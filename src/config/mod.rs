@@ -11,7 +11,10 @@ mod layers;
 mod problem;
 pub mod schema;
 
-pub use catalog::{CLI_ENV, DEFAULT_API_LISTEN, DEFAULT_CALL_TTL_MS, DEFAULT_STATE_DIR, ENV_CONFIG, ENV_DISTROS_DIR, ENV_PREFIX};
+pub use catalog::{
+    CLI_ENV, DEFAULT_API_LISTEN, DEFAULT_CALL_TTL_MS, DEFAULT_STATE_DIR, ENV_CONFIG, ENV_CONFIG_SECTION, ENV_DISTROS_DIR,
+    ENV_JOIN_ALL_DEALS, ENV_PREFIX, LEGACY_SECTION_PREFIX, RETIRED, SECTION_KEY, SECTION_SYSTEM_SERVICES,
+};
 pub use problem::{ConfigErrors, ConfigProblem, Source};
 
 use crate::ids::PackageName;
@@ -36,7 +39,9 @@ pub struct LoadOptions {
     /// when that is absent too the node runs on embedded defaults.
     pub config_path: Option<PathBuf>,
     pub env: Vec<(String, String)>,
-    /// Highest layer, in command-line order (a later flag wins).
+    /// Highest layer, in command-line order (a later flag wins). A flag with
+    /// key [`SECTION_KEY`] (`--config-section`) selects section mode instead
+    /// of setting a key; without one, `SYSDEPLOY_CONFIG_SECTION` from `env` does.
     pub flags: Vec<FlagValue>,
 }
 
@@ -63,6 +68,11 @@ pub struct FlagValue {
 }
 
 impl FlagValue {
+    /// `--config-section SECTION`: read only `[SECTION]` (and `[node]`) of
+    /// the config file.
+    pub fn config_section(section: impl Into<String>) -> Self {
+        FlagValue::new("--config-section", SECTION_KEY, section)
+    }
     /// A dedicated flag such as `--state-dir` for `node.state_dir`.
     pub fn new(flag: &str, key: &str, value: impl Into<String>) -> Self {
         FlagValue { flag: flag.into(), key: key.into(), value: value.into() }
@@ -201,8 +211,11 @@ pub struct EffectiveConfig {
     pub system_services: SystemServicesConfig,
     /// The file that was read, if any.
     pub config_file: Option<PathBuf>,
-    /// Deprecation notices (legacy env names), also logged at load.
+    /// Deprecation notices (legacy env names, retired keys), also logged at load.
     pub warnings: Vec<String>,
+    /// Plain information, also logged at load: the top-level keys section
+    /// mode ignored.
+    pub notices: Vec<String>,
     /// Every key path with a value → its value and source.
     values: BTreeMap<String, ConfigValue>,
 }
@@ -241,15 +254,21 @@ impl EffectiveConfig {
 pub fn load(opts: &LoadOptions, schemas: &[PackageSchema]) -> Result<EffectiveConfig, ConfigErrors> {
     let (cat, defects) = Catalog::new(schemas);
     let mut problems: Vec<ConfigProblem> = defects.into_iter().map(|detail| ConfigProblem::BadSchema { detail }).collect();
-    let mut warnings = Vec::new();
+    let mut notes = layers::Notes::default();
 
+    let section = section(opts, &mut problems);
     let defaults = layers::defaults(&cat);
-    let (config_file, file) = layers::file(opts.config_path.as_deref(), &opts.env, &cat, &mut problems);
-    let legacy = layers::legacy_env(&opts.env, &cat, &mut problems, &mut warnings);
-    let env = layers::env(&opts.env, &cat, &mut problems);
-    let flags = layers::flags(&opts.flags, &cat, &mut problems);
-    for w in &warnings {
+    let (config_file, file) = layers::file(opts.config_path.as_deref(), &opts.env, section, &cat, &mut problems, &mut notes);
+    let enable = "system_services.enable";
+    let base_enable = file.values.get(enable).or_else(|| defaults.values.get(enable)).map(|(v, _)| v);
+    let legacy = layers::legacy_env(&opts.env, &cat, base_enable, &mut problems, &mut notes);
+    let env = layers::env(&opts.env, &cat, &mut problems, &mut notes);
+    let flags = layers::flags(&opts.flags, &cat, &mut problems, &mut notes);
+    for w in &notes.warnings {
         tracing::warn!("{w}");
+    }
+    for n in &notes.notices {
+        tracing::info!("{n}");
     }
 
     let all = [&defaults, &file, &legacy, &env, &flags];
@@ -293,12 +312,30 @@ pub fn load(opts: &LoadOptions, schemas: &[PackageSchema]) -> Result<EffectiveCo
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
-    Ok(assemble(&cat, values, config_file, warnings))
+    Ok(assemble(&cat, values, config_file, notes))
+}
+
+/// The section to read from the config file: `--config-section` (the last
+/// one), else `SYSDEPLOY_CONFIG_SECTION`; `None` reads the whole file.
+fn section(opts: &LoadOptions, problems: &mut Vec<ConfigProblem>) -> Option<&'static str> {
+    let (value, origin) = match opts.flags.iter().rev().find(|f| f.key == SECTION_KEY) {
+        Some(f) => (f.value.as_str(), Source::Flag { flag: f.flag.clone() }),
+        None => match opts.env.iter().rev().find(|(k, v)| k == ENV_CONFIG_SECTION && !v.is_empty()) {
+            Some((k, v)) => (v.as_str(), Source::Env { var: k.clone() }),
+            None => return None,
+        },
+    };
+    if value == SECTION_SYSTEM_SERVICES {
+        Some(SECTION_SYSTEM_SERVICES)
+    } else {
+        problems.push(ConfigProblem::BadSection { value: catalog::show_text(value), origin });
+        None
+    }
 }
 
 /// Builds the typed view from checked values; every fixed key has a default,
 /// and every value was checked by its kind, so the conversions cannot fail.
-fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: Option<PathBuf>, warnings: Vec<String>) -> EffectiveConfig {
+fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: Option<PathBuf>, notes: layers::Notes) -> EffectiveConfig {
     let str_of = |k: &str| values.get(k).and_then(|v| v.value.as_str()).unwrap_or_default().to_string();
     let node = NodeConfig {
         state_dir: PathBuf::from(str_of("node.state_dir")),
@@ -334,7 +371,8 @@ fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: O
         node,
         system_services: SystemServicesConfig { enable, on_failure, call_ttl_ms, guest, packages },
         config_file,
-        warnings,
+        warnings: notes.warnings,
+        notices: notes.notices,
         values,
     }
 }

@@ -66,6 +66,9 @@ pub enum ConfigProblem {
     #[error("{key} has no value and no default, and package {package} is enabled; set it under [system_services.{}] in the config file or with env {env_var}", package.config_key())]
     MissingRequired { key: String, package: PackageName, env_var: String },
 
+    #[error("config section {value} ({origin}) is not supported; expected \"system_services\": read [system_services] and [node] from a larger file such as a nox node's config")]
+    BadSection { value: String, origin: Source },
+
     #[error("embedded package schema is invalid: {detail}; this is a bug in the distro, not in your config")]
     BadSchema { detail: String },
 }
@@ -94,7 +97,8 @@ impl ConfigProblem {
             | ConfigProblem::FileUnreadable { origin, .. }
             | ConfigProblem::UnknownKey { origin, .. }
             | ConfigProblem::WrongType { origin, .. }
-            | ConfigProblem::UnknownPackage { origin, .. } => Some(origin.clone()),
+            | ConfigProblem::UnknownPackage { origin, .. }
+            | ConfigProblem::BadSection { origin, .. } => Some(origin.clone()),
             ConfigProblem::MissingRequired { .. } | ConfigProblem::BadSchema { .. } => None,
         }
     }

@@ -18,6 +18,14 @@ pub enum ValueType {
     /// A list of strings (env form: comma-separated).
     #[serde(rename = "string-list")]
     StringList,
+    /// A string holding an `http` or `https` URL with a host.
+    Url,
+    /// A string holding a 20-byte hex address: `0x` and 40 hex digits.
+    #[serde(rename = "hex-address")]
+    HexAddress,
+    /// A string holding a hex number (a block number): `0x` and 1 to 16 hex digits.
+    #[serde(rename = "hex-number")]
+    HexNumber,
 }
 
 impl ValueType {
@@ -28,6 +36,9 @@ impl ValueType {
             ValueType::Float => "a number",
             ValueType::Boolean => "a boolean (true or false)",
             ValueType::StringList => "a list of strings",
+            ValueType::Url => "an http(s) URL such as \"http://127.0.0.1:8545\"",
+            ValueType::HexAddress => "a 20-byte hex address: 0x followed by 40 hex digits",
+            ValueType::HexNumber => "a hex number such as \"0x1a2b\": 0x followed by 1 to 16 hex digits",
         }
     }
 }

@@ -21,6 +21,22 @@ pub enum DesiredError {
     Template { package: PackageName, what: String, message: String },
     #[error("package {package}, spell {alias}: the script does not compile: {message}; fix the script")]
     Script { package: PackageName, alias: crate::ids::Alias, message: String },
+    #[error("package {package}, spell {alias}: trigger: {reason}{from}")]
+    Trigger { package: PackageName, alias: crate::ids::Alias, reason: String, from: String },
+    #[error("package {package}, spell {alias}: kv key {key:?}: {reason} (from {from})")]
+    Kv { package: PackageName, alias: crate::ids::Alias, key: String, reason: String, from: String },
+}
+
+/// " (from key at source, …)" for the config keys behind a spell's trigger.
+fn trigger_inputs(sp: &distro::SpellSpec, input: &dyn Fn(&str) -> ConfigInput) -> String {
+    let distro::TriggerSpec::Clock { period_sec, end, .. } = &sp.trigger;
+    let mut keys: Vec<&str> = period_sec.config_keys();
+    keys.extend(end.iter().flat_map(|e| e.config_keys()));
+    if keys.is_empty() {
+        return String::new();
+    }
+    let from: Vec<String> = keys.iter().map(|k| input(k)).map(|i| format!("{} at {}", i.key, i.source)).collect();
+    format!(" (from {})", from.join(", "))
 }
 
 /// All problems found.
@@ -141,6 +157,22 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                     continue;
                 }
             };
+            // The spell layer's own rules, checked here so bad values are
+            // refused before anything is touched, not when the step runs.
+            let rule = crate::spell::Trigger {
+                start: trigger.start.map_or(crate::spell::Start::Now, crate::spell::Start::At),
+                period_sec: trigger.period_sec,
+                end: trigger.end,
+            };
+            if let Some(reason) = rule.problem() {
+                errors.push(DesiredError::Trigger {
+                    package: pkg.name.clone(),
+                    alias: sp.alias.clone(),
+                    reason,
+                    from: trigger_inputs(sp, &input),
+                });
+                continue;
+            }
             let kv = match sp.resolve_kv(&section) {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -152,6 +184,23 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                     continue;
                 }
             };
+            let mut kv_ok = true;
+            for (k, r) in &kv {
+                let size = r.value.to_string().len();
+                let reason = if k.is_empty() || k.len() > crate::spell::MAX_KEY_LEN {
+                    format!("keys must be 1 to {} bytes long", crate::spell::MAX_KEY_LEN)
+                } else if size > crate::spell::MAX_VALUE_BYTES {
+                    format!("the value is {size} bytes of JSON, more than the limit of {} bytes", crate::spell::MAX_VALUE_BYTES)
+                } else {
+                    continue;
+                };
+                let from = r.inputs.iter().map(|i| input(i)).map(|i| format!("{} from {}", i.key, i.source)).collect::<Vec<_>>().join(", ");
+                errors.push(DesiredError::Kv { package: pkg.name.clone(), alias: sp.alias.clone(), key: k.clone(), reason, from });
+                kv_ok = false;
+            }
+            if !kv_ok {
+                continue;
+            }
             let secret_keys = kv.iter().filter(|(_, r)| r.secret).map(|(k, _)| k.clone()).collect();
             let kv_inputs = kv.iter().map(|(k, r)| (k.clone(), r.inputs.iter().map(|i| input(i)).collect())).collect();
             spells.push(DesiredSpell {
@@ -175,7 +224,8 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
         });
     }
     if errors.is_empty() {
-        Ok(Desired { packages, exports: Default::default() })
+        let catalog_order = catalog.packages.iter().map(|p| p.name.clone()).collect();
+        Ok(Desired { packages, exports: Default::default(), catalog_order })
     } else {
         Err(DesiredErrors(errors))
     }

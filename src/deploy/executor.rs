@@ -1,14 +1,14 @@
 //! The executor: the one place that applies a plan to the runtime, the spell
-//! layer and the store. Every mutating step records its intent first and
-//! clears it last, so `recover` can finish or roll back a step interrupted
-//! by a crash (see `journal::Phase`).
+//! layer and the store (the steps themselves are in `steps.rs`). Every mutating step records its intent first and
+//! clears it last (`StepTx`), so `recover` can finish or roll back a step
+//! interrupted by a crash (see `journal::Phase`, `recover.rs`).
 
-use super::journal::{now_ms, Intent, Journal, Phase};
+use super::journal::{now_ms, Journal};
 use super::model::*;
-use super::plan::{kv_applied_of, Plan, Step};
+use super::plan::{Plan, Step};
 use super::report::{Outcome, Report, StepOutcome, StepReport};
-use crate::ids::{Alias, BlueprintId, ComponentHash, PackageName, PeerId, ServiceId};
-use crate::runtime::{AliasTarget, CallError, FunctionSig, Runtime, RuntimeError};
+use crate::ids::{Alias, BlueprintId, ComponentHash, PackageName, PeerId};
+use crate::runtime::{FunctionSig, Runtime, RuntimeError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,8 +69,14 @@ pub enum DeployError {
     MissingComponent { package: PackageName, alias: Alias, component: String, hash: String },
     #[error("package {package}, service {alias}: component {component} is not a valid WebAssembly component: {message}")]
     BadComponent { package: PackageName, alias: Alias, component: String, message: String },
+    #[error("package {package}, service {alias}: {message}; the host provides WASI 0.2 (without sockets or HTTP) and sysdeploy:host — rebuild the component without those imports")]
+    Unlinkable { package: PackageName, alias: Alias, message: String },
     #[error("preparing components: {0}")]
     Join(String),
+    #[error("crash recovery: finishing the interrupted {action} of {alias}: {message}")]
+    Recovery { alias: String, action: &'static str, message: String },
+    #[error(transparent)]
+    Observe(#[from] super::observed::ObserveError),
 }
 
 /// The executor and recovery, over the runtime, the spell layer and the
@@ -84,19 +90,39 @@ pub struct Deployer {
     pub policy: ApplyPolicy,
 }
 
+impl DeployError {
+    /// Bad input (a package whose component does not compile or link), as
+    /// opposed to a deployment that failed: exit 2.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, DeployError::BadComponent { .. } | DeployError::Unlinkable { .. })
+    }
+}
+
+/// A link failure of a desired blueprint, as bad input; other errors as is.
+pub fn unlinkable(package: &PackageName, alias: &Alias, e: RuntimeError) -> DeployError {
+    match e {
+        e @ (RuntimeError::UnsatisfiedImport { .. } | RuntimeError::ImportMismatch { .. }) => {
+            DeployError::Unlinkable { package: package.clone(), alias: alias.clone(), message: e.to_string() }
+        }
+        RuntimeError::Component { message, hash } => {
+            DeployError::BadComponent { package: package.clone(), alias: alias.clone(), component: hash, message }
+        }
+        e => DeployError::Runtime(e),
+    }
+}
+
 /// What one step failed with.
 #[derive(Debug, Clone)]
-struct StepFailure {
-    message: String,
-    attempts: u32,
+pub(super) struct StepFailure {
+    pub(super) message: String,
+    pub(super) attempts: u32,
 }
 
 impl Deployer {
-    /// The current state: the deployer's entries plus every bound alias.
+    /// The observed state (`observed::observe`): entries joined with every
+    /// alias, service and spell.
     pub fn current(&self) -> Result<Current, DeployError> {
-        let deployed = self.journal.deployed()?;
-        let aliases = alias_holders(self.runtime.aliases());
-        Ok(Current { host: Some(self.host.clone()), deployed, aliases })
+        Ok(super::observed::observe(self.journal.store(), Some(&self.host))?)
     }
 
     /// Makes sure every desired component and blueprint is stored (and
@@ -172,12 +198,19 @@ impl Deployer {
                 }
                 let (rt, src, hash, id) = (self.runtime.clone(), source.clone(), facade.hash, s.blueprint_id);
                 let (package, alias, component) = (s.package.clone(), s.alias.clone(), facade.name.clone());
+                let blueprint = s.blueprint.clone();
                 tasks.push(tokio::task::spawn_blocking(move || {
                     let bytes = src.bytes(&hash).expect("checked above");
-                    rt.inspect_component(&bytes, &hash).map(|sigs| (id, sigs)).map_err(|e| match e {
-                        RuntimeError::Component { message, .. } => DeployError::BadComponent { package, alias, component, message },
+                    let sigs = rt.inspect_component(&bytes, &hash).map_err(|e| match e {
+                        RuntimeError::Component { message, .. } => {
+                            DeployError::BadComponent { package: package.clone(), alias: alias.clone(), component, message }
+                        }
                         e => DeployError::Runtime(e),
-                    })
+                    })?;
+                    // Imports the host does not provide are bad input too.
+                    let lookup = |h: &ComponentHash| src.bytes(h);
+                    rt.check_links(&blueprint, &lookup).map_err(|e| unlinkable(&package, &alias, e))?;
+                    Ok::<_, DeployError>((id, sigs))
                 }));
             }
         }
@@ -294,10 +327,11 @@ impl Deployer {
             Step::Replace { old_service_id, .. } => self.replace(step, services[alias], old_service_id).await,
             Step::Reinit { service_id, .. } => self.reinit(step, services[alias], service_id).await,
             Step::Remove { service_id, .. } => self.remove(step, service_id).await.map(|_| 0),
+            Step::Repair { .. } => self.repair(step).await.map(|_| 0),
             Step::InstallSpell { .. } => self.install_spell(step, spells[alias]).await.map(|_| 0),
             Step::UpdateSpell { .. } => self.update_spell(step, spells[alias]).map(|_| 0),
             Step::KvApply { .. } => self.kv_apply(step, spells[alias]).map(|_| 0),
-            Step::RemoveSpell { .. } => self.remove_spell(step).map(|_| 0),
+            Step::RemoveSpell { .. } => self.remove_spell(step).await.map(|_| 0),
         };
         let elapsed = t.elapsed();
         match result {
@@ -309,419 +343,9 @@ impl Deployer {
             }
         }
     }
-
-    fn entry_for_service(&self, s: &DesiredService, id: &ServiceId, created_at: i64) -> Deployed {
-        Deployed {
-            alias: s.alias.clone(),
-            package: s.package.clone(),
-            version: s.version.clone(),
-            kind: DeployedKind::Service {
-                service_id: id.clone(),
-                blueprint_id: s.blueprint_id,
-                components: s.components(),
-                init_hash: s.init_hash(),
-                init_snapshot: s.init_snapshot(),
-            },
-            created_at,
-            updated_at: now_ms(),
-        }
-    }
-
-    /// Runs init calls on `id` (all of them, or only on-change ones), with
-    /// retries for transient failures. Returns the attempts used.
-    async fn run_init(&self, s: &DesiredService, id: &ServiceId, only_on_change: bool) -> Result<u32, StepFailure> {
-        let mut total = 0;
-        for call in s.init.iter().filter(|c| !only_on_change || c.run == InitRun::OnChange) {
-            let args = serde_json::Value::Array(call.args.clone());
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                total += 1;
-                match self.runtime.call_with_ttl(id.as_str(), &call.function, args.clone(), self.policy.call_ttl).await {
-                    Ok(_) => break,
-                    Err(e) if attempt < self.policy.attempts && is_transient(&e) => {
-                        let wait = self.policy.backoff * 2u32.pow(attempt - 1);
-                        tracing::warn!(alias = %s.alias, function = %call.function, attempt, "transient init failure, retrying in {wait:?}: {e}");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => {
-                        return Err(StepFailure {
-                            message: format!("function {}: {}", call.function, redact_call_error(&e, call.is_secret())),
-                            attempts: total,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    async fn install(&self, step: &Step, s: &DesiredService) -> Result<u32, StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let mut intent = Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None };
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        let id = self.runtime.create_service(&s.blueprint_id, &self.host).await.map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::install::created");
-        intent.phase = Phase::Created;
-        intent.new_service = Some(id.clone());
-        intent.entry = Some(self.entry_for_service(s, &id, now_ms()));
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        let attempts = match self.run_init(s, &id, false).await {
-            Ok(n) => n,
-            Err(f) => {
-                self.rollback_new_service(step.alias(), &id).await;
-                return Err(f);
-            }
-        };
-        crash_point!("deploy::install::initialised");
-        if let Err(e) = self.runtime.bind_alias(&s.alias, AliasTarget::Service(id.clone()), &self.host) {
-            self.rollback_new_service(step.alias(), &id).await;
-            return Err(fail(e.to_string()));
-        }
-        crash_point!("deploy::install::bound");
-        self.journal.complete(&s.alias, intent.entry.as_ref()).map_err(|e| fail(e.to_string()))?;
-        Ok(attempts)
-    }
-
-    async fn replace(&self, step: &Step, s: &DesiredService, old: &ServiceId) -> Result<u32, StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let created_at = self.journal.deployed().ok().and_then(|d| d.get(&s.alias).map(|e| e.created_at)).unwrap_or_else(now_ms);
-        let mut intent = Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None };
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        let id = self.runtime.create_service(&s.blueprint_id, &self.host).await.map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::replace::created");
-        intent.phase = Phase::Created;
-        intent.new_service = Some(id.clone());
-        intent.entry = Some(self.entry_for_service(s, &id, created_at));
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        if s.keep_data {
-            if let Err(e) = self.runtime.copy_data(old, &id).await {
-                self.rollback_new_service(step.alias(), &id).await;
-                return Err(fail(format!("carrying data over from {old}: {e}")));
-            }
-            crash_point!("deploy::replace::copied");
-        }
-        let attempts = match self.run_init(s, &id, false).await {
-            Ok(n) => n,
-            Err(f) => {
-                self.rollback_new_service(step.alias(), &id).await;
-                return Err(f);
-            }
-        };
-        intent.phase = Phase::Initialised;
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::replace::initialised");
-        // The swap: from here on recovery rolls forward.
-        if let Err(e) = self.runtime.rebind_alias(&s.alias, AliasTarget::Service(id.clone()), &self.host) {
-            self.rollback_new_service(step.alias(), &id).await;
-            return Err(fail(e.to_string()));
-        }
-        crash_point!("deploy::replace::swapped");
-        intent.phase = Phase::Swapped;
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        self.journal.upsert(intent.entry.as_ref().expect("set above")).map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::replace::recorded");
-        if let Err(e) = self.runtime.remove_service(old, false).await {
-            // The new service serves; the old one is an orphan GC removes later.
-            tracing::warn!(alias = %s.alias, "removing replaced service {old}: {e}");
-        }
-        crash_point!("deploy::replace::old-removed");
-        self.journal.clear_intent(&s.alias).map_err(|e| fail(e.to_string()))?;
-        Ok(attempts)
-    }
-
-    async fn reinit(&self, step: &Step, s: &DesiredService, id: &ServiceId) -> Result<u32, StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let created_at = self.journal.deployed().ok().and_then(|d| d.get(&s.alias).map(|e| e.created_at)).unwrap_or_else(now_ms);
-        let entry = self.entry_for_service(s, id, created_at);
-        let intent = Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) };
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::reinit::started");
-        let attempts = match self.run_init(s, id, true).await {
-            Ok(n) => n,
-            Err(f) => {
-                let _ = self.journal.clear_intent(&s.alias);
-                return Err(f);
-            }
-        };
-        crash_point!("deploy::reinit::called");
-        self.journal.complete(&s.alias, Some(&entry)).map_err(|e| fail(e.to_string()))?;
-        Ok(attempts)
-    }
-
-    async fn remove(&self, step: &Step, id: &ServiceId) -> Result<(), StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let intent = Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None };
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::remove::started");
-        self.finish_remove(step.alias(), id).await.map_err(fail)
-    }
-
-    /// Unbinds (if still ours), removes the service (if it exists), deletes
-    /// the entry and the intent. Idempotent: recovery calls it too.
-    async fn finish_remove(&self, alias: &Alias, id: &ServiceId) -> Result<(), String> {
-        if let Some(b) = self.runtime.alias(alias) {
-            if b.target == AliasTarget::Service(id.clone()) && b.owner == self.host {
-                self.runtime.unbind_alias(alias, &self.host).map_err(|e| e.to_string())?;
-            }
-        }
-        crash_point!("deploy::remove::unbound");
-        if self.runtime.resolve(id.as_str()).is_some() {
-            self.runtime.remove_service(id, false).await.map_err(|e| e.to_string())?;
-        }
-        crash_point!("deploy::remove::removed");
-        self.journal.complete(alias, None).map_err(|e| e.to_string())
-    }
-
-    fn spell_entry(&self, s: &DesiredSpell, spell_id: String, created_at: i64) -> Deployed {
-        Deployed {
-            alias: s.alias.clone(),
-            package: s.package.clone(),
-            version: s.version.clone(),
-            kind: DeployedKind::Spell {
-                spell_id,
-                script_hash: s.script_hash.clone(),
-                trigger: s.trigger.clone(),
-                kv_applied: kv_applied_of(s),
-            },
-            created_at,
-            updated_at: now_ms(),
-        }
-    }
-
-    async fn install_spell(&self, step: &Step, s: &DesiredSpell) -> Result<(), StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let mut intent = Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None };
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        // A leftover spell under this alias from an interrupted install or an
-        // alias that changes kind: start clean.
-        if self.spells.id_of(&s.alias).is_some() {
-            self.spells.remove(&s.alias).map_err(fail)?;
-        }
-        if let Some(d) = self.journal.deployed().map_err(|e| fail(e.to_string()))?.get(&s.alias) {
-            if let DeployedKind::Service { service_id, .. } = &d.kind {
-                self.finish_remove(&s.alias, service_id).await.map_err(fail)?;
-                self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-            }
-        }
-        let id = self.spells.install(s, &self.host).map_err(fail)?;
-        crash_point!("deploy::install-spell::created");
-        intent.phase = Phase::Created;
-        intent.entry = Some(self.spell_entry(s, id.clone(), now_ms()));
-        self.journal.put_intent(&intent).map_err(|e| fail(e.to_string()))?;
-        if let Err(e) = self.runtime.bind_alias(&s.alias, AliasTarget::Spell(id), &self.host) {
-            let _ = self.spells.remove(&s.alias);
-            let _ = self.journal.clear_intent(&s.alias);
-            return Err(fail(e.to_string()));
-        }
-        crash_point!("deploy::install-spell::bound");
-        self.journal.complete(&s.alias, intent.entry.as_ref()).map_err(|e| fail(e.to_string()))
-    }
-
-    fn update_spell(&self, step: &Step, s: &DesiredSpell) -> Result<(), StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let old = self.journal.deployed().map_err(|e| fail(e.to_string()))?.remove(&s.alias);
-        let Some(Deployed { kind: DeployedKind::Spell { spell_id, kv_applied, .. }, created_at, .. }) = old else {
-            return Err(fail("no spell is recorded under this alias".into()));
-        };
-        let mut entry = self.spell_entry(s, spell_id, created_at);
-        // KV is applied by its own step; keep the old merge base here.
-        if let DeployedKind::Spell { kv_applied: k, .. } = &mut entry.kind {
-            *k = kv_applied;
-        }
-        self.journal
-            .put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) })
-            .map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::update-spell::started");
-        self.spells.update(s, &self.host).map_err(fail)?;
-        crash_point!("deploy::update-spell::updated");
-        self.journal.complete(&s.alias, Some(&entry)).map_err(|e| fail(e.to_string()))
-    }
-
-    fn kv_apply(&self, step: &Step, s: &DesiredSpell) -> Result<(), StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        let old = self.journal.deployed().map_err(|e| fail(e.to_string()))?.remove(&s.alias);
-        let Some(Deployed { kind: DeployedKind::Spell { spell_id, script_hash, trigger, .. }, created_at, .. }) = old else {
-            return Err(fail("no spell is recorded under this alias".into()));
-        };
-        let mut entry = self.spell_entry(s, spell_id, created_at);
-        // Script/trigger are updated by their own step; only the KV base moves.
-        if let DeployedKind::Spell { script_hash: h, trigger: t, .. } = &mut entry.kind {
-            *h = script_hash;
-            *t = trigger;
-        }
-        self.journal
-            .put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: Some(entry.clone()) })
-            .map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::kv-apply::started");
-        self.spells.kv_apply(s).map_err(fail)?;
-        crash_point!("deploy::kv-apply::applied");
-        self.journal.complete(&s.alias, Some(&entry)).map_err(|e| fail(e.to_string()))
-    }
-
-    fn remove_spell(&self, step: &Step) -> Result<(), StepFailure> {
-        let fail = |m: String| StepFailure { message: m, attempts: 0 };
-        self.journal
-            .put_intent(&Intent { step: step.clone(), phase: Phase::Started, new_service: None, entry: None })
-            .map_err(|e| fail(e.to_string()))?;
-        crash_point!("deploy::remove-spell::started");
-        self.finish_remove_spell(step.alias()).map_err(fail)
-    }
-
-    fn finish_remove_spell(&self, alias: &Alias) -> Result<(), String> {
-        if let Some(b) = self.runtime.alias(alias) {
-            if matches!(b.target, AliasTarget::Spell(_)) && b.owner == self.host {
-                self.runtime.unbind_alias(alias, &self.host).map_err(|e| e.to_string())?;
-            }
-        }
-        crash_point!("deploy::remove-spell::unbound");
-        self.spells.remove(alias)?;
-        self.journal.complete(alias, None).map_err(|e| e.to_string())
-    }
-
-    /// Undo of a half-made install/replace: the new service goes, the alias
-    /// and the old service are untouched, the intent is cleared.
-    async fn rollback_new_service(&self, alias: &Alias, id: &ServiceId) {
-        if let Err(e) = self.runtime.remove_service(id, false).await {
-            tracing::warn!(%alias, "rolling back new service {id}: {e}; GC will retry");
-        }
-        if let Err(e) = self.journal.clear_intent(alias) {
-            tracing::warn!(%alias, "clearing intent: {e}");
-        }
-    }
-
-    /// Finishes or rolls back every step a crash interrupted, then removes
-    /// orphans (host-owned services no alias and no entry refer to, spells
-    /// without an entry, unreferenced components, artifacts and data dirs).
-    /// Returns one line per action, for the report.
-    pub async fn recover(&self) -> Result<Vec<String>, DeployError> {
-        let mut done = Vec::new();
-        for intent in self.journal.intents()? {
-            let alias = intent.step.alias().clone();
-            let bound = self.runtime.alias(&alias);
-            let line = match &intent.step {
-                Step::Install { .. } | Step::Replace { .. } => {
-                    let new = intent.new_service.clone();
-                    let swapped = matches!((&bound, &new), (Some(b), Some(n)) if b.target == AliasTarget::Service(n.clone()));
-                    if swapped {
-                        let entry = intent.entry.clone().expect("entry is recorded with the new service");
-                        self.journal.upsert(&entry)?;
-                        if let Step::Replace { old_service_id, .. } = &intent.step {
-                            if self.runtime.resolve(old_service_id.as_str()).is_some() {
-                                self.runtime.remove_service(old_service_id, false).await?;
-                            }
-                        }
-                        self.journal.clear_intent(&alias)?;
-                        format!("{alias}: finished interrupted {}", intent.step.kind())
-                    } else {
-                        if let Some(n) = &new {
-                            if self.runtime.resolve(n.as_str()).is_some() {
-                                self.runtime.remove_service(n, false).await?;
-                            }
-                        }
-                        self.journal.clear_intent(&alias)?;
-                        format!("{alias}: rolled back interrupted {}", intent.step.kind())
-                    }
-                }
-                Step::Reinit { .. } | Step::UpdateSpell { .. } | Step::KvApply { .. } => {
-                    // Idempotent steps: the entry still says "old", so the
-                    // plan runs the step again.
-                    self.journal.clear_intent(&alias)?;
-                    format!("{alias}: interrupted {} will run again", intent.step.kind())
-                }
-                Step::Remove { service_id, .. } => {
-                    self.finish_remove(&alias, service_id).await.map_err(|e| DeployError::Join(e))?;
-                    format!("{alias}: finished interrupted remove")
-                }
-                Step::RemoveSpell { .. } => {
-                    self.finish_remove_spell(&alias).map_err(DeployError::Join)?;
-                    format!("{alias}: finished interrupted remove-spell")
-                }
-                Step::InstallSpell { .. } => {
-                    let spell_bound = matches!(&bound, Some(b) if matches!(b.target, AliasTarget::Spell(_)) && b.owner == self.host);
-                    if spell_bound && intent.entry.is_some() {
-                        self.journal.complete(&alias, intent.entry.as_ref())?;
-                        format!("{alias}: finished interrupted install-spell")
-                    } else {
-                        if spell_bound {
-                            self.runtime.unbind_alias(&alias, &self.host)?;
-                        }
-                        self.spells.remove(&alias).map_err(DeployError::Join)?;
-                        self.journal.clear_intent(&alias)?;
-                        format!("{alias}: rolled back interrupted install-spell")
-                    }
-                }
-                Step::Keep { .. } | Step::KeepSpell { .. } | Step::Conflict { .. } => {
-                    self.journal.clear_intent(&alias)?;
-                    continue;
-                }
-            };
-            tracing::info!("recovery: {line}");
-            done.push(line);
-        }
-        done.extend(self.sweep_orphans().await?);
-        Ok(done)
-    }
-
-    /// Host-owned services and spells that neither an alias nor an entry
-    /// refers to are leftovers of a crash; remove them, then GC storage.
-    async fn sweep_orphans(&self) -> Result<Vec<String>, DeployError> {
-        let mut done = Vec::new();
-        let entries = self.journal.deployed()?;
-        let mut referenced: BTreeSet<ServiceId> = BTreeSet::new();
-        for e in entries.values() {
-            if let DeployedKind::Service { service_id, .. } = &e.kind {
-                referenced.insert(service_id.clone());
-            }
-        }
-        for b in self.runtime.aliases() {
-            if let AliasTarget::Service(id) = b.target {
-                referenced.insert(id);
-            }
-        }
-        for s in self.runtime.list_services() {
-            if s.owner == self.host && !referenced.contains(&s.id) {
-                self.runtime.remove_service(&s.id, false).await?;
-                done.push(format!("removed orphan service {}", s.id));
-            }
-        }
-        // Deployer entries whose alias is gone were finished above; an entry
-        // whose alias points elsewhere is left for the plan to reconcile.
-        for removed in self.runtime.gc()? {
-            done.push(format!("gc: {removed}"));
-        }
-        Ok(done)
-    }
 }
 
-/// Who holds each bound alias, as the planner sees it.
-pub fn alias_holders(bindings: Vec<crate::runtime::AliasBinding>) -> BTreeMap<Alias, AliasHolder> {
-    bindings
-        .into_iter()
-        .map(|b| {
-            let (kind, target) = match &b.target {
-                AliasTarget::Service(id) => ("service", id.to_string()),
-                AliasTarget::Spell(id) => ("spell", id.clone()),
-            };
-            (b.alias, AliasHolder { owner: b.owner, kind: kind.into(), target })
-        })
-        .collect()
-}
-
-fn is_transient(e: &CallError) -> bool {
-    matches!(e, CallError::Busy { .. } | CallError::Timeout { .. })
-}
-
-/// A call error's text, with argument values redacted when they are secret
-/// (a BadArgument echoes the JSON it got).
-fn redact_call_error(e: &CallError, secret: bool) -> String {
-    match e {
-        CallError::BadArgument { target, function, param, expected, .. } if secret => {
-            format!("{target}.{function}: parameter {param}: expected {expected}, got <redacted>")
-        }
-        e => e.to_string(),
-    }
-}
+pub use super::observed::alias_holders;
 
 /// Packages grouped by dependency level: level 0 has no dependencies among
 /// the desired packages; level n depends only on lower levels.

@@ -10,7 +10,11 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// SQL of the deployer's migration (appended to `store::migrations`).
+/// The deployer's migrations, handed to the store (`crate::schema`).
+pub const MIGRATIONS: &[crate::store::migrations::Migration] =
+    &[crate::store::migrations::Migration { name: "003-deploy", sql: MIGRATION_SQL }];
+
+/// SQL of the deployer's migration.
 pub const MIGRATION_SQL: &str = "
 CREATE TABLE deploy_entries (
     alias      TEXT PRIMARY KEY,
@@ -34,8 +38,11 @@ CREATE TABLE deployments (
 ) STRICT;
 ";
 
-/// How far a mutating step got; recovery finishes or rolls back from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How far a mutating step got. `recover` reads it: a step still at
+/// `Started` created nothing worth keeping; from `Created` on, the new
+/// service's id is in the intent; at `Swapped` the alias has moved and the
+/// step can only roll forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Recorded before anything was done.
@@ -43,23 +50,162 @@ pub enum Phase {
     /// The new service exists (id in the intent) but the alias does not
     /// point at it yet.
     Created,
-    /// Data carried over, init calls done; alias still on the old service.
+    /// Data carried over, init calls done and synced; alias still on the old
+    /// service.
     Initialised,
     /// The alias points at the new service (the point of no return: recovery
     /// rolls forward from here).
     Swapped,
 }
 
+/// What a step does, as recorded in its intent: only what recovery needs,
+/// independent of the planner's `Step` (which may change between releases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    Install,
+    Replace { old_service: ServiceId },
+    Reinit,
+    Remove { service: ServiceId },
+    Repair,
+    InstallSpell,
+    UpdateSpell,
+    KvApply,
+    RemoveSpell,
+}
+
+impl Action {
+    /// The action of a plan step (`None` for steps that change nothing).
+    pub fn of(step: &Step) -> Option<Action> {
+        Some(match step {
+            Step::Install { .. } => Action::Install,
+            Step::Replace { old_service_id, .. } => Action::Replace { old_service: old_service_id.clone() },
+            Step::Reinit { .. } => Action::Reinit,
+            Step::Remove { service_id, .. } => Action::Remove { service: service_id.clone() },
+            Step::Repair { .. } => Action::Repair,
+            Step::InstallSpell { .. } => Action::InstallSpell,
+            Step::UpdateSpell { .. } => Action::UpdateSpell,
+            Step::KvApply { .. } => Action::KvApply,
+            Step::RemoveSpell { .. } => Action::RemoveSpell,
+            Step::Keep { .. } | Step::KeepSpell { .. } | Step::Conflict { .. } => return None,
+        })
+    }
+    /// As in reports (`install`, `kv-apply`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Install => "install",
+            Action::Replace { .. } => "replace",
+            Action::Reinit => "reinit",
+            Action::Remove { .. } => "remove",
+            Action::Repair => "repair",
+            Action::InstallSpell => "install-spell",
+            Action::UpdateSpell => "update-spell",
+            Action::KvApply => "kv-apply",
+            Action::RemoveSpell => "remove-spell",
+        }
+    }
+}
+
 /// The intent of one in-progress step, written before it mutates anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
-    pub step: Step,
+    pub alias: Alias,
+    pub package: PackageName,
+    #[serde(flatten)]
+    pub action: Action,
     pub phase: Phase,
     /// The service being created (install/replace), once it exists.
     pub new_service: Option<ServiceId>,
     /// What the entry will be once the step completes (install, replace,
     /// reinit, spell steps), so recovery can roll forward.
     pub entry: Option<Deployed>,
+}
+
+/// Version of the intent and entry records written by this binary. Older
+/// versions are decoded (see `decode_intent`, `decode_kind`); a newer one is
+/// refused with a message, never guessed at.
+pub const RECORD_VERSION: u64 = 1;
+
+/// A journal row this binary cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("deployer journal: {column} holds a record this binary cannot read ({problem}); if a newer sysdeploy wrote it, run that version (or let it finish its deployment) before downgrading")]
+pub struct RecordError {
+    pub column: &'static str,
+    pub problem: String,
+}
+
+fn version_of(v: &serde_json::Value) -> u64 {
+    v.get("v").and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+/// Encodes an intent as a versioned record.
+pub fn encode_intent(intent: &Intent) -> String {
+    let mut v = serde_json::to_value(intent).expect("intent serialises");
+    v["v"] = RECORD_VERSION.into();
+    v.to_string()
+}
+
+/// Decodes an intent of any version this binary knows: 1 (today's), or the
+/// unversioned format of releases before versioned records (0), which held
+/// the planner's whole `Step`.
+pub fn decode_intent(text: &str) -> Result<Intent, RecordError> {
+    let bad = |problem: String| RecordError { column: "deploy_intents.intent", problem };
+    let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    match version_of(&v) {
+        0 => {
+            let step = v.get("step").cloned().ok_or_else(|| bad("no step in an unversioned intent".into()))?;
+            let field = |name: &str| step.get(name).cloned().unwrap_or(serde_json::Value::Null);
+            let mut action = serde_json::json!({ "action": field("action") });
+            match step.get("action").and_then(|a| a.as_str()) {
+                Some("replace") => action["old_service"] = field("old_service_id"),
+                Some("remove") => action["service"] = field("service_id"),
+                _ => {}
+            }
+            let action: Action = serde_json::from_value(action).map_err(|e| bad(format!("step of an unversioned intent: {e}")))?;
+            let entry = match v.get_mut("entry").map(serde_json::Value::take) {
+                Some(serde_json::Value::Null) | None => None,
+                Some(e) => Some(decode_deployed(e).map_err(|e| bad(e.problem))?),
+            };
+            Ok(Intent {
+                alias: serde_json::from_value(field("alias")).map_err(|e| bad(format!("alias: {e}")))?,
+                package: serde_json::from_value(field("package")).map_err(|e| bad(format!("package: {e}")))?,
+                action,
+                phase: serde_json::from_value(v["phase"].take()).map_err(|e| bad(format!("phase: {e}")))?,
+                new_service: serde_json::from_value(v["new_service"].take()).map_err(|e| bad(format!("new_service: {e}")))?,
+                entry,
+            })
+        }
+        1 => serde_json::from_value(v).map_err(|e| bad(e.to_string())),
+        n => Err(bad(format!("record version {n}, this binary knows up to {RECORD_VERSION}"))),
+    }
+}
+
+/// An entry's kind as a versioned record.
+pub fn encode_kind(kind: &DeployedKind) -> String {
+    let mut v = serde_json::to_value(kind).expect("entry serialises");
+    v["v"] = RECORD_VERSION.into();
+    v.to_string()
+}
+
+/// Decodes an entry's kind: version 1 and the unversioned format (0) have
+/// the same fields.
+pub fn decode_kind(text: &str) -> Result<DeployedKind, RecordError> {
+    let bad = |problem: String| RecordError { column: "deploy_entries.kind", problem };
+    let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    match version_of(&v) {
+        0 | 1 => {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("v");
+            }
+            serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+        }
+        n => Err(bad(format!("record version {n}, this binary knows up to {RECORD_VERSION}"))),
+    }
+}
+
+/// A whole `Deployed` inside an unversioned intent (kind flattened in).
+fn decode_deployed(v: serde_json::Value) -> Result<Deployed, RecordError> {
+    serde_json::from_value(v).map_err(|e| RecordError { column: "deploy_intents.intent", problem: format!("entry: {e}") })
 }
 
 /// Typed access to the deployer's tables.
@@ -99,7 +245,7 @@ impl Journal {
             let (alias, package, version, kind, created_at, updated_at) = row?;
             let alias = Alias::new(&alias).map_err(|e| bad_row("deploy_entries.alias", &alias, e))?;
             let package = PackageName::new(&package).map_err(|e| bad_row("deploy_entries.package", &package, e))?;
-            let kind: DeployedKind = serde_json::from_str(&kind).map_err(|e| bad_row("deploy_entries.kind", &kind, e))?;
+            let kind = decode_kind(&kind).map_err(|e| bad_row("deploy_entries.kind", &kind, e))?;
             out.insert(alias.clone(), Deployed { alias, package, version, kind, created_at, updated_at });
         }
         Ok(out)
@@ -114,7 +260,7 @@ impl Journal {
         self.store.lock().execute(
             "INSERT INTO deploy_intents(alias, intent, created_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(alias) DO UPDATE SET intent = excluded.intent",
-            params![intent.step.alias().as_str(), serde_json::to_string(intent).expect("json"), now_ms()],
+            params![intent.alias.as_str(), encode_intent(intent), now_ms()],
         )?;
         Ok(())
     }
@@ -146,7 +292,7 @@ impl Journal {
         let mut out = Vec::new();
         for row in rows {
             let s = row?;
-            out.push(serde_json::from_str(&s).map_err(|e| bad_row("deploy_intents.intent", &s, e))?);
+            out.push(decode_intent(&s).map_err(|e| bad_row("deploy_intents.intent", &s, e))?);
         }
         Ok(out)
     }
@@ -175,7 +321,7 @@ fn upsert_entry(conn: &rusqlite::Connection, d: &Deployed) -> rusqlite::Result<(
     conn.execute(
         "INSERT INTO deploy_entries(alias, package, version, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(alias) DO UPDATE SET package = excluded.package, version = excluded.version, kind = excluded.kind, updated_at = excluded.updated_at",
-        params![d.alias.as_str(), d.package.as_str(), d.version, serde_json::to_string(&d.kind).expect("json"), d.created_at, d.updated_at],
+        params![d.alias.as_str(), d.package.as_str(), d.version, encode_kind(&d.kind), d.created_at, d.updated_at],
     )?;
     Ok(())
 }

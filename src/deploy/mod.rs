@@ -4,10 +4,14 @@ pub mod desired;
 pub mod executor;
 pub mod journal;
 pub mod model;
+pub mod observed;
 pub mod plan;
+mod recover;
 pub mod report;
+mod steps;
 
 pub use executor::{ApplyPolicy, ComponentSource, DeployError, Deployer, FailurePolicy, SpellOps};
 pub use model::*;
 pub use plan::{plan, Plan, PlanError, PlanErrors, Step};
+pub use recover::{resolve as recovery_of, Resolution};
 pub use report::{Outcome, Report};

@@ -167,6 +167,9 @@ pub struct Desired {
     /// A blueprint missing here is not checked (the executor still fails
     /// cleanly on a bad call).
     pub exports: BTreeMap<BlueprintId, Vec<FunctionSig>>,
+    /// Every package the catalog knows, enabled or not, in dependency order:
+    /// removals run in the reverse of it (dependents before dependencies).
+    pub catalog_order: Vec<PackageName>,
 }
 
 /// What the deployer recorded about an alias it deployed.
@@ -211,10 +214,47 @@ pub struct AliasHolder {
     pub target: String,
 }
 
-/// What the store says is deployed.
+/// A service as the runtime's records show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedService {
+    pub owner: PeerId,
+    pub blueprint_id: BlueprintId,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A spell as the spell layer's records show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedSpell {
+    pub id: String,
+    pub owner: PeerId,
+}
+
+/// The one observed truth `plan` and `recover` share (built by
+/// `deploy::observed::observe`): the deployer's entries (what it recorded)
+/// joined with what actually exists — every bound alias, every service and
+/// every spell. Where the two disagree the planner makes a repair step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Current {
     pub host: Option<PeerId>,
+    /// What the deployer recorded, per alias.
     pub deployed: BTreeMap<Alias, Deployed>,
+    /// Every bound alias and who holds it.
     pub aliases: BTreeMap<Alias, AliasHolder>,
+    /// Every service the runtime knows.
+    pub services: BTreeMap<ServiceId, ObservedService>,
+    /// Every spell, by alias.
+    pub spells: BTreeMap<Alias, ObservedSpell>,
+}
+
+impl Current {
+    /// A host-owned spell or service the records say is deployed under
+    /// `alias`, as it is observed: `None` when what is recorded does not
+    /// exist.
+    pub fn recorded_service(&self, alias: &Alias) -> Option<(&ServiceId, &ObservedService)> {
+        match &self.deployed.get(alias)?.kind {
+            DeployedKind::Service { service_id, .. } => self.services.get(service_id).map(|s| (service_id, s)),
+            DeployedKind::Spell { .. } => None,
+        }
+    }
 }

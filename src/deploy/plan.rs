@@ -44,6 +44,18 @@ pub enum Step {
         keep_data: bool,
         reason: String,
     },
+    /// What is observed disagrees with what was recorded (an alias unbound
+    /// or pointing elsewhere): point the alias back at the recorded service
+    /// or spell, removing a host-owned leftover it pointed at.
+    Repair {
+        alias: Alias,
+        package: PackageName,
+        /// `service` or `spell`
+        kind: String,
+        /// The recorded service or spell id the alias must point at.
+        target: String,
+        reason: String,
+    },
     /// The deployer's service is no longer wanted.
     Remove {
         alias: Alias,
@@ -98,6 +110,7 @@ impl Step {
             | Step::Keep { alias, .. }
             | Step::Reinit { alias, .. }
             | Step::Replace { alias, .. }
+            | Step::Repair { alias, .. }
             | Step::Remove { alias, .. }
             | Step::Conflict { alias, .. }
             | Step::InstallSpell { alias, .. }
@@ -113,6 +126,7 @@ impl Step {
             | Step::Keep { package, .. }
             | Step::Reinit { package, .. }
             | Step::Replace { package, .. }
+            | Step::Repair { package, .. }
             | Step::Remove { package, .. }
             | Step::Conflict { package, .. }
             | Step::InstallSpell { package, .. }
@@ -129,6 +143,7 @@ impl Step {
             Step::Keep { .. } => "keep",
             Step::Reinit { .. } => "reinit",
             Step::Replace { .. } => "replace",
+            Step::Repair { .. } => "repair",
             Step::Remove { .. } => "remove",
             Step::Conflict { .. } => "conflict",
             Step::InstallSpell { .. } => "install-spell",
@@ -148,6 +163,7 @@ impl Step {
             Step::Install { reason, .. }
             | Step::Reinit { reason, .. }
             | Step::Replace { reason, .. }
+            | Step::Repair { reason, .. }
             | Step::Remove { reason, .. }
             | Step::Conflict { reason, .. }
             | Step::InstallSpell { reason, .. }
@@ -246,11 +262,13 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
     }
 
     // Removals first: a package that is gone frees its aliases before others
-    // deploy. Reverse order of the package names keeps it deterministic;
-    // dependents were deployed after dependencies, so undo in reverse.
+    // deploy. Dependents were deployed after their dependencies, so they are
+    // removed before them: reverse catalog order, packages the catalog no
+    // longer knows first; within a package, by alias.
     let enabled: BTreeSet<&PackageName> = desired.packages.iter().map(|p| &p.name).collect();
+    let rank = |p: &PackageName| desired.catalog_order.iter().position(|n| n == p).map_or(0, |i| desired.catalog_order.len() - i);
     let mut removals: Vec<&Deployed> = current.deployed.values().filter(|d| !wanted.contains_key(&d.alias)).collect();
-    removals.sort_by(|a, b| b.package.cmp(&a.package).then(a.alias.cmp(&b.alias)));
+    removals.sort_by(|a, b| rank(&a.package).cmp(&rank(&b.package)).then(b.package.cmp(&a.package)).then(a.alias.cmp(&b.alias)));
     for d in removals {
         let reason = if enabled.contains(&d.package) {
             format!("no longer part of package {} {}", d.package, d.version)
@@ -264,10 +282,21 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
             DeployedKind::Spell { .. } => Step::RemoveSpell { alias: d.alias.clone(), package: d.package.clone(), reason },
         });
     }
+    // Host-owned spells nobody recorded and nobody wants (left by a crash or
+    // an older release): observed, so removed.
+    for (alias, sp) in &current.spells {
+        if sp.owner == *host && !current.deployed.contains_key(alias) && !wanted.contains_key(alias) {
+            steps.push(Step::RemoveSpell {
+                alias: alias.clone(),
+                package: PackageName::new("unrecorded").expect("valid name"),
+                reason: format!("spell {} is not recorded as deployed and no package wants it", sp.id),
+            });
+        }
+    }
 
     for p in &desired.packages {
         for s in &p.services {
-            steps.push(plan_service(s, current, host));
+            steps.extend(plan_service(s, current, host));
         }
         for s in &p.spells {
             steps.extend(plan_spell(s, current, host));
@@ -287,40 +316,73 @@ fn conflict(alias: &Alias, package: &PackageName, current: &Current, host: &Peer
     })
 }
 
-fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
+/// The steps of one desired service: one, or a repair of its alias followed
+/// by what its config asks for.
+fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Vec<Step> {
+    let mut out = Vec::new();
+    let main = plan_service_main(s, current, host, &mut out);
+    out.push(main);
+    out
+}
+
+fn plan_service_main(s: &DesiredService, current: &Current, host: &PeerId, repairs: &mut Vec<Step>) -> Step {
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
+    let install =
+        |reason: String| Step::Install { alias: s.alias.clone(), package: s.package.clone(), blueprint_id: s.blueprint_id, reason };
+    let bound = current.aliases.get(&s.alias);
     let Some(d) = current.deployed.get(&s.alias) else {
-        return Step::Install {
-            alias: s.alias.clone(),
-            package: s.package.clone(),
-            blueprint_id: s.blueprint_id,
-            reason: if current.aliases.contains_key(&s.alias) {
-                "alias is bound by this host but not recorded as deployed; installing afresh".into()
-            } else {
-                "not deployed yet".into()
-            },
-        };
+        return install(match bound {
+            Some(h) => format!("alias is bound by this host to {} {} but not recorded as deployed; installing afresh", h.kind, h.target),
+            None => "not deployed yet".into(),
+        });
     };
     let DeployedKind::Service { service_id, blueprint_id, components, init_hash, init_snapshot } = &d.kind else {
-        // Was a spell, now a service under the same alias.
-        return Step::Install {
+        return install("alias changes from a spell to a service".into());
+    };
+    let Some(observed) = current.services.get(service_id) else {
+        return install(format!("recorded service {service_id} no longer exists; installing afresh"));
+    };
+    if observed.owner != *host {
+        return Step::Conflict {
             alias: s.alias.clone(),
             package: s.package.clone(),
-            blueprint_id: s.blueprint_id,
-            reason: "alias changes from a spell to a service".into(),
+            owner: observed.owner.clone(),
+            reason: format!("recorded service {service_id} is owned by {}, not by this host; it is left untouched", observed.owner),
         };
+    }
+    // Where the alias is not on the recorded service, say so; a replace
+    // moves the alias anyway, anything else needs a repair.
+    let misbound = match bound {
+        None => Some("alias is not bound".to_string()),
+        Some(h) if h.kind != "service" || h.target != service_id.as_str() => {
+            Some(format!("alias points at {} {}, recorded is service {service_id}", h.kind, h.target))
+        }
+        Some(_) => None,
+    };
+    let replace = |reason: String| Step::Replace {
+        alias: s.alias.clone(),
+        package: s.package.clone(),
+        old_service_id: service_id.clone(),
+        blueprint_id: s.blueprint_id,
+        keep_data: s.keep_data,
+        reason: match &misbound {
+            Some(m) => format!("{reason}; {m}"),
+            None => reason,
+        },
     };
     if *blueprint_id != s.blueprint_id {
-        return Step::Replace {
+        return replace(describe_component_change(components, &s.components(), &d.version, &s.version));
+    }
+    if let Some(m) = &misbound {
+        repairs.push(Step::Repair {
             alias: s.alias.clone(),
             package: s.package.clone(),
-            old_service_id: service_id.clone(),
-            blueprint_id: s.blueprint_id,
-            keep_data: s.keep_data,
-            reason: describe_component_change(components, &s.components(), &d.version, &s.version),
-        };
+            kind: "service".into(),
+            target: service_id.to_string(),
+            reason: format!("{m}; pointing it back"),
+        });
     }
     if *init_hash == s.init_hash() {
         return Step::Keep { alias: s.alias.clone(), package: s.package.clone() };
@@ -334,14 +396,11 @@ fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Step {
             functions: s.init.iter().filter(|i| i.run == InitRun::OnChange).map(|i| i.function.clone()).collect(),
             reason,
         },
-        ConfigChange::Replace => Step::Replace {
-            alias: s.alias.clone(),
-            package: s.package.clone(),
-            old_service_id: service_id.clone(),
-            blueprint_id: s.blueprint_id,
-            keep_data: s.keep_data,
-            reason: format!("{reason}; this service is replaced rather than re-initialised"),
-        },
+        ConfigChange::Replace => {
+            // The replace moves the alias itself.
+            repairs.clear();
+            replace(format!("{reason}; this service is replaced rather than re-initialised"))
+        }
     }
 }
 
@@ -421,14 +480,36 @@ fn plan_spell(s: &DesiredSpell, current: &Current, host: &PeerId) -> Vec<Step> {
         return vec![c];
     }
     let d = current.deployed.get(&s.alias);
-    let Some(Deployed { kind: DeployedKind::Spell { script_hash, trigger, kv_applied, .. }, .. }) = d else {
-        return vec![Step::InstallSpell {
-            alias: s.alias.clone(),
-            package: s.package.clone(),
-            reason: if d.is_some() { "alias changes from a service to a spell".into() } else { "not deployed yet".into() },
-        }];
+    let install = |reason: String| vec![Step::InstallSpell { alias: s.alias.clone(), package: s.package.clone(), reason }];
+    let Some(Deployed { kind: DeployedKind::Spell { spell_id, script_hash, trigger, kv_applied }, .. }) = d else {
+        return install(match (d, current.spells.get(&s.alias)) {
+            (Some(_), _) => "alias changes from a service to a spell".into(),
+            (None, Some(sp)) => format!("spell {} exists but is not recorded as deployed; installing afresh", sp.id),
+            (None, None) => "not deployed yet".into(),
+        });
+    };
+    match current.spells.get(&s.alias) {
+        Some(sp) if sp.id == *spell_id => {}
+        Some(sp) => return install(format!("recorded spell {spell_id} was replaced by spell {}; installing afresh", sp.id)),
+        None => return install(format!("recorded spell {spell_id} no longer exists; installing afresh")),
+    }
+    let misbound = match current.aliases.get(&s.alias) {
+        None => Some("alias is not bound".to_string()),
+        Some(h) if h.kind != "spell" || h.target != *spell_id => {
+            Some(format!("alias points at {} {}, recorded is spell {spell_id}", h.kind, h.target))
+        }
+        Some(_) => None,
     };
     let mut out = Vec::new();
+    if let Some(m) = misbound {
+        out.push(Step::Repair {
+            alias: s.alias.clone(),
+            package: s.package.clone(),
+            kind: "spell".into(),
+            target: spell_id.clone(),
+            reason: format!("{m}; pointing it back"),
+        });
+    }
     let script = *script_hash != s.script_hash;
     let trig = *trigger != s.trigger;
     if script || trig {

@@ -68,6 +68,7 @@ fn desired(packages: Vec<(&str, Vec<DesiredService>, Vec<DesiredSpell>)>) -> Des
             .map(|(n, services, spells)| DesiredPackage { name: pkg(n), version: "1.0.0".into(), depends_on: vec![], services, spells })
             .collect(),
         exports: Default::default(),
+        catalog_order: vec![],
     }
 }
 
@@ -79,6 +80,7 @@ fn deployed_from(d: &Desired) -> Current {
         for s in &p.services {
             let id = ServiceId::random();
             c.aliases.insert(s.alias.clone(), AliasHolder { owner: host(), kind: "service".into(), target: id.to_string() });
+            c.services.insert(id.clone(), ObservedService { owner: host(), blueprint_id: s.blueprint_id, created_at: 0 });
             c.deployed.insert(
                 s.alias.clone(),
                 Deployed {
@@ -99,6 +101,7 @@ fn deployed_from(d: &Desired) -> Current {
         }
         for s in &p.spells {
             c.aliases.insert(s.alias.clone(), AliasHolder { owner: host(), kind: "spell".into(), target: "sp".into() });
+            c.spells.insert(s.alias.clone(), ObservedSpell { id: "sp".into(), owner: host() });
             c.deployed.insert(
                 s.alias.clone(),
                 Deployed {

@@ -716,7 +716,7 @@ fn toml_kind(v: &toml::Value) -> &'static str {
 
 fn default_matches(ty: ValueType, v: &toml::Value) -> bool {
     match ty {
-        ValueType::String => v.is_str(),
+        ValueType::String | ValueType::Url | ValueType::HexAddress | ValueType::HexNumber => v.is_str(),
         ValueType::Integer => v.is_integer(),
         ValueType::Float => v.is_float() || v.is_integer(),
         ValueType::Boolean => v.is_bool(),

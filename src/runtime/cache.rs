@@ -312,8 +312,8 @@ impl ComponentCache {
                 continue;
             }
             let path = entry.path();
-            let r = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            r.map_err(|e| io(&path, e))?;
+            // Directories of any depth, symlinks unlinked, never followed.
+            crate::tree::remove_tree(&path)?;
             removed.push(path.display().to_string());
         }
         for dir in [&self.artifacts_dir, &self.components_dir] {

@@ -9,7 +9,9 @@
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
 mod cache;
+mod check;
 mod guestio;
+mod hold;
 mod host;
 mod limits;
 mod link;
@@ -18,7 +20,9 @@ mod service;
 pub mod wit;
 
 pub use cache::{engine_key, CacheStats};
+pub use check::check_links_offline;
 pub use guestio::{escape as escape_guest_text, LogLimits};
+pub use hold::CallHold;
 pub use host::{MemoryLimitExceeded, DATA_DIR_GUEST_PATH};
 pub use limits::DataUsage;
 pub use wit::{check_args, ArgError};
@@ -240,6 +244,8 @@ pub enum RuntimeError {
     ServiceInUse(String),
     #[error("runtime configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Tree(#[from] crate::tree::TreeError),
 }
 
 /// Why a call failed. Each variant maps to one HTTP status in the API.
@@ -527,7 +533,7 @@ impl Runtime {
         std::fs::create_dir_all(&dir).map_err(|e| cache::io(&dir, e))?;
         let row = ServiceRow { id: id.clone(), blueprint_id: *blueprint, owner: owner.clone(), created_at: records::now_secs() };
         if let Err(e) = records::put_service(&self.inner.store, &row) {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = remove_dir_if_exists(&dir);
             return Err(e);
         }
         write(&self.inner.services).insert(id.clone(), Arc::new(ServiceSlot::new(row, dir, self.inner.opts.limits.log)));
@@ -548,7 +554,10 @@ impl Runtime {
         write(&self.inner.aliases).retain(|_, b| b.target != AliasTarget::Service(id.clone()));
         drop(live);
         if !keep_data {
-            remove_dir_if_exists(&slot.data_dir)?;
+            let dir = slot.data_dir.clone();
+            tokio::task::spawn_blocking(move || remove_dir_if_exists(&dir))
+                .await
+                .map_err(|e| RuntimeError::Wasmtime(format!("removal task failed: {e}")))??;
         }
         tracing::info!(service = %id, keep_data, "service removed");
         Ok(())
@@ -569,7 +578,9 @@ impl Runtime {
             return Err(RuntimeError::ServiceInUse(to.to_string()));
         }
         let (a, b) = (src.data_dir.clone(), dst.data_dir.clone());
-        tokio::task::spawn_blocking(move || copy_tree(&a, &b))
+        // The old instance may be running and rewriting its tree meanwhile:
+        // the walker opens every entry fd-relative without following symlinks.
+        tokio::task::spawn_blocking(move || crate::tree::copy_tree(&a, &b))
             .await
             .map_err(|e| RuntimeError::Wasmtime(format!("copy task failed: {e}")))??;
         drop(guard);
@@ -718,6 +729,27 @@ impl Runtime {
         args: serde_json::Value,
         ttl: Duration,
     ) -> Result<serde_json::Value, CallError> {
+        // A call held by a replace that then moved the alias was not run on
+        // the old service; it goes to the service the alias names now.
+        let mut attempts = 0;
+        loop {
+            let r = self.call_once(alias_or_id, function, &args, ttl).await;
+            attempts += 1;
+            let moved = matches!(r, Err(CallError::UnknownTarget { .. }))
+                && self.inner.resolve_slot(alias_or_id).is_some_and(|s| !s.superseded.load(Ordering::Acquire));
+            if !moved || attempts >= 3 {
+                return r;
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        alias_or_id: &str,
+        function: &str,
+        args: &serde_json::Value,
+        ttl: Duration,
+    ) -> Result<serde_json::Value, CallError> {
         let inner = &self.inner;
         let target = alias_or_id;
         let slot = inner.resolve_slot(alias_or_id).ok_or_else(|| CallError::UnknownTarget { target: target.to_string() })?;
@@ -735,7 +767,7 @@ impl Runtime {
                 message: format!("{} uses types that JSON cannot carry (resources, streams, futures)", export.sig),
             });
         }
-        let params = wit::json_args_to_vals(&export.sig.params, &args).map_err(|e| e.into_call_error(target, function))?;
+        let params = wit::json_args_to_vals(&export.sig.params, args).map_err(|e| e.into_call_error(target, function))?;
         let host_peer = inner.opts.host_peer.as_ref().unwrap_or(&slot.row.owner);
         let env = CallEnv {
             engine: &inner.engine,
@@ -896,36 +928,10 @@ impl Inner {
     }
 }
 
+/// Removes a data dir with the safe walker: iterative (any depth), fd-relative,
+/// never following a symlink the guest left inside.
 fn remove_dir_if_exists(path: &Path) -> Result<(), RuntimeError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(cache::io(path, e)),
-    }
-}
-
-/// Copies a directory tree. Symlinks are recreated as symlinks, never
-/// followed, so a guest cannot make the copy read outside its directory.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
-    std::fs::create_dir_all(to).map_err(|e| cache::io(to, e))?;
-    let entries = match std::fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(cache::io(from, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| cache::io(from, e))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ft = entry.file_type().map_err(|e| cache::io(&src, e))?;
-        if ft.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst).map_err(|e| cache::io(&src, e))?;
-        } else if ft.is_symlink() {
-            let link = std::fs::read_link(&src).map_err(|e| cache::io(&src, e))?;
-            std::os::unix::fs::symlink(&link, &dst).map_err(|e| cache::io(&dst, e))?;
-        }
-    }
+    crate::tree::remove_tree(path)?;
     Ok(())
 }
 

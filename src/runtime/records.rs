@@ -10,7 +10,11 @@ use crate::ids::{Alias, BlueprintId, ComponentHash, PeerId, ServiceId};
 use crate::store::Store;
 use rusqlite::{params, OptionalExtension};
 
-/// The runtime's schema, appended to `store::migrations::MIGRATIONS`.
+/// The runtime's migrations, handed to the store (`crate::schema`).
+pub const MIGRATIONS: &[crate::store::migrations::Migration] =
+    &[crate::store::migrations::Migration { name: "002-runtime", sql: MIGRATION_SQL }];
+
+/// The runtime's schema.
 pub const MIGRATION_SQL: &str = "
 CREATE TABLE rt_components (
     hash TEXT PRIMARY KEY,

@@ -43,6 +43,12 @@ pub(crate) struct ServiceSlot {
     pub(crate) log: Arc<GuestLog>,
     /// The quota ledger of the latest instance (scanned when it was created).
     quota: Mutex<Option<Arc<Quota>>>,
+    /// Every call passes it (read side); `hold::CallHold` holds the write side
+    /// while a replace copies this service's data and moves its alias.
+    pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
+    /// Set when a hold ends with the alias moved away: calls still waiting
+    /// are not run here (the runtime re-resolves the alias for them).
+    pub(crate) superseded: AtomicBool,
 }
 
 /// An instantiated service.
@@ -108,6 +114,8 @@ impl ServiceSlot {
             admitted: AtomicUsize::new(0),
             running: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            superseded: AtomicBool::new(false),
         }
     }
 
@@ -155,6 +163,11 @@ impl ServiceSlot {
             return Err(CallError::Busy { target: target.to_string() });
         }
         let _admission = Admission(&self.admitted);
+        // Waits while a replace holds this service's calls (`hold.rs`).
+        let _gate = self.gate.read().await;
+        if self.superseded.load(Ordering::Acquire) {
+            return Err(CallError::UnknownTarget { target: target.to_string() });
+        }
         let mut guard = self.live.lock().await;
         let _running = Running::start(&self.running);
         if self.removed.load(Ordering::Acquire) {

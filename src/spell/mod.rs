@@ -14,6 +14,7 @@ mod store;
 pub use engine::{MAX_KEY_LEN, MAX_VALUE_BYTES};
 pub use schedule::{next_run, Clock, Start, SystemClock, TokioClock, Trigger, MAX_PERIOD_SEC};
 pub use scheduler::{Scheduler, SchedulerHandle};
+pub use store::MIGRATIONS;
 
 use crate::ids::{Alias, PeerId};
 use crate::store::Store;

@@ -9,6 +9,58 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The spell layer's tables, handed to the store (`crate::schema`).
+pub const MIGRATIONS: &[crate::store::migrations::Migration] = &[
+    // spells, their KV, last-applied config KV, error log, run history
+    crate::store::migrations::Migration {
+        name: "spell-001-spells",
+        sql: "
+CREATE TABLE spells (
+    id TEXT PRIMARY KEY,
+    alias TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    script TEXT NOT NULL,
+    script_hash TEXT NOT NULL,
+    start_at INTEGER,
+    period_sec INTEGER NOT NULL,
+    end_at INTEGER,
+    last_run INTEGER,
+    run_count INTEGER NOT NULL DEFAULT 0,
+    runs_under_trigger INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE spell_kv (
+    spell_id TEXT NOT NULL REFERENCES spells(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (spell_id, key)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE spell_applied_kv (
+    spell_id TEXT NOT NULL REFERENCES spells(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (spell_id, key)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE spell_errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spell_id TEXT NOT NULL REFERENCES spells(id) ON DELETE CASCADE,
+    at INTEGER NOT NULL,
+    message TEXT NOT NULL
+) STRICT;
+CREATE INDEX spell_errors_by_spell ON spell_errors (spell_id, id);
+CREATE TABLE spell_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spell_id TEXT NOT NULL REFERENCES spells(id) ON DELETE CASCADE,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    status TEXT NOT NULL
+) STRICT;
+CREATE INDEX spell_runs_by_spell ON spell_runs (spell_id, id);
+",
+    },
+];
+
 /// One row of `spells`, decoded.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {

@@ -39,6 +39,9 @@ pub enum StateError {
     #[error("node key {} is missing although the state directory exists; restore it from a backup, or run `sysdeploy run` to create a new identity", path.display())]
     KeyMissing { path: PathBuf },
 
+    #[error("the node identity {} is missing but {} records what this node deployed under it: a new key would own none of it (every alias would conflict, nothing would converge); restore node.key from a backup of this state directory (a 32-byte file, mode 0600); to start over as a new node, move the whole state directory away", key.display(), store.display())]
+    IdentityMissing { key: PathBuf, store: PathBuf },
+
     #[error("node key {} has {len} bytes, expected a 32-byte ed25519 seed; it was left untouched: restore it from a backup (the peer id depends on it) or move it away to get a new identity", path.display())]
     KeyWrongSize { path: PathBuf, len: u64 },
 
@@ -53,6 +56,16 @@ pub enum StateError {
 
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: io::Error },
+}
+
+/// A state dir that holds a store but lost its key must not be re-keyed:
+/// everything in the store is owned by the lost identity.
+fn refuse_new_identity_over_a_store(dir: &Path) -> Result<(), StateError> {
+    let store = dir.join(STORE_FILE);
+    if store.exists() {
+        return Err(StateError::IdentityMissing { key: dir.join(KEY_FILE), store });
+    }
+    Ok(())
 }
 
 fn holder(pid: &Option<u32>) -> String {
@@ -107,6 +120,7 @@ impl StateDir {
         let signing_key = match read_key(&key_path)? {
             Some(k) => k,
             None => {
+                refuse_new_identity_over_a_store(path)?;
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).map_err(|e| io_err("generate a key for", &key_path)(io::Error::other(e.to_string())))?;
                 let written = write_secret(path, KEY_FILE, &seed);
@@ -141,7 +155,13 @@ impl StateDir {
             Err(source) => return Err(io_err("read", path)(source)),
         }
         let key_path = path.join(KEY_FILE);
-        let signing_key = read_key(&key_path)?.ok_or(StateError::KeyMissing { path: key_path })?;
+        let signing_key = match read_key(&key_path)? {
+            Some(k) => k,
+            None => {
+                refuse_new_identity_over_a_store(path)?;
+                return Err(StateError::KeyMissing { path: key_path });
+            }
+        };
         let peer_id = PeerId::from_ed25519_public(&signing_key.verifying_key().to_bytes());
         Ok(StateDir { path: path.into(), lock: None, signing_key, peer_id })
     }

@@ -2,12 +2,15 @@
 //! mode, versioned migrations, and the refusal to open a schema newer than
 //! this binary knows.
 //!
-//! Each layer owns its tables and adds them as a migration in
-//! [`migrations::MIGRATIONS`]; higher layers wrap [`Store`] with their own
-//! typed accessors (`runtime::records`, `deploy::state`, `spell::store`).
+//! Each layer owns its tables and hands its migrations in
+//! ([`Store::open_with`]; `crate::schema` lists the node's, in order, and
+//! adds `Store::open`); higher layers wrap [`Store`] with their own typed
+//! accessors (`runtime::records`, `deploy::journal`, `spell::store`). This
+//! module knows none of their SQL.
 
 pub mod migrations;
 
+use migrations::Migration;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,18 +61,20 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the store. Only the process that
-    /// holds the state-dir lock may call this.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) and migrates the store to `schema` (each
+    /// layer's migrations, in order). Only the process that holds the
+    /// state-dir lock may call this.
+    pub fn open_with(path: &Path, schema: &[&[Migration]]) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|e| sql(path, e))?;
         let store = Self::setup(conn, path)?;
-        store.migrate()?;
+        store.migrate(schema)?;
         Ok(store)
     }
 
     /// Opens an existing store without writing to it (for `plan`, `status`,
-    /// `config` while a node may be running). Refuses a newer schema.
-    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+    /// `config` while a node may be running). Refuses a schema newer than
+    /// the `known` migrations.
+    pub fn open_read_only_with(path: &Path, known: usize) -> Result<Self, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing { path: path.into() });
         }
@@ -77,18 +82,18 @@ impl Store {
             .map_err(|e| sql(path, e))?;
         let store = Self::setup(conn, path)?;
         let found = store.schema_version()?;
-        let known = migrations::MIGRATIONS.len() as i64;
+        let known = known as i64;
         if found > known {
             return Err(StoreError::NewerSchema { path: path.into(), found, known });
         }
         Ok(store)
     }
 
-    /// An in-memory store with the full schema, for unit tests.
-    pub fn in_memory() -> Self {
+    /// An in-memory store with `schema`, for unit tests.
+    pub fn in_memory_with(schema: &[&[Migration]]) -> Self {
         let conn = Connection::open_in_memory().expect("in-memory sqlite");
         let s = Self::setup(conn, Path::new(":memory:")).expect("setup");
-        s.migrate().expect("migrate");
+        s.migrate(schema).expect("migrate");
         s
     }
 
@@ -112,14 +117,15 @@ impl Store {
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| corrupt(&self.path, e, &conn))
     }
 
-    fn migrate(&self) -> Result<(), StoreError> {
+    fn migrate(&self, schema: &[&[Migration]]) -> Result<(), StoreError> {
+        let all: Vec<&Migration> = schema.iter().flat_map(|layer| layer.iter()).collect();
         let found = self.schema_version()?;
-        let known = migrations::MIGRATIONS.len() as i64;
+        let known = all.len() as i64;
         if found > known {
             return Err(StoreError::NewerSchema { path: self.path.clone(), found, known });
         }
         let mut conn = self.lock();
-        for (i, m) in migrations::MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for (i, m) in all.iter().enumerate().skip(found as usize) {
             let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
             tx.execute_batch(m.sql).map_err(|e| corrupt(&self.path, e, &tx))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| sql(&self.path, e))?;
@@ -178,7 +184,7 @@ mod tests {
         let p = dir.path().join("state.db");
         drop(Store::open(&p).unwrap());
         let v: i64 = Connection::open(&p).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(v, migrations::MIGRATIONS.len() as i64);
+        assert_eq!(v, crate::schema::known() as i64);
         Connection::open(&p).unwrap().pragma_update(None, "user_version", 999).unwrap();
         assert!(matches!(Store::open(&p), Err(StoreError::NewerSchema { found: 999, .. })));
         assert!(matches!(Store::open_read_only(&p), Err(StoreError::NewerSchema { .. })));

@@ -30,6 +30,23 @@ pub static BIN: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
 });
 pub const KV: &str = "kv-store";
 pub const TICKER: &str = "ticker";
+/// A service whose init rejects values starting with `!` (a WIT `err`).
+pub const CHECKED: &str = "checked";
+/// An alias that is a spell or a service, as `Want::shifty` says.
+pub const SHIFTY: &str = "shifty";
+
+/// What the `shifty` alias is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Spell,
+    Service,
+}
+
+/// The component of the `checked` package and of `shifty` as a service
+/// (`tests/fixtures/checked.wat`).
+pub fn checked_wasm() -> Vec<u8> {
+    wat::parse_file(repo().join("tests/fixtures/checked.wat")).unwrap()
+}
 /// The value the ticker spell writes into its own KV when it runs.
 pub const SPELL_OWN_KEY: &str = "mine";
 
@@ -88,11 +105,25 @@ pub struct Want {
     pub period: u64,
     /// `${config.threshold}`, written into the ticker's KV (kv-apply).
     pub threshold: i64,
+    /// The `checked` package's value (its init rejects one starting with
+    /// `!`), or `None` when the package is not enabled.
+    pub checked: Option<String>,
+    /// What the `shifty` alias is, or `None` when its package is not enabled.
+    pub shifty: Option<Kind>,
 }
 
 impl Default for Want {
     fn default() -> Self {
-        Want { kv: Some(Build::V1), greeting: "hello".into(), ticker: true, script: 0, period: 60, threshold: 5 }
+        Want {
+            kv: Some(Build::V1),
+            greeting: "hello".into(),
+            ticker: true,
+            script: 0,
+            period: 60,
+            threshold: 5,
+            checked: None,
+            shifty: None,
+        }
     }
 }
 
@@ -105,7 +136,20 @@ impl Want {
         if self.ticker {
             e.push(TICKER);
         }
+        if self.checked.is_some() {
+            e.push(CHECKED);
+        }
+        if self.shifty.is_some() {
+            e.push(SHIFTY);
+        }
         e
+    }
+
+    /// The distros folder name of this want (build, script, shifty's kind).
+    fn distros_name(&self) -> String {
+        let build = self.kv.unwrap_or(Build::V1);
+        let shape = if self.shifty == Some(Kind::Service) { "-service" } else { "" };
+        format!("distros-{}-{}{shape}", build.dir(), self.script)
     }
 }
 
@@ -157,10 +201,11 @@ impl Sandbox {
     /// script. Both are always present; `enable` picks.
     pub fn distros(&self, want: &Want) -> PathBuf {
         let build = want.kv.unwrap_or(Build::V1);
-        let dir = self.dir.path().join(format!("distros-{}-{}", build.dir(), want.script));
+        let dir = self.dir.path().join(want.distros_name());
         if dir.exists() {
             return dir;
         }
+        write_checked_packages(&dir, want.shifty == Some(Kind::Service));
         let kv = dir.join(KV);
         fs::create_dir_all(&kv).unwrap();
         fs::write(kv.join("kv-store.wasm"), build.wasm()).unwrap();
@@ -241,6 +286,9 @@ fixed = "never changes"
             self.state_dir().display().to_string(),
         ];
         args.extend(enable);
+        if let Some(v) = &want.checked {
+            args.extend(["--set".into(), format!("system_services.checked.value={v}")]);
+        }
         args.extend([
             "--set".into(),
             format!("system_services.kv_store.greeting={}", want.greeting),
@@ -438,6 +486,12 @@ impl Inspect {
         if want.ticker {
             want_aliases.insert(TICKER.to_string());
         }
+        if want.checked.is_some() {
+            want_aliases.insert(CHECKED.to_string());
+        }
+        if want.shifty.is_some() {
+            want_aliases.insert(SHIFTY.to_string());
+        }
         let bound: BTreeSet<String> = self.aliases.iter().map(|b| b.alias.to_string()).collect();
         if bound != want_aliases {
             v.push(format!("bound aliases {bound:?}, wanted {want_aliases:?}"));
@@ -491,6 +545,9 @@ impl Inspect {
         if let Some(b) = want.kv {
             comps.insert(b.hash().to_hex());
         }
+        if want.checked.is_some() || want.shifty == Some(Kind::Service) {
+            comps.insert(ComponentHash::of(&checked_wasm()).to_hex());
+        }
         let files = names(&self.root.join("components"));
         let want_files: BTreeSet<String> = comps.iter().map(|h| format!("{h}.wasm")).collect();
         if files != want_files {
@@ -542,6 +599,21 @@ impl Inspect {
                 assert_eq!(rec.script_hash, sysdeploy::spell::script_hash(&script), "{context}: ticker script");
             }
         }
+        // What the guests and spells hold, observed through their own
+        // getters and KV, not the store's rows.
+        if let Some(v) = &want.checked {
+            assert_eq!(self.call(CHECKED, "get-value", json!([])).await, json!(v), "{context}: checked value");
+        }
+        match want.shifty {
+            Some(Kind::Service) => {
+                assert_eq!(self.call(SHIFTY, "get-value", json!([])).await, json!("as a service"), "{context}: shifty service");
+            }
+            Some(Kind::Spell) => {
+                let kv = self.kv(SHIFTY);
+                assert_eq!(kv.get("shape"), Some(&json!("spell")), "{context}: shifty spell kv {kv:?}");
+            }
+            None => {}
+        }
     }
 
     /// Writes `key = value` into the kv-store service (its data dir) and runs
@@ -560,12 +632,58 @@ impl Inspect {
 impl Sandbox {
     /// The ticker script of `want`, relative to a state dir at `<sandbox>/sd`.
     fn script_path_for(state_root: &Path, want: &Want) -> PathBuf {
-        let build = want.kv.unwrap_or(Build::V1);
-        state_root.parent().unwrap().join(format!("distros-{}-{}", build.dir(), want.script)).join(TICKER).join("ticker.rhai")
+        state_root.parent().unwrap().join(want.distros_name()).join(TICKER).join("ticker.rhai")
     }
 }
 
 /// File names in a directory (empty when it does not exist).
 pub fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir).map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+/// The `checked` package and the `shifty` package (a service when
+/// `shifty_service`, else a spell) in a distros folder.
+fn write_checked_packages(dir: &Path, shifty_service: bool) {
+    let c = dir.join(CHECKED);
+    fs::create_dir_all(&c).unwrap();
+    fs::write(c.join("checked.wasm"), checked_wasm()).unwrap();
+    fs::write(
+        c.join("distro.toml"),
+        r#"[package]
+name = "checked"
+version = "0.1.0"
+
+[config.value]
+type = "string"
+default = "first"
+doc = "kept by the service; one starting with ! is rejected by its init"
+
+[[service]]
+alias = "checked"
+components = ["checked.wasm"]
+keep_data = true
+
+[[service.init]]
+function = "set-value"
+args = ["${config.value}"]
+"#,
+    )
+    .unwrap();
+    let sh = dir.join(SHIFTY);
+    fs::create_dir_all(&sh).unwrap();
+    if shifty_service {
+        fs::write(sh.join("checked.wasm"), checked_wasm()).unwrap();
+        fs::write(
+            sh.join("distro.toml"),
+            "[package]\nname = \"shifty\"\nversion = \"0.1.0\"\n\n[[service]]\nalias = \"shifty\"\ncomponents = [\"checked.wasm\"]\n\n[[service.init]]\nfunction = \"set-value\"\nargs = [\"as a service\"]\n",
+        )
+        .unwrap();
+    } else {
+        fs::write(sh.join("shifty.rhai"), "// shifty as a spell\n").unwrap();
+        fs::write(
+            sh.join("distro.toml"),
+            "[package]\nname = \"shifty\"\nversion = \"0.1.0\"\n\n[[spell]]\nalias = \"shifty\"\nscript = \"shifty.rhai\"\ntrigger = { clock = { start = \"now\", period_sec = 3600 } }\n\n[spell.kv]\nshape = \"spell\"\n",
+        )
+        .unwrap();
+    }
 }

@@ -18,6 +18,7 @@ pub const TEST_GUESTS: &[(&str, &str, &str)] = &[
     ("tests/distros/guest", "v2", "tests/distros/v2/kv-store/kv-store.wasm"),
     ("tests/distros/guest", "fail-init", "tests/distros/fail-init/kv-store/kv-store.wasm"),
     ("tests/distros/hostile", "", "tests/distros/limits/hostile/hostile.wasm"),
+    ("tests/distros/hostile-tree", "", "tests/distros/containment/hostile/hostile.wasm"),
 ];
 
 /// One artifact and how it is built.
