@@ -10,6 +10,7 @@ use super::catalog::{
     LEGACY_SECTION_PREFIX, SECTION_TABLES,
 };
 use super::problem::{ConfigProblem, Source};
+use super::secrets;
 use super::FlagValue;
 use figment::value::{Dict, Map, Value as FigValue};
 use figment::{Metadata, Profile, Provider};
@@ -231,6 +232,8 @@ impl FileWalker<'_> {
                         expected: format!("a table ([{path}])"),
                     }),
                 }
+            } else if let Some(leaf) = secrets::target(self.cat, &path).filter(|l| l.secret) {
+                self.secret_file(table, leaf, v, self.source(value.span().start), layer, problems);
             } else if let Some(why) = catalog::retired(&path) {
                 notes.warnings.push(retired_warning(&path, &self.source(key.span().start), why));
             } else if let (true, DeValue::Table(t)) = (self.cat.is_retired_table(&path), v) {
@@ -247,6 +250,41 @@ impl FileWalker<'_> {
                 problems.push(p);
             }
         }
+    }
+}
+
+impl FileWalker<'_> {
+    /// `<key>_file = "PATH"` for a secret key: a path relative to the config
+    /// file's directory; the key itself in the same table is a conflict.
+    fn secret_file(
+        &self,
+        table: &DeTable<'_>,
+        leaf: &Leaf,
+        v: &DeValue<'_>,
+        origin: Source,
+        layer: &mut Layer,
+        problems: &mut Vec<ConfigProblem>,
+    ) {
+        let name = leaf.path.rsplit('.').next().unwrap_or_default();
+        let DeValue::String(file) = v else {
+            return problems.push(ConfigProblem::WrongType {
+                key: format!("{}{}", leaf.path, secrets::FILE_SUFFIX),
+                value: catalog::show_toml(v),
+                origin,
+                expected: format!("a string: the path of a file holding {}", leaf.path),
+            });
+        };
+        if table.iter().any(|(k, _)| k.get_ref() == name) {
+            return problems.push(ConfigProblem::WrongType {
+                key: leaf.path.clone(),
+                value: super::REDACTED.into(),
+                origin,
+                expected: format!("either {name} or {name}{} in the file, not both; remove one", secrets::FILE_SUFFIX),
+            });
+        }
+        let base = self.path.parent().unwrap_or(Path::new(""));
+        let path = base.join(file.as_ref());
+        secret_file(self.cat, leaf, &path, origin.to_string(), layer, problems);
     }
 }
 
@@ -411,6 +449,15 @@ pub(crate) fn env(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<Co
         let path = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
         let origin = Source::Env { var: var.clone() };
         text_value(cat, &path, text, origin, &mut layer, problems, notes);
+        let both = secrets::target(cat, &path).filter(|l| l.secret && env.iter().any(|(k, _)| *k == l.env_var()));
+        if let Some(leaf) = both {
+            problems.push(ConfigProblem::WrongType {
+                key: leaf.path.clone(),
+                value: super::REDACTED.into(),
+                origin: Source::Env { var: leaf.env_var() },
+                expected: format!("either {} or {var}, not both; unset one of them", leaf.env_var()),
+            });
+        }
     }
     layer
 }
@@ -420,6 +467,20 @@ pub(crate) fn flags(flags: &[FlagValue], cat: &Catalog, problems: &mut Vec<Confi
     let mut layer = Layer::new("flags");
     for f in flags.iter().filter(|f| f.key != catalog::SECTION_KEY) {
         let origin = Source::Flag { flag: f.flag.clone() };
+        if let (true, Some(leaf)) = (f.flag.starts_with("--set "), cat.leaf(&f.key).filter(|l| l.secret)) {
+            notes.warnings.push(format!(
+                "{}: {} is a secret, and a value on the command line shows in `ps` and shell history to other users of \
+                 the machine; give it as a file instead: {}{} or {}{} = \"PATH\" in the config file (mode 600), or a \
+                 systemd credential named {}",
+                f.flag,
+                leaf.path,
+                leaf.env_var(),
+                secrets::FILE_SUFFIX.to_uppercase(),
+                leaf.path.rsplit('.').next().unwrap_or_default(),
+                secrets::FILE_SUFFIX,
+                leaf.path
+            ));
+        }
         text_value(cat, &f.key, &f.value, origin, &mut layer, problems, notes);
     }
     layer
@@ -448,6 +509,8 @@ fn text_value(
             }
             Err(m) => problems.push(mismatch(cat, leaf, redact(leaf.secret, catalog::show_text(text)), origin, m)),
         }
+    } else if let Some(leaf) = secrets::target(cat, path).filter(|l| l.secret) {
+        secret_file(cat, leaf, Path::new(text), origin.to_string(), layer, problems);
     } else if cat.is_table(path) && !path.split('.').any(str::is_empty) {
         problems.push(ConfigProblem::WrongType {
             key: path.to_string(),
@@ -459,6 +522,40 @@ fn text_value(
         let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
         problems.push(unknown(cat, parent, path.to_string(), origin));
     }
+}
+
+/// Reads the secret of `leaf` from the file at `path` (named by `via`) into
+/// `layer`, checked like any other value of the key.
+fn secret_file(cat: &Catalog, leaf: &Leaf, path: &Path, via: String, layer: &mut Layer, problems: &mut Vec<ConfigProblem>) {
+    let text = match secrets::read(&leaf.path, path, &via) {
+        Ok(t) => t,
+        Err(p) => return problems.push(p),
+    };
+    let origin = Source::SecretFile { path: path.to_path_buf(), via };
+    match cat.check_text(leaf.kind, &text) {
+        Ok(json) => {
+            layer.values.insert(leaf.path.clone(), (json, origin));
+        }
+        Err(m) => problems.push(mismatch(cat, leaf, super::REDACTED.to_string(), origin, m)),
+    }
+}
+
+/// systemd credentials: for every secret key, a file named by its dotted
+/// path (`system_services.decider.wallet_key`) in `$CREDENTIALS_DIRECTORY`,
+/// if there is one. Other files there are not ours and are left alone.
+pub(crate) fn credentials(env: &[(String, String)], cat: &Catalog, problems: &mut Vec<ConfigProblem>) -> Layer {
+    let mut layer = Layer::new("credentials");
+    let Some((_, dir)) = env.iter().rev().find(|(k, v)| k == secrets::ENV_CREDENTIALS_DIRECTORY && !v.is_empty()) else {
+        return layer;
+    };
+    for leaf in cat.leaves().filter(|l| l.secret) {
+        let path = Path::new(dir).join(&leaf.path);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let via = format!("systemd credential {} in ${}", leaf.path, secrets::ENV_CREDENTIALS_DIRECTORY);
+            secret_file(cat, leaf, &path, via, &mut layer, problems);
+        }
+    }
+    layer
 }
 
 /// The process environment reaches the loader lossily converted (`cli::main`),

@@ -1,15 +1,16 @@
 //! Layered node configuration with provenance: embedded defaults < TOML file <
-//! legacy env names < `SYSDEPLOY_` env < CLI flags, merged with figment, every
+//! legacy env names < systemd credentials < `SYSDEPLOY_` env < CLI flags, merged with figment, every
 //! effective value remembering where it came from, secrets redacted in every
 //! rendering.
 //!
-//! Loading never touches the disk except to read the config file, and it
-//! reports every problem at once ([`ConfigErrors`]).
+//! Loading never touches the disk except to read the config file and secret
+//! files (see [`secrets`]), and it reports every problem at once ([`ConfigErrors`]).
 
 mod catalog;
 mod layers;
 mod problem;
 pub mod schema;
+mod secrets;
 
 pub use catalog::{
     CLI_ENV, DEFAULT_API_LISTEN, DEFAULT_CALL_TTL_MS, DEFAULT_STATE_DIR, ENV_CONFIG, ENV_CONFIG_SECTION, ENV_DISTROS_DIR,
@@ -262,6 +263,7 @@ pub fn load(opts: &LoadOptions, schemas: &[PackageSchema]) -> Result<EffectiveCo
     let enable = "system_services.enable";
     let base_enable = file.values.get(enable).or_else(|| defaults.values.get(enable)).map(|(v, _)| v);
     let legacy = layers::legacy_env(&opts.env, &cat, base_enable, &mut problems, &mut notes);
+    let credentials = layers::credentials(&opts.env, &cat, &mut problems);
     let env = layers::env(&opts.env, &cat, &mut problems, &mut notes);
     let flags = layers::flags(&opts.flags, &cat, &mut problems, &mut notes);
     for w in &notes.warnings {
@@ -271,7 +273,7 @@ pub fn load(opts: &LoadOptions, schemas: &[PackageSchema]) -> Result<EffectiveCo
         tracing::info!("{n}");
     }
 
-    let all = [&defaults, &file, &legacy, &env, &flags];
+    let all = [&defaults, &file, &legacy, &credentials, &env, &flags];
     let figment = all.iter().fold(Figment::new(), |f, layer| f.merge(*layer));
 
     let mut values = BTreeMap::new();

@@ -23,6 +23,10 @@ pub enum Source {
     LegacyEnv { var: String },
     /// A command-line flag (`--state-dir`, `--set KEY`).
     Flag { flag: String },
+    /// A secret read from a file; `via` names what pointed at the file (an
+    /// env var `..._FILE`, a `<key>_file` line of the config file, a flag, or
+    /// a systemd credential in `$CREDENTIALS_DIRECTORY`).
+    SecretFile { path: PathBuf, via: String },
 }
 
 impl fmt::Display for Source {
@@ -34,6 +38,7 @@ impl fmt::Display for Source {
             Source::Env { var } => write!(f, "env {var}"),
             Source::LegacyEnv { var } => write!(f, "env {var} (deprecated)"),
             Source::Flag { flag } => write!(f, "flag {flag}"),
+            Source::SecretFile { path, via } => write!(f, "file {} (named by {via})", path.display()),
         }
     }
 }
@@ -66,6 +71,10 @@ pub enum ConfigProblem {
     #[error("{key} has no value and no default, and package {package} is enabled; set it under [system_services.{}] in the config file or with env {env_var}", package.config_key())]
     MissingRequired { key: String, package: PackageName, env_var: String },
 
+    /// A secret file that cannot be used; its contents are never shown.
+    #[error("{key}: secret file {} (named by {via}) {reason}", path.display())]
+    SecretFile { key: String, path: PathBuf, via: String, reason: String },
+
     #[error("config section {value} ({origin}) is not supported; expected \"system_services\": read [system_services] and [node] from a larger file such as a nox node's config")]
     BadSection { value: String, origin: Source },
 
@@ -84,7 +93,8 @@ impl ConfigProblem {
             ConfigProblem::UnknownKey { key, .. }
             | ConfigProblem::WrongType { key, .. }
             | ConfigProblem::UnknownPackage { key, .. }
-            | ConfigProblem::MissingRequired { key, .. } => Some(key),
+            | ConfigProblem::MissingRequired { key, .. }
+            | ConfigProblem::SecretFile { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -99,6 +109,7 @@ impl ConfigProblem {
             | ConfigProblem::WrongType { origin, .. }
             | ConfigProblem::UnknownPackage { origin, .. }
             | ConfigProblem::BadSection { origin, .. } => Some(origin.clone()),
+            ConfigProblem::SecretFile { path, via, .. } => Some(Source::SecretFile { path: path.clone(), via: via.clone() }),
             ConfigProblem::MissingRequired { .. } | ConfigProblem::BadSchema { .. } => None,
         }
     }
