@@ -155,8 +155,9 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    /// Default header-read (and idle) timeout.
-    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default header-read (and idle) timeout: well inside the node's 10 s
+    /// shutdown drain, so a half-sent request never outlasts it.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
     /// Default body limit: 1 MiB, plenty for JSON arguments.
     pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
