@@ -216,6 +216,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Short commands exit quietly when their reader goes away
+        // (`sysdeploy status --json | head -c1`), as Unix tools do, instead of
+        // panicking in `println!`. The node keeps ignoring SIGPIPE: a closed
+        // log pipe or client socket must not kill it.
+        // SAFETY: signal(2) with SIG_DFL on SIGPIPE, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logging(cli.log_format);
     // Non-UTF-8 env names cannot be config keys; values are taken lossily so a
     // garbled SYSDEPLOY_ value is reported instead of ignored.
@@ -304,13 +312,20 @@ fn cmd_run(ctx: &Context, once: bool) -> Exit {
     crate::node::run(ctx.config.clone(), ctx.load_opts.clone(), ctx.catalog, once, &|msg| report(format, msg))
 }
 
+/// The API address of the node running on the state directory (from
+/// `<state_dir>/api.addr`, trusted only while its writer holds the lock),
+/// else the configured `node.api_listen`.
+fn node_addr(ctx: &Context) -> std::net::SocketAddr {
+    crate::state::running_node(ctx.state_dir()).and_then(|n| n.api).unwrap_or(ctx.config.node.api_listen)
+}
+
 /// How long `health` waits for the node's answer.
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `health`: 0 when `GET /readyz` answers 200, 1 otherwise (not running,
 /// booting, failed, unreachable). Needs no token.
 fn cmd_health(ctx: &Context, json: bool) -> Exit {
-    let addr = ctx.config.node.api_listen;
+    let addr = node_addr(ctx);
     match crate::api::client::readiness(addr, HEALTH_TIMEOUT) {
         Ok((ready, body)) => {
             if json {
@@ -336,7 +351,7 @@ fn cmd_reload(ctx: &Context) -> Exit {
         Ok(t) => t,
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
-    match crate::api::client::reload(ctx.config.node.api_listen, &token) {
+    match crate::api::client::reload(node_addr(ctx), &token) {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             Exit::Ok
@@ -388,7 +403,7 @@ fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
         Ok(t) => t,
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
-    let addr = ctx.config.node.api_listen;
+    let addr = node_addr(ctx);
     match crate::api::client::call(addr, &token, alias, function, args) {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
@@ -449,7 +464,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         if json {
             println!(
                 "{}",
-                json!({ "state_dir": dir, "initialised": false, "peer_id": null, "store": null, "services": [], "spells": [], "deployment": null })
+                json!({ "state_dir": dir, "initialised": false, "node": { "running": false, "pid": null, "api": null }, "peer_id": null, "store": null, "services": [], "spells": [], "deployment": null })
             );
         } else {
             println!("state directory: {} (does not exist yet; `sysdeploy run` creates it)", dir.display());
@@ -479,6 +494,12 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         add_data_usage(s, dir);
     }
     let version = deployed.as_ref().map(|d| d.schema_version);
+    let running = crate::state::running_node(dir);
+    let node_json = json!({
+        "running": running.is_some(),
+        "pid": running.as_ref().and_then(|n| n.pid),
+        "api": running.as_ref().and_then(|n| n.api),
+    });
     let empty = Deployment::default();
     let d = deployed.as_ref().unwrap_or(&empty);
     if json {
@@ -486,6 +507,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
         let doc = json!({
             "state_dir": dir,
             "initialised": true,
+            "node": node_json,
             "peer_id": state.peer_id(),
             "store": store,
             "services": d.services,
@@ -497,6 +519,14 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
     }
     println!("state directory: {}", dir.display());
     println!("peer id:         {}", state.peer_id());
+    match &running {
+        None => println!("node:            not running"),
+        Some(n) => {
+            let pid = n.pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
+            let api = n.api.map_or_else(|| "api not serving yet".to_string(), |a| format!("api on {a}"));
+            println!("node:            running ({pid}, {api})");
+        }
+    }
     match version {
         Some(v) => println!("state store:     {} (schema version {v} of {known})", store_path.display()),
         None => println!("state store:     {} (not created yet)", store_path.display()),

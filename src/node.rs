@@ -606,6 +606,7 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     let (ping_tx, mut pings) = tokio::sync::mpsc::channel::<Ping>(RELOAD_QUEUE);
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let mut api_task = None;
+    let mut _api_addr = None;
     if !once {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -614,6 +615,14 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
                 return Exit::Invalid;
             }
         };
+        // Operators' commands (`call`, `reload`, `health`, `status`) find
+        // the node through `<state_dir>/api.addr`; removed on orderly exit.
+        let bound = listener.local_addr().unwrap_or(listen);
+        if let Err(e) = node.state.write_api_addr(bound) {
+            fatal(&e.to_string());
+            return Exit::StoreUnusable;
+        }
+        _api_addr = Some(ApiAddrGuard(node.clone()));
         let token = match node.state.api_token() {
             Ok(t) => t,
             Err(e) => {
@@ -792,6 +801,16 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     drop(node);
     tracing::info!("stopped");
     Exit::Ok
+}
+
+/// Removes `api.addr` when `run_async` returns, whatever way; dropped
+/// before the node (and its state-dir lock) is.
+struct ApiAddrGuard(Arc<Node>);
+
+impl Drop for ApiAddrGuard {
+    fn drop(&mut self) {
+        self.0.state.remove_api_addr();
+    }
 }
 
 enum Sig {

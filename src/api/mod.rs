@@ -148,15 +148,28 @@ pub struct ApiConfig {
     /// per-call TTL itself; this is a backstop so a stuck backend cannot pin
     /// a connection forever, so set it a little above the call TTL.
     pub call_timeout: Duration,
+    /// How long a client may take to send a request's head (request line
+    /// and headers), and how long a kept-alive connection may sit idle,
+    /// before the connection is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl ApiConfig {
+    /// Default header-read (and idle) timeout: well inside the node's 10 s
+    /// shutdown drain, so a half-sent request never outlasts it.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
     /// Default body limit: 1 MiB, plenty for JSON arguments.
     pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
     /// `token` with the default body limit and a call timeout of `call_ttl` plus 5 s.
     pub fn new(token: String, call_ttl: Duration) -> Self {
-        ApiConfig { token, body_limit: Self::DEFAULT_BODY_LIMIT, call_timeout: call_ttl + Duration::from_secs(5) }
+        ApiConfig {
+            token,
+            body_limit: Self::DEFAULT_BODY_LIMIT,
+            call_timeout: call_ttl + Duration::from_secs(5),
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+        }
     }
 }
 
@@ -166,6 +179,7 @@ impl fmt::Debug for ApiConfig {
             .field("token", &"<redacted>")
             .field("body_limit", &self.body_limit)
             .field("call_timeout", &self.call_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish()
     }
 }
@@ -198,7 +212,42 @@ pub async fn serve(
         warn_if_not_loopback(addr);
         tracing::info!(%addr, "api listening");
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // Our own accept loop instead of `axum::serve`, which sets no timer and
+    // so no header-read timeout: a client that sends half a request line
+    // would hold a connection (and shutdown's drain) forever.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper starts this timer whenever it waits for a request head: on a new
+    // connection, and between requests on a kept-alive one, so it is also
+    // the idle timeout. It never runs while a handler works.
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving
+                    // the connections we have, and try again shortly.
+                    tracing::warn!(error = %e, "api: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "api connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // In-flight requests finish; idle connections close at once; the caller bounds the wait.
+    graceful.shutdown().await;
     tracing::info!("api stopped");
     Ok(())
 }

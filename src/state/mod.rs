@@ -17,6 +17,8 @@ pub const LOCK_FILE: &str = "lock";
 pub const KEY_FILE: &str = "node.key";
 pub const TOKEN_FILE: &str = "api.token";
 pub const STORE_FILE: &str = "state.db";
+/// Where the running node records its bound API address and pid.
+pub const API_ADDR_FILE: &str = "api.addr";
 
 /// Why the state directory cannot be used. All map to exit code 3.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum StateError {
 
     #[error("cannot lock {}: {source}; the file system must support flock", path.display())]
     Lock { path: PathBuf, source: io::Error },
+
+    #[error("permission denied: cannot {action} {}: {}; this process runs as uid {euid}: run it as the owner, or `chown` the state directory to uid {euid} (with systemd, StateDirectory= does this)", path.display(), describe_owner(.path))]
+    PermissionDenied { action: &'static str, path: PathBuf, euid: u32 },
 
     #[error("node key {} is missing although the state directory exists; restore it from a backup, or run `sysdeploy run` to create a new identity", path.display())]
     KeyMissing { path: PathBuf },
@@ -76,7 +81,33 @@ fn holder(pid: &Option<u32>) -> String {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io { action, path: path.to_path_buf(), source }
+    move |source| denied(action, path, source).unwrap_or_else(|source| StateError::Io { action, path: path.to_path_buf(), source })
+}
+
+/// A permission error becomes [`StateError::PermissionDenied`] (naming the
+/// owner and mode of `path`, or of its nearest existing ancestor, and our
+/// effective uid); any other error is given back.
+fn denied(action: &'static str, path: &Path, source: io::Error) -> Result<StateError, io::Error> {
+    if source.kind() != io::ErrorKind::PermissionDenied {
+        return Err(source);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    Ok(StateError::PermissionDenied { action, path: path.to_path_buf(), euid })
+}
+
+/// "owned by uid U, mode M" of `path`, or of the nearest ancestor that can be inspected.
+fn describe_owner(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut p = Some(path);
+    while let Some(q) = p {
+        if let Ok(m) = fs::metadata(q) {
+            let what = if q == path { String::new() } else { format!(" (its parent {})", q.display()) };
+            return format!("owned by uid {} gid {}, mode {:03o}{what}", m.uid(), m.gid(), m.mode() & 0o7777);
+        }
+        p = q.parent();
+    }
+    "its owner and mode cannot be read".to_string()
 }
 
 /// An opened state directory. Exclusive handles hold the lock until dropped.
@@ -107,13 +138,13 @@ impl StateDir {
             Ok(m) if !m.is_dir() => return Err(StateError::NotADirectory { path: path.into() }),
             Ok(m) => make_private(path, m.permissions().mode() & 0o777)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(path)
-                    .map_err(|source| StateError::Create { path: path.into(), source })?;
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|source| {
+                    denied("create", path, source).unwrap_or_else(|source| StateError::Create { path: path.into(), source })
+                })?;
             }
-            Err(source) => return Err(StateError::Create { path: path.into(), source }),
+            Err(source) => {
+                return Err(denied("inspect", path, source).unwrap_or_else(|source| StateError::Create { path: path.into(), source }))
+            }
         }
         let lock = take_lock(&path.join(LOCK_FILE))?;
         let key_path = path.join(KEY_FILE);
@@ -208,16 +239,68 @@ impl StateDir {
     }
 }
 
+/// The running node as the state directory records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningNode {
+    /// Pid of the process holding the state-dir lock.
+    pub pid: Option<u32>,
+    /// Its bound API address, when it serves one (from `api.addr`).
+    pub api: Option<std::net::SocketAddr>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ApiAddrRecord {
+    addr: std::net::SocketAddr,
+    pid: u32,
+}
+
+impl StateDir {
+    /// Records the bound API address and our pid in `api.addr` (0600,
+    /// atomically); only the lock holder does this.
+    pub fn write_api_addr(&self, addr: std::net::SocketAddr) -> Result<(), StateError> {
+        let rec = serde_json::to_vec(&ApiAddrRecord { addr, pid: std::process::id() }).expect("serialises");
+        write_secret(&self.path, API_ADDR_FILE, &rec)
+    }
+
+    /// Removes `api.addr` if it is still ours (orderly exit).
+    pub fn remove_api_addr(&self) {
+        let p = self.path.join(API_ADDR_FILE);
+        let ours =
+            fs::read(&p).ok().and_then(|b| serde_json::from_slice::<ApiAddrRecord>(&b).ok()).is_some_and(|r| r.pid == std::process::id());
+        if ours {
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
+/// Whether a node runs on the state directory `dir`: some process holds its
+/// lock (a killed node's lock dies with it, so a stale `api.addr` is never
+/// trusted). Its API address is the one in `api.addr` when that file names
+/// the lock holder's pid. Reads only; takes no lock it keeps.
+pub fn running_node(dir: &Path) -> Option<RunningNode> {
+    let lock = File::open(dir.join(LOCK_FILE)).ok()?;
+    match lock.try_lock_shared() {
+        // Nobody holds the exclusive lock: no node runs.
+        Ok(()) => return None,
+        Err(fs::TryLockError::WouldBlock) => {}
+        Err(fs::TryLockError::Error(_)) => return None,
+    }
+    let mut s = String::new();
+    let _ = (&lock).take(32).read_to_string(&mut s);
+    let pid: Option<u32> = s.trim().parse().ok();
+    let api = fs::read(dir.join(API_ADDR_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ApiAddrRecord>(&b).ok())
+        .filter(|r| Some(r.pid) == pid)
+        .map(|r| r.addr);
+    Some(RunningNode { pid, api })
+}
+
 /// Takes the flock on `path` (creating the file), then records our pid in it.
 fn take_lock(path: &Path) -> Result<File, StateError> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| StateError::Lock { path: path.into(), source })?;
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(|source| {
+        denied("open the lock file", path, source).unwrap_or_else(|source| StateError::Lock { path: path.into(), source })
+    })?;
     match f.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
