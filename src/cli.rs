@@ -26,10 +26,14 @@ Configuration, lowest to highest precedence:
   2. a TOML file: --config PATH or env SYSDEPLOY_CONFIG; with
      --config-section system_services only [system_services] and [node]
      are read from it (an existing node's own config file)
-  3. env vars: SYSDEPLOY_ prefix, __ between levels, e.g.
+  3. systemd credentials: a secret key's value in a file named by its
+     dotted key in the credentials directory (LoadCredential=)
+  4. env vars: SYSDEPLOY_ prefix, __ between levels, e.g.
      SYSDEPLOY_NODE__API_LISTEN=0.0.0.0:7200
      SYSDEPLOY_SYSTEM_SERVICES__ENABLE=registry,decider
-  4. flags: --state-dir, --api-listen, --set KEY=VALUE
+     a secret key may instead name a file (its env name + _FILE, or
+     KEY_file = PATH in the TOML file; mode 0600)
+  5. flags: --state-dir, --api-listen, --set KEY=VALUE
 `sysdeploy config` prints the result and where each value came from.
 
 Exit codes: 0 success, 1 deployment failed, 2 invalid configuration or arguments, \
