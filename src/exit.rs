@@ -8,8 +8,9 @@ use std::process::ExitCode;
 #[repr(u8)]
 pub enum Exit {
     Ok = 0,
-    /// A deployment step failed, a deployment was interrupted by a signal,
-    /// or the command could not complete.
+    /// A deployment step failed, or the command could not complete. (A
+    /// deployment interrupted by SIGTERM/SIGINT is an orderly stop: exit 0,
+    /// the next boot finishes or rolls back the interrupted step.)
     DeployFailed = 1,
     /// Invalid configuration, manifest or arguments.
     Invalid = 2,
