@@ -870,7 +870,12 @@ impl Inner {
         let pres = link::link(&self.engine, &self.base_linker, id, &names, &components)?;
         let limits =
             bp.components.iter().map(|c| c.memory_limit_mb.unwrap_or(self.opts.default_memory_limit_mb).saturating_mul(1 << 20)).collect();
-        let exports = self.facade_exports(id)?;
+        // Export indices belong to one `Component` value: take them from the
+        // facade that was just linked, never from an `Exports` computed from
+        // another load or compile of the same bytes (its indices may not
+        // resolve in this instance: "lacks an export").
+        let facade = components.last().ok_or_else(|| RuntimeError::UnknownBlueprint(id.to_hex()))?;
+        let exports = Arc::new(Exports::of(&self.engine, facade));
         let p = Arc::new(Prepared { names, limits, pres, exports, service_limits: bp.limits });
         write(&self.prepared).insert(*id, p.clone());
         Ok(p)
