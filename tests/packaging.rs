@@ -328,3 +328,258 @@ fn container_image_boots_as_its_user_answers_health_and_stops_on_sigterm() {
     assert!(log.contains("\"stopped\""), "the node logged its stop (as JSON):\n{log}");
     assert_eq!(out(&mut run_in(health_cmd)).status.code(), Some(1), "after the stop the health check fails again");
 }
+
+// ------------------------------------------------------------- monitoring
+
+/// `promtool check rules` on `file`: exits 0 and reports `rules` rules.
+fn promtool_check_rules(promtool: &Path, file: &Path) -> Result<usize, String> {
+    let o = out(Command::new(promtool).args(["check", "rules"]).arg(file));
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    if !o.status.success() {
+        return Err(said);
+    }
+    said.lines()
+        .find_map(|l| l.trim().strip_prefix("SUCCESS: ")?.strip_suffix(" rules found")?.parse().ok())
+        .ok_or_else(|| format!("no rule count in: {said}"))
+}
+
+/// The alert rules pass `promtool check rules` (PromQL parsed, templates
+/// checked) and their unit tests (`promtool test rules alerts_test.yml`:
+/// each alert fires when it should and not before); a broken expression is
+/// refused, so the check has teeth.
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let Some(promtool) = tool("promtool", "prometheus") else { return };
+    let rules = repo("deploy/prometheus/alerts.yml");
+    let n = promtool_check_rules(&promtool, &rules).unwrap_or_else(|e| panic!("promtool check rules: {e}"));
+    assert_eq!(n, alert_exprs().len(), "every rule's expr is read by alert_exprs()");
+    let o = out(Command::new(&promtool).args(["test", "rules", "alerts_test.yml"]).current_dir(repo("deploy/prometheus")));
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && said.contains("SUCCESS"), "promtool test rules: {}\n{said}", o.status);
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("alerts.yml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(&broken, text.replacen("expr: sysdeploy_ready == 0", "expr: sysdeploy_ready == == 0", 1)).unwrap();
+    assert!(promtool_check_rules(&promtool, &broken).is_err(), "promtool refuses a broken expression");
+}
+
+/// The `expr:` of every rule in alerts.yml (single line or a `|` block).
+fn alert_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(repo("deploy/prometheus/alerts.yml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut exprs = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(value) = line.trim_start().strip_prefix("expr:") else { continue };
+        let value = value.trim();
+        if value.starts_with('|') || value.starts_with('>') {
+            let indent = line.len() - line.trim_start().len();
+            let block: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+                .map(|l| l.trim())
+                .collect();
+            exprs.push(block.join(" ").trim().to_string());
+        } else {
+            exprs.push(value.trim_matches(|c| c == '\'' || c == '"').to_string());
+        }
+    }
+    exprs
+}
+
+/// Every PromQL query of the dashboard: panel targets and template variables.
+fn dashboard_exprs(dash: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", Value::String(s)) => out.push(s.clone()),
+                        // Template variables: label_values(SELECTOR, label).
+                        ("query", Value::Object(q)) => {
+                            if let Some(s) = q.get("query").and_then(Value::as_str) {
+                                let inner = s.strip_prefix("label_values(").and_then(|s| s.rsplit_once(',')).map(|(sel, _)| sel);
+                                out.push(inner.unwrap_or(s).to_string());
+                            }
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(dash, &mut out);
+    out
+}
+
+/// The metric names a PromQL expression reads: identifiers outside strings,
+/// label matchers, ranges and `by (...)`-style label lists that are neither
+/// function calls nor keywords.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"];
+    const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                while i < chars.len() && chars[i] != close {
+                    i += 1;
+                }
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut j = i;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                // `sum by (alias) (...)`: an aggregation's label list may
+                // stand between its name and its argument.
+                let mut k = j;
+                for kw in ["by", "without"] {
+                    let rest: String = chars[k..].iter().take(kw.len() + 1).collect();
+                    if rest.starts_with(kw) && rest[kw.len()..].chars().all(|c| c.is_whitespace() || c == '(') {
+                        k += kw.len();
+                        while k < chars.len() && chars[k] != ')' {
+                            k += 1;
+                        }
+                        k += 1;
+                        while k < chars.len() && chars[k].is_whitespace() {
+                            k += 1;
+                        }
+                    }
+                }
+                let call = (j < chars.len() && chars[j] == '(') || (k > j && k < chars.len() && chars[k] == '(');
+                if LABEL_LISTS.contains(&word.as_str()) {
+                    if call {
+                        while j < chars.len() && chars[j] != ')' {
+                            j += 1;
+                        }
+                        i = j + 1;
+                    }
+                } else if !call && !KEYWORDS.contains(&word.as_str()) {
+                    names.insert(word);
+                }
+            }
+            // Numbers and durations (5m, 2e9, 0.99) are not names.
+            c if c.is_ascii_digit() || c == '.' => {
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            // Template variables ($instance, $__rate_interval) outside matchers.
+            '$' => {
+                i += 1;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_reads_only_metric_names() {
+    let names = promql_metric_names(
+        r#"sum by (alias, code) (rate(a_total{code=~"x|y",alias="$alias"}[$__rate_interval])) / on(instance) group_left b > bool 0.5 and time() - c offset 5m"#,
+    );
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a_total", "b", "c"]);
+    assert_eq!(
+        promql_metric_names("histogram_quantile(0.99, sum without (le) (x_bucket)) > 2e9").into_iter().collect::<Vec<_>>(),
+        ["x_bucket"]
+    );
+}
+
+/// A node on the embedded packages, with a call made so every per-alias
+/// series exists; returns its classic-format /metrics.
+fn live_metrics() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--state-dir").arg(dir.path().join("state")).arg("--api-listen").arg(addr.to_string()).arg("run");
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("SYSDEPLOY_") || ["RUST_LOG", "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY"].contains(&k.as_str()) {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let deadline = Instant::now() + PATIENCE;
+    while get(addr, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(guard.0.try_wait().unwrap().is_none(), "the node exited before it was ready");
+        assert!(Instant::now() < deadline, "/readyz never answered 200");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(dir.path().join("state/api.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).proxy(None).build().into();
+    let resp = agent
+        .post(&format!("http://{addr}/v1/services/registry/call/count"))
+        .header("Authorization", &format!("Bearer {}", token.trim()))
+        .send("[]");
+    assert_eq!(resp.unwrap().status().as_u16(), 200, "a call to the embedded registry");
+    let (status, body) = get(addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    body
+}
+
+/// Every metric the Grafana dashboard and the alert rules query has samples
+/// on a live node (`up` excepted: Prometheus makes it for each target). The
+/// dashboard's queries, with their template variables filled in, also pass
+/// `promtool check rules` as recording rules, so they parse as PromQL.
+#[test]
+fn dashboard_and_alerts_query_only_metrics_a_live_node_exports() {
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana/sysdeploy.json")).unwrap()).unwrap();
+    let dash_exprs = dashboard_exprs(&dash);
+    assert!(dash_exprs.len() >= 20, "{dash_exprs:?}");
+    let mut queried: BTreeSet<String> = BTreeSet::new();
+    for e in dash_exprs.iter().chain(alert_exprs().iter()) {
+        let names = promql_metric_names(e);
+        assert!(!names.is_empty(), "no metric found in {e:?}");
+        queried.extend(names);
+    }
+    let metrics = live_metrics();
+    let exported: BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let missing: Vec<&String> = queried.iter().filter(|n| *n != "up" && !exported.contains(n.as_str())).collect();
+    assert!(missing.is_empty(), "queried but not exported by a live node: {missing:?}\nexported: {exported:?}");
+    assert!(queried.len() >= 15, "{queried:?}");
+
+    let Some(promtool) = tool("promtool", "prometheus") else { return };
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in dash_exprs.iter().enumerate() {
+        let e = e.replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$alias", ".*");
+        rules.push_str(&format!("      - record: dashboard:query_{i}\n        expr: {}\n", serde_json::to_string(&e).unwrap()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
+    let n = promtool_check_rules(&promtool, &dir.path().join("dashboard.yml")).unwrap_or_else(|e| panic!("dashboard queries: {e}"));
+    assert_eq!(n, dash_exprs.len());
+}
