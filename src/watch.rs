@@ -187,6 +187,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_config_file_and_the_secret_files_it_names_are_watched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("wallet_key");
+        std::fs::write(&secret, "0xkey\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = dir.path().join("sysdeploy.toml");
+        std::fs::write(&file, "[node]\nwatch_config = true\n").unwrap();
+        let opts = LoadOptions {
+            config_path: Some(file.clone()),
+            env: vec![("SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WALLET_KEY_FILE".into(), secret.display().to_string())],
+            flags: vec![],
+        };
+        let cfg = crate::config::load(&opts, &crate::distro::package_schemas()).unwrap();
+        assert!(enabled(&cfg));
+        assert_eq!(watched_paths(&opts, &cfg), vec![file, secret]);
+        let defaults = crate::config::load(&LoadOptions::default(), &crate::distro::package_schemas()).unwrap();
+        assert!(!enabled(&defaults), "off by default");
+        assert!(watched_paths(&LoadOptions::default(), &defaults).is_empty());
+    }
+
+    #[test]
     fn in_place_writes_and_symlink_swaps_change_the_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
