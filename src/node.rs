@@ -656,10 +656,14 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
                 let tx = tx.clone();
                 Box::pin(async move { ask_reload(&tx).await })
             });
-            let n = node.clone();
-            let paths: crate::watch::Paths = Box::new(move || {
-                let cfg = n.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-                crate::watch::watched_paths(&n.load_opts, &cfg)
+            // Weak: the watcher must not keep the node (and its lock) alive.
+            let n = Arc::downgrade(&node);
+            let paths: crate::watch::Paths = Box::new(move || match n.upgrade() {
+                Some(n) => {
+                    let cfg = n.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    crate::watch::watched_paths(&n.load_opts, &cfg)
+                }
+                None => Vec::new(),
             });
             _watching = Some(crate::watch::Running(w.spawn(paths, ask)));
         }
