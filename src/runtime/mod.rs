@@ -778,7 +778,7 @@ impl Runtime {
             limits: &inner.opts.limits,
             fd_budget: &inner.fd_budget,
         };
-        slot.call(&env, &prepared, target, function, export, params, ttl).await
+        slot.call(&env, prepared.clone(), target, function, export, params, ttl).await
     }
 
     /// Removes components, artifacts, blueprints and data dirs nothing
