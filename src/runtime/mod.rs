@@ -692,10 +692,13 @@ impl Runtime {
     /// accounts it, else scanned from disk), descriptors held, log lines
     /// dropped by the rate limit since the node started.
     pub fn guest_usage(&self, id: &ServiceId) -> Option<GuestUsage> {
-        let slot = self.inner.slot(id).ok()?;
-        let (data, open_files) = slot.usage();
-        let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
-        Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
+        guest_usage(&self.inner.slot(id).ok()?)
+    }
+
+    /// [`Runtime::guest_usage`] of the service named by alias or id (what the
+    /// API records after each call: one lookup, no listing of aliases).
+    pub fn guest_usage_of(&self, alias_or_id: &str) -> Option<GuestUsage> {
+        guest_usage(&self.inner.resolve_slot(alias_or_id)?)
     }
 
     /// Artifact cache counters (for `/metrics`).
@@ -803,6 +806,12 @@ pub struct GuestUsage {
 /// (read-only; for `status`).
 pub fn data_usage(dir: &Path) -> Result<DataUsage, RuntimeError> {
     Ok(limits::Quota::scan(dir, u64::MAX, u64::MAX)?.usage())
+}
+
+fn guest_usage(slot: &ServiceSlot) -> Option<GuestUsage> {
+    let (data, open_files) = slot.usage();
+    let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
+    Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
 }
 
 fn info(slot: &ServiceSlot, mut aliases: Vec<Alias>) -> ServiceInfo {
