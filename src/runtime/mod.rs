@@ -692,13 +692,15 @@ impl Runtime {
     /// accounts it, else scanned from disk), descriptors held, log lines
     /// dropped by the rate limit since the node started.
     pub fn guest_usage(&self, id: &ServiceId) -> Option<GuestUsage> {
-        guest_usage(&self.inner.slot(id).ok()?)
+        let slot = self.inner.slot(id).ok()?;
+        guest_usage(&slot)
     }
 
     /// [`Runtime::guest_usage`] of the service named by alias or id (what the
     /// API records after each call: one lookup, no listing of aliases).
     pub fn guest_usage_of(&self, alias_or_id: &str) -> Option<GuestUsage> {
-        guest_usage(&self.inner.resolve_slot(alias_or_id)?)
+        let slot = self.inner.resolve_slot(alias_or_id)?;
+        guest_usage(&slot)
     }
 
     /// Artifact cache counters (for `/metrics`).
