@@ -620,12 +620,30 @@ mod call_task {
         assert_eq!(call(&h, &s, "enter", json!([1])).await, Ok(json!(1)));
         // Running: dropping the caller stops the guest and discards the
         // instance (the next call sees a fresh one); without that the test
-        // would wait here for the hour-long TTL.
+        // would wait here for the hour-long TTL. Once on the caller's own task
+        // (the service is idle, nothing queued), once on the service's call
+        // task (queued behind another call).
         let spin = spawn_call(&h, &s, "spin", json!([]), Duration::from_secs(3_600));
         while !h.rt.is_busy(&s) {
             tokio::task::yield_now().await;
         }
         spin.abort();
+        while h.rt.is_busy(&s) || h.rt.calls_in_flight(&s) != 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(call(&h, &s, "enter", json!([1])).await, Ok(json!(1)));
+        let first = spawn_call(&h, &s, "spin", json!([]), Duration::from_millis(2_000));
+        while !h.rt.is_busy(&s) {
+            assert!(!first.is_finished());
+            tokio::task::yield_now().await;
+        }
+        let queued = spawn_call(&h, &s, "spin", json!([]), Duration::from_secs(3_600));
+        until_in_flight(&h, &s, 2, &first).await;
+        assert!(matches!(first.await.unwrap(), Err(CallError::Timeout { .. })));
+        while !h.rt.is_busy(&s) {
+            tokio::task::yield_now().await;
+        }
+        queued.abort();
         while h.rt.is_busy(&s) || h.rt.calls_in_flight(&s) != 0 {
             tokio::task::yield_now().await;
         }

@@ -62,6 +62,8 @@ pub(crate) struct ServiceSlot {
     pub(crate) superseded: AtomicBool,
     /// The queue of the service's call task; `None` before the first call.
     queue: RwLock<Option<mpsc::UnboundedSender<Job>>>,
+    /// Jobs queued for the call task and not finished yet.
+    pending: AtomicUsize,
 }
 
 /// An instantiated service.
@@ -99,6 +101,20 @@ struct TaskEnv {
     tick: Duration,
     limits: GuestLimits,
     fd_budget: Arc<FdBudget>,
+}
+
+impl TaskEnv {
+    fn view(&self) -> CallEnv<'_> {
+        CallEnv {
+            engine: &self.engine,
+            host_peer: &self.host_peer,
+            ticks: &self.ticks,
+            tick: self.tick,
+            max_queue: usize::MAX,
+            limits: &self.limits,
+            fd_budget: &self.fd_budget,
+        }
+    }
 }
 
 impl CallEnv<'_> {
@@ -154,6 +170,15 @@ impl Drop for Admission<'_> {
     }
 }
 
+/// Counts a queued job finished, however its turn ends.
+struct Done<'a>(&'a AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Marks a service busy while a call holds its instance.
 struct Running<'a>(&'a AtomicBool);
 
@@ -184,6 +209,7 @@ impl ServiceSlot {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             superseded: AtomicBool::new(false),
             queue: RwLock::new(None),
+            pending: AtomicUsize::new(0),
         }
     }
 
@@ -240,20 +266,19 @@ impl ServiceSlot {
         if self.superseded.load(Ordering::Acquire) || self.removed.load(Ordering::Acquire) {
             return Err(CallError::UnknownTarget { target: target.to_string() });
         }
-        let (reply, answer) = oneshot::channel();
-        let job = Job { prepared, export: export.index, results: export.sig.results.len(), params, ttl, reply };
-        self.submit(env, job);
-        let results = match answer.await {
-            Ok(Ok(results)) => results,
-            Ok(Err(failure)) => return Err(failure.into_call_error(target, function, ttl)),
-            Err(_) => {
-                return Err(CallError::Internal {
-                    target: target.to_string(),
-                    function: function.to_string(),
-                    message: "the service's call task stopped before answering (the node is shutting down)".into(),
+        let results = match self.call_idle(env, &prepared, export, &params, ttl).await {
+            // The service was idle: run on the caller's task, no handoff.
+            Some(r) => r,
+            None => {
+                let (reply, answer) = oneshot::channel();
+                let job = Job { prepared, export: export.index, results: export.sig.results.len(), params, ttl, reply };
+                self.submit(env, job);
+                answer.await.unwrap_or_else(|_| {
+                    Err(Failure::Internal("the service's call task stopped before answering (the node is shutting down)".into()))
                 })
             }
         };
+        let results = results.map_err(|failure| failure.into_call_error(target, function, ttl))?;
         // Checked on the lifted values, before any JSON exists; the instance
         // was kept.
         let cap = env.limits.max_result_bytes;
@@ -263,10 +288,53 @@ impl ServiceSlot {
         Ok(results_to_json(&results))
     }
 
+    /// Runs the call on the caller's task when nothing is queued and no call
+    /// runs (an idle service need not wake its call task and wait for it);
+    /// `None` when the call has to queue. Calls that queued before keep their
+    /// turn: the path is taken only with an empty queue.
+    async fn call_idle(
+        &self,
+        env: &CallEnv<'_>,
+        prepared: &Prepared,
+        export: &super::link::ExportFn,
+        params: &[Val],
+        ttl: Duration,
+    ) -> Option<Result<Vec<Val>, Failure>> {
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let mut guard = self.live.try_lock().ok()?;
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some(self.run_job(env, &mut guard, prepared, export.index, export.sig.results.len(), params, ttl).await)
+    }
+
+    /// One call under the `live` lock: refused if the service was removed
+    /// meanwhile, marked running while it runs.
+    #[allow(clippy::too_many_arguments)] // the parts of one call
+    async fn run_job(
+        &self,
+        env: &CallEnv<'_>,
+        guard: &mut Option<Live>,
+        prepared: &Prepared,
+        export: ComponentExportIndex,
+        results: usize,
+        params: &[Val],
+        ttl: Duration,
+    ) -> Result<Vec<Val>, Failure> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(Failure::Removed);
+        }
+        let _running = Running::start(&self.running);
+        self.run(env, guard, prepared, export, results, params, ttl).await
+    }
+
     /// Queues `job` for the service's call task, starting the task on the
     /// current tokio runtime at the first call (or when the runtime that ran
     /// it is gone).
     fn submit(self: &Arc<Self>, env: &CallEnv<'_>, job: Job) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         let job = match self.queue.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
@@ -296,7 +364,7 @@ impl ServiceSlot {
     #[allow(clippy::too_many_arguments)] // the parts of one queued call
     async fn run(
         &self,
-        env: &TaskEnv,
+        env: &CallEnv<'_>,
         guard: &mut Option<Live>,
         prepared: &Prepared,
         export: ComponentExportIndex,
@@ -330,10 +398,10 @@ impl ServiceSlot {
     }
 
     /// Creates the store and instantiates every component in order.
-    async fn instantiate(&self, env: &TaskEnv, prepared: &Prepared, ttl: Duration) -> Result<Live, Failure> {
+    async fn instantiate(&self, env: &CallEnv<'_>, prepared: &Prepared, ttl: Duration) -> Result<Live, Failure> {
         std::fs::create_dir_all(&self.data_dir).map_err(|e| Failure::Internal(format!("creating {}: {e}", self.data_dir.display())))?;
         let limiter = ComponentLimiter::new(prepared.names.clone(), prepared.limits.clone());
-        let (dir, limits) = (self.data_dir.clone(), prepared.service_limits.apply(&env.limits));
+        let (dir, limits) = (self.data_dir.clone(), prepared.service_limits.apply(env.limits));
         let quota = tokio::task::spawn_blocking(move || Quota::scan(&dir, limits.data_quota_bytes, limits.data_quota_inodes))
             .await
             .map_err(|e| Failure::Internal(format!("data usage scan failed: {e}")))?
@@ -343,7 +411,7 @@ impl ServiceSlot {
         let open_files = OpenFiles::new(limits.max_open_files as usize, env.fd_budget.clone());
         let state = HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
             .map_err(|e| Failure::Internal(e.to_string()))?;
-        let mut store = wasmtime::Store::new(&env.engine, state);
+        let mut store = wasmtime::Store::new(env.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| {
             let d = ctx.data_mut();
@@ -381,27 +449,23 @@ impl ServiceSlot {
 /// arrival order, each under the `live` lock. Ends when the service is gone
 /// (its slot dropped, which closes the queue).
 async fn call_task(slot: Weak<ServiceSlot>, mut queue: mpsc::UnboundedReceiver<Job>, env: TaskEnv) {
+    let env = env.view();
     while let Some(job) = queue.recv().await {
+        let Some(slot) = slot.upgrade() else { return };
+        let _done = Done(&slot.pending);
         let Job { prepared, export, results, params, ttl, mut reply } = job;
         // The caller went away before its turn: the call is not run.
         if reply.is_closed() {
             continue;
         }
-        let Some(slot) = slot.upgrade() else { return };
         let mut guard = slot.live.lock().await;
-        if slot.removed.load(Ordering::Acquire) {
-            let _ = reply.send(Err(Failure::Removed));
-            continue;
-        }
-        let running = Running::start(&slot.running);
         let out = tokio::select! {
             biased;
-            r = slot.run(&env, &mut guard, &prepared, export, results, &params, ttl) => Some(r),
+            r = slot.run_job(&env, &mut guard, &prepared, export, results, &params, ttl) => Some(r),
             // The caller went away mid-call: stop the guest (the instance
             // is discarded with the dropped call).
             _ = reply.closed() => None,
         };
-        drop(running);
         drop(guard);
         if let Some(out) = out {
             let _ = reply.send(out);
