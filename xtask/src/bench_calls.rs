@@ -8,7 +8,9 @@
 //! constant) and `aqua-ipfs.get-local-api-multiaddr` (opens, stats and reads
 //! one small file). Rows: the trivial call's calls/s and p99 against
 //! `/health`'s, and the file-reading call's calls/s against the trivial
-//! call's.
+//! call's. In process (`suite concurrent`), without HTTP: `--conns` tasks
+//! calling one service at once, next to the same tasks each calling a
+//! service of its own.
 
 use super::{http, median, Node, Suite};
 use anyhow::Context;
@@ -59,6 +61,21 @@ pub(super) fn run(s: &mut Suite) -> anyhow::Result<()> {
     s.row("calls", "  same, p99 latency", "ms", pct(&file, 0.99)).vs("trivial call p99", median(&pct(&trivial, 0.99)));
     s.row("calls", "baseline: GET /health calls/s", "calls/s", rate(&health)).higher_is_better();
     s.row("calls", "baseline: GET /health p99", "ms", pct(&health, 0.99));
+
+    eprintln!("[calls] in process: {conns} tasks calling one service vs each its own service, {reps} runs");
+    let (mut one, mut own, mut one_p99, mut own_p99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..reps {
+        let r = super::json_of(&super::timed(s.suite().args(["concurrent", &conns.to_string(), "5000"]), &s.work)?)?;
+        one.push(r["one_service"]["per_second"].as_f64().unwrap_or(f64::NAN));
+        own.push(r["own_services"]["per_second"].as_f64().unwrap_or(f64::NAN));
+        one_p99.push(r["one_service"]["p99_us"].as_f64().unwrap_or(f64::NAN));
+        own_p99.push(r["own_services"]["p99_us"].as_f64().unwrap_or(f64::NAN));
+    }
+    let (own_med, own_p99_med) = (median(&own), median(&own_p99));
+    s.row("calls", format!("in process: {conns} tasks calling one service (Runtime::call echo-entry): calls/s"), "calls/s", one)
+        .vs(format!("{conns} tasks, each calling its own service"), own_med)
+        .higher_is_better();
+    s.row("calls", "  same, p99 latency", "µs", one_p99).vs("each its own service, p99", own_p99_med);
     Ok(())
 }
 
