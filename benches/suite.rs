@@ -146,8 +146,10 @@ fn compile(paths: &[String]) -> Value {
     json!({ "components": paths.len(), "in_process_us": us(t.elapsed()) })
 }
 
-/// JSON call through the runtime vs bare typed call, same function.
-async fn call(n: usize) -> Value {
+/// A runtime over a temporary state dir with `n` services of the echo-entry
+/// component (the directory lives as long as the returned guard); also the
+/// component's bytes.
+async fn echo_services(n: usize) -> (tempfile::TempDir, Runtime, Vec<sysdeploy::ids::ServiceId>, Vec<u8>) {
     let bytes = wat::parse_str(ECHO_ENTRY_WAT).expect("echo-entry wat");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = sysdeploy::store::Store::open(&dir.path().join("state.db")).expect("store");
@@ -159,7 +161,17 @@ async fn call(n: usize) -> Value {
     let bp = runtime
         .put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "echo-entry".into(), hash, memory_limit_mb: None }]))
         .expect("blueprint");
-    let id = runtime.create_service(&bp, &host).await.expect("service");
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(runtime.create_service(&bp, &host).await.expect("service"));
+    }
+    (dir, runtime, ids, bytes)
+}
+
+/// JSON call through the runtime vs bare typed call, same function.
+async fn call(n: usize) -> Value {
+    let (_dir, runtime, ids, bytes) = echo_services(1).await;
+    let id = &ids[0];
     let arg = |i: usize| json!([{ "key": "record-key", "value": i }]);
     // Warm up: instantiation happens on the first call.
     for i in 0..1000 {
@@ -196,21 +208,7 @@ async fn call(n: usize) -> Value {
 
 /// `tasks` concurrent callers of one service vs each caller on its own service.
 async fn concurrent(tasks: usize, per_task: usize) -> Value {
-    let bytes = wat::parse_str(ECHO_ENTRY_WAT).expect("echo-entry wat");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = sysdeploy::store::Store::open(&dir.path().join("state.db")).expect("store");
-    let mut cfg = RuntimeConfig::new(dir.path());
-    cfg.call_ttl = Duration::from_secs(5);
-    let host = sysdeploy::ids::PeerId::from_ed25519_public(&[1u8; 32]);
-    let runtime = Runtime::open_with(store, cfg, RuntimeOptions { host_peer: Some(host.clone()), ..Default::default() }).expect("runtime");
-    let hash = runtime.add_component(&bytes, None).expect("add");
-    let bp = runtime
-        .put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "echo-entry".into(), hash, memory_limit_mb: None }]))
-        .expect("blueprint");
-    let mut ids = Vec::new();
-    for _ in 0..tasks {
-        ids.push(runtime.create_service(&bp, &host).await.expect("service"));
-    }
+    let (_dir, runtime, ids, _) = echo_services(tasks).await;
     let run = |targets: Vec<String>| {
         let runtime = runtime.clone();
         async move {
