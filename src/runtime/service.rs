@@ -62,7 +62,9 @@ pub(crate) struct ServiceSlot {
     pub(crate) superseded: AtomicBool,
     /// The queue of the service's call task; `None` before the first call.
     queue: RwLock<Option<mpsc::UnboundedSender<Job>>>,
-    /// Jobs queued for the call task and not finished yet.
+    /// Jobs queued for the call task and not finished yet. Jobs lost with a
+    /// call task whose tokio runtime shut down stay counted: the service then
+    /// always queues (slower for a lone call, never wrong).
     pending: AtomicUsize,
 }
 
