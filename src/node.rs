@@ -164,7 +164,7 @@ fn policy(cfg: &EffectiveConfig) -> ApplyPolicy {
 /// After a call: what the callee's guest takes now, into the metrics (only
 /// for targets that exist, so clients cannot grow the label set).
 fn record_guest_usage(runtime: &Runtime, metrics: &Metrics, alias: &str) {
-    if let Some(usage) = runtime.resolve(alias).and_then(|s| runtime.guest_usage(&s.id)) {
+    if let Some(usage) = runtime.guest_usage_of(alias) {
         metrics.guest_usage(alias, &usage);
     }
 }

@@ -693,9 +693,14 @@ impl Runtime {
     /// dropped by the rate limit since the node started.
     pub fn guest_usage(&self, id: &ServiceId) -> Option<GuestUsage> {
         let slot = self.inner.slot(id).ok()?;
-        let (data, open_files) = slot.usage();
-        let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
-        Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
+        guest_usage(&slot)
+    }
+
+    /// [`Runtime::guest_usage`] of the service named by alias or id (what the
+    /// API records after each call: one lookup, no listing of aliases).
+    pub fn guest_usage_of(&self, alias_or_id: &str) -> Option<GuestUsage> {
+        let slot = self.inner.resolve_slot(alias_or_id)?;
+        guest_usage(&slot)
     }
 
     /// Artifact cache counters (for `/metrics`).
@@ -778,7 +783,7 @@ impl Runtime {
             limits: &inner.opts.limits,
             fd_budget: &inner.fd_budget,
         };
-        slot.call(&env, &prepared, target, function, export, params, ttl).await
+        slot.call(&env, prepared.clone(), target, function, export, params, ttl).await
     }
 
     /// Removes components, artifacts, blueprints and data dirs nothing
@@ -803,6 +808,12 @@ pub struct GuestUsage {
 /// (read-only; for `status`).
 pub fn data_usage(dir: &Path) -> Result<DataUsage, RuntimeError> {
     Ok(limits::Quota::scan(dir, u64::MAX, u64::MAX)?.usage())
+}
+
+fn guest_usage(slot: &ServiceSlot) -> Option<GuestUsage> {
+    let (data, open_files) = slot.usage();
+    let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
+    Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
 }
 
 fn info(slot: &ServiceSlot, mut aliases: Vec<Alias>) -> ServiceInfo {
