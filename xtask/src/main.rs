@@ -6,6 +6,7 @@
 mod bench;
 mod bench_http;
 mod lock;
+mod new_package;
 mod trust;
 mod trust_sign;
 
@@ -18,6 +19,9 @@ const USAGE: &str = "usage:
                                    rebuild every guest artifact (Rust: wasm32-wasip2; Python: componentize-py), or those
                                    under PATH, and write distros/artifacts.lock with each one's toolchain and command
   cargo xtask distros --check      verify committed artifacts and sources against distros/artifacts.lock (no wasm target needed)
+  cargo xtask new-package NAME [--lang rust] [--dir DIR]
+                                   write a working package DIR/NAME (default DIR: distros) and build its component
+  cargo xtask build-package DIR    rebuild a self-contained package (one made with --dir outside distros/) and its artifacts.lock
   cargo xtask trust-certs          regenerate distros/trust-graph/{roots,certs}.json from fixed seeds
   cargo xtask bench [--quick]      build release binaries and run the benchmark suite (see BENCHMARKS.md)";
 
@@ -44,10 +48,61 @@ fn main() -> anyhow::Result<()> {
                 build(&repo, &jobs, &only)
             }
         }
+        Some("new-package") => {
+            let mut name = None;
+            let mut lang = "rust".to_string();
+            let mut dir = repo.join("distros");
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--lang" => lang = it.next().context("--lang needs a language: rust")?.clone(),
+                    "--dir" => dir = PathBuf::from(it.next().context("--dir needs the folder to create the package in")?),
+                    o if o.starts_with('-') => bail!("unknown option {o}\n{USAGE}"),
+                    n if name.is_none() => name = Some(n.to_string()),
+                    extra => bail!("unexpected argument {extra}\n{USAGE}"),
+                }
+            }
+            let name = name.context(format!("new-package needs a NAME\n{USAGE}"))?;
+            new_package(&repo, &name, &lang, &dir)
+        }
+        Some("build-package") => {
+            let dir = args.get(1).context(format!("build-package needs the package folder\n{USAGE}"))?;
+            new_package::build_standalone(Path::new(dir), None).map_err(anyhow::Error::msg)?;
+            Ok(())
+        }
         Some("trust-certs") => trust::run(&repo),
         Some("bench") => bench::run(&repo, &args[1..]),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// `new-package`: scaffold, then build the component through the path that
+/// will rebuild it later (the distros workspace in the repo, else the
+/// package's own), recording it in the matching lock.
+fn new_package(repo: &Path, name: &str, lang: &str, parent: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let dir = new_package::scaffold(repo, name, lang, parent).map_err(anyhow::Error::msg)?;
+    println!("wrote {}", dir.display());
+    if new_package::in_repo(repo, parent) {
+        // The new workspace member goes into distros/Cargo.lock before the `--locked` build.
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(repo)
+            .args(["metadata", "--format-version", "1", "--manifest-path", "distros/Cargo.toml"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("adding {name} to distros/Cargo.lock failed");
+        }
+        build(repo, "1", &[format!("distros/{name}")])?;
+        println!("next: `cargo build` embeds it; `sysdeploy package check distros/{name}`; docs/packages.md");
+    } else {
+        new_package::build_standalone(&dir, None).map_err(anyhow::Error::msg)?;
+        println!(
+            "next: `sysdeploy package check {0}`; `SYSDEPLOY_BIN=$(which sysdeploy) cargo test --manifest-path {0}/guest/Cargo.toml`; docs/packages.md",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn check_lock(repo: &Path) -> anyhow::Result<()> {
