@@ -175,7 +175,11 @@ pub fn check(dir: &Path) -> Report {
                 };
                 problems.push(Problem { file: manifest_file.clone(), at, message: e.to_string() });
             }
-            None
+            // Spell problems must not hide the services' problems: resolve
+            // once more without the spells, for the export and plan checks.
+            let mut services_only = catalog.clone();
+            services_only.packages.iter_mut().for_each(|p| p.spells.clear());
+            desired_with_defaults(&services_only).ok()
         }
     };
 
