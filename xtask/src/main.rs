@@ -1,5 +1,6 @@
-//! Build chores: `cargo xtask distros [--check] [--jobs N]` rebuilds the guest
-//! artifacts and their lock; `cargo xtask trust-certs` regenerates the
+//! Build chores: `cargo xtask distros [--check] [--jobs N] [--only PATH]`
+//! rebuilds the guest artifacts (Rust and componentize-py) and their lock;
+//! `cargo xtask new-package` / `build-package` scaffold and rebuild a package; `cargo xtask trust-certs` regenerates the
 //! trust-graph package's bundled certificates; `cargo xtask bench` runs the
 //! benchmark suite (see BENCHMARKS.md).
 
@@ -195,12 +196,17 @@ fn build(repo: &Path, jobs: &str, only: &[String]) -> anyhow::Result<()> {
             targets.iter().map(|t| t.artifact.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
+    // Every toolchain first: a missing one fails before anything is rebuilt.
     let mut versions = std::collections::BTreeMap::new();
     for t in targets.iter().filter(|t| wanted(t)) {
         let tool = t.builder.tool();
         if !versions.contains_key(tool) {
-            versions.insert(tool, tool_version(tool)?);
+            let v = tool_version(tool)
+                .with_context(|| format!("{} needs {tool}; install it, or rebuild other artifacts with --only <path>", t.artifact))?;
+            versions.insert(tool, v);
         }
+    }
+    for t in targets.iter().filter(|t| wanted(t)) {
         build_target(repo, t, jobs)?;
     }
     let previous = std::fs::read_to_string(repo.join(lock::LOCK_PATH)).ok().and_then(|t| lock::parse(&t).ok()).unwrap_or_default();
