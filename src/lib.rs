@@ -20,3 +20,4 @@ pub mod state;
 pub mod store;
 pub mod text;
 pub mod tree;
+pub mod watch;
