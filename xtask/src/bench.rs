@@ -10,6 +10,8 @@
 //! machine hits both alike.
 
 use crate::bench_http as http;
+#[path = "bench_plan.rs"]
+mod bench_plan;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -302,6 +304,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     boot_default(&mut s)?;
     call_path(&mut s)?;
     scale(&mut s)?;
+    bench_plan::run(&mut s)?;
     s.notes.insert("suite_seconds".into(), json!(started.elapsed().as_secs_f64()));
     report(&s, &out_dir)
 }
