@@ -390,6 +390,9 @@ fn cmd_reload(ctx: &Context) -> Exit {
 
 /// `plan`: read-only; never takes the lock, never writes.
 fn cmd_plan(ctx: &Context, json: bool) -> Exit {
+    // Tests prove `plan` never compiles (`FAILPOINTS=runtime::compile=return`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let (plan, host) = match crate::node::plan_readonly(&ctx.config, ctx.catalog) {
         Ok(p) => p,
         Err(e) => return ctx.fail(e.exit, e.message),

@@ -326,6 +326,7 @@ impl Node {
     /// nothing (components are compiled in memory, kept pending).
     async fn validate(&self, cfg: &EffectiveConfig) -> Result<Validated, DeployFailure> {
         let mut desired = desired::resolve(self.catalog, cfg).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
+        self.runtime.keep_blueprints(blueprint_ids(&desired));
         let source = Arc::new(CatalogComponents::new(self.catalog));
         let misses_before = self.runtime.cache_stats();
         // Type-check the plan before anything is stored: a bad init argument
@@ -592,10 +593,13 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     };
     // Bad input is refused before the state directory is touched (no lock
     // taken, no store opened, no recovery run): resolving is pure and cheap.
-    if let Err(e) = desired::resolve(catalog, &config) {
-        fatal(e.to_string().trim_end());
-        return Exit::Invalid;
-    }
+    let wanted = match desired::resolve(catalog, &config) {
+        Ok(d) => blueprint_ids(&d),
+        Err(e) => {
+            fatal(e.to_string().trim_end());
+            return Exit::Invalid;
+        }
+    };
     // `node.watch_config`: the baseline is taken now, before the boot, so
     // an edit made while the node boots is reloaded once it is ready.
     let watcher = if crate::watch::enabled(&config) && !once {
@@ -614,6 +618,9 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             return e.exit;
         }
     };
+    // Recovery's GC keeps what this boot will deploy (e.g. the artifact of
+    // an install that failed last time), so the retry does not recompile.
+    node.runtime.keep_blueprints(wanted);
 
     // The API is up from the start, answering 503 while deploying. Its
     // reload requests and liveness pings go to this loop, never straight to
@@ -880,9 +887,14 @@ impl Signals {
     }
 }
 
+/// The blueprints a desired state names (what `Runtime::gc` keeps).
+fn blueprint_ids(d: &deploy::Desired) -> Vec<crate::ids::BlueprintId> {
+    d.packages.iter().flat_map(|p| p.services.iter().map(|s| s.blueprint_id)).collect()
+}
+
 /// `sysdeploy plan`: the plan against the current store, computed without
-/// taking the lock or writing anything (init arguments are type-checked by
-/// compiling the facades in memory).
+/// taking the lock or writing anything (init arguments are type-checked
+/// against exports decoded from the component bytes; nothing is compiled).
 pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(deploy::Plan, Option<PeerId>), DeployFailure> {
     let mut desired = desired::resolve(catalog, config).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
     let dir = &config.node.state_dir;
