@@ -158,7 +158,9 @@ impl ServiceSlot {
         params: Vec<Val>,
         ttl: Duration,
     ) -> Result<serde_json::Value, CallError> {
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= env.max_queue {
+        // The service's own queue depth (`distro.toml`) replaces the runtime's.
+        let max_queue = prepared.service_limits.queue_depth.map_or(env.max_queue, |q| q as usize).max(1);
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= max_queue {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
             return Err(CallError::Busy { target: target.to_string() });
         }
@@ -183,6 +185,7 @@ impl ServiceSlot {
             None => self.instantiate(env, prepared, target, function, ttl).await?,
         };
         arm_deadline(&mut live.store, ttl, env.tick, prepared.names.len() - 1);
+        live.store.data_mut().outbound.arm(target, ttl);
         let func = live.facade.get_func(&mut live.store, export.index).ok_or_else(|| CallError::Internal {
             target: target.to_string(),
             function: function.to_string(),
@@ -232,8 +235,11 @@ impl ServiceSlot {
         let quota = Arc::new(quota);
         *self.quota.lock().unwrap_or_else(|p| p.into_inner()) = Some(quota.clone());
         let open_files = OpenFiles::new(limits.max_open_files as usize, env.fd_budget.clone());
-        let state = HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
-            .map_err(|e| internal(e.to_string()))?;
+        let mut state =
+            HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
+                .map_err(|e| internal(e.to_string()))?;
+        state.outbound.allow(&prepared.service_limits.allowed_outbound_hosts);
+        state.outbound.arm(target, ttl);
         let mut store = wasmtime::Store::new(env.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| {
