@@ -1014,7 +1014,9 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             // deployer resolves it against the config.
             if t.as_literal().is_some() {
                 if let Err(reason) = AllowedHost::parse(text, false) {
-                    c.err(&key, ManifestErrorKind::BadOutboundHost { value: text.clone(), reason });
+                    // Never repeat credentials someone wrote into the entry.
+                    let value = if text.contains('@') { "<redacted: holds user:password@>".to_string() } else { text.clone() };
+                    c.err(&key, ManifestErrorKind::BadOutboundHost { value, reason });
                     continue;
                 }
             }

@@ -134,6 +134,20 @@ mod tests {
     }
 
     #[test]
+    fn entries_parse_to_a_canonical_origin() {
+        let canon = |t: &str, origin_only: bool| AllowedHost::parse(t, origin_only).map(|a| a.to_string());
+        assert_eq!(canon("HTTPS://RPC.Example.COM", false).unwrap(), "https://rpc.example.com:443");
+        assert_eq!(canon("http://127.0.0.1", false).unwrap(), "http://127.0.0.1:80");
+        assert_eq!(canon("http://[::1]:8545/", false).unwrap(), "http://[::1]:8545");
+        assert_eq!(canon("*://*:*", false).unwrap(), "*://*:*");
+        assert_eq!(canon("https://node.example.com/v1/abc?key=k", true).unwrap(), "https://node.example.com:443");
+        assert!(canon("https://node.example.com/v1", false).is_err(), "a literal entry has no path");
+        assert!(canon("https://u:p@node.example.com", true).unwrap_err().contains("credentials"));
+        let o = policy(&["http://[::1]:8545"]);
+        assert!(allowed(&o, "http://[::1]:8545/") && !allowed(&o, "http://[::2]:8545/"));
+    }
+
+    #[test]
     fn the_denied_origin_names_no_path_or_query() {
         let o = policy(&["http://a.b"]);
         let origin = o.check(&"https://user:pw@c.d:99/secret?token=x".parse().unwrap()).unwrap_err();
