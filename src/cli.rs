@@ -520,6 +520,13 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
     for s in deployed.iter_mut().flat_map(|d| d.services.iter_mut()) {
         add_data_usage(s, dir);
     }
+    if let (Some(store), Some(d)) = (&store, deployed.as_mut()) {
+        // What each service runs with: its distro.toml's limits over the config's defaults.
+        let defaults = crate::runtime::LimitDefaults::for_node(ctx.config.system_services.call_ttl_ms);
+        if let Ok(bps) = crate::runtime::read_blueprints(store) {
+            crate::runtime::add_limits(&mut d.services, &bps, &defaults);
+        }
+    }
     let version = deployed.as_ref().map(|d| d.schema_version);
     let running = crate::state::running_node(dir);
     let node_json = json!({
@@ -573,6 +580,9 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             println!("  {aliases:<20} service {}  blueprint {}{package}", text(&s["id"]), text(&s["blueprint_id"]));
             if let (Some(bytes), Some(inodes)) = (s["data"]["bytes"].as_u64(), s["data"]["inodes"].as_u64()) {
                 println!("  {:<20} data {:.1} MiB in {inodes} entries", "", bytes as f64 / (1 << 20) as f64);
+            }
+            if let Some(line) = crate::runtime::limits_line(&s["limits"]) {
+                println!("  {:<20} {line}", "");
             }
         }
     }

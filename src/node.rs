@@ -454,11 +454,12 @@ impl Node {
                 return json!({ "services": [] });
             }
         };
-        let list: Vec<Value> = current
+        let mut list: Vec<Value> = current
             .list_services()
             .into_iter()
             .map(|s| service_json(s.id, &s.aliases, &s.service.blueprint_id, &s.service.owner, s.service.created_at, s.entry))
             .collect();
+        crate::runtime::add_limits(&mut list, &self.runtime.blueprints(), &self.runtime.limit_defaults());
         json!({ "services": list })
     }
 
@@ -654,7 +655,11 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
                 return Exit::StoreUnusable;
             }
         };
-        let ttl = Duration::from_millis(node.config.read().unwrap_or_else(|p| p.into_inner()).system_services.call_ttl_ms);
+        // A service may have its own TTL up to the ceiling: the API waits that long.
+        let ttl = Duration::from_millis({
+            let cfg = node.config.read().unwrap_or_else(|p| p.into_inner());
+            cfg.system_services.call_ttl_ms.max(cfg.system_services.ceilings.call_ttl_max_ms)
+        });
         let mut rx = api_stopped.clone();
         if let Some(w) = watcher {
             tracing::info!(files = %w.describe(), "node.watch_config: reloading when these files change");

@@ -66,11 +66,12 @@ fn checked_counter() -> Vec<u8> {
     .unwrap()
 }
 
-/// A component importing `wasi:http`, which the host does not provide.
+/// A component importing `wasi:keyvalue`, which the host does not provide
+/// (it provides `wasi:http` since issue 16).
 fn wants_http() -> Vec<u8> {
     wat::parse_str(
         r#"(component
-            (import "wasi:http/outgoing-handler@0.2.0" (instance $h (export "ping" (func))))
+            (import "wasi:keyvalue/store@0.2.0" (instance $h (export "ping" (func))))
             (core module $m (func (export "get") (result i32) (i32.const 1)))
             (core instance $i (instantiate $m))
             (func (export "get-value") (result u32) (canon lift (core func $i "get"))))"#,
@@ -711,7 +712,7 @@ mod small {
         let d = desired(vec![service("web", "pkg-w", blueprint(&wants_http(), "web"), vec![], ConfigChange::Reinit)], vec![]);
         let e = n.deployer.exports(&d, n.components.clone()).await.unwrap_err();
         assert!(e.is_invalid_input(), "{e}");
-        assert!(e.to_string().contains("wasi:http/outgoing-handler") && e.to_string().contains("package pkg-w"), "{e}");
+        assert!(e.to_string().contains("wasi:keyvalue/store") && e.to_string().contains("package pkg-w"), "{e}");
         // Applied anyway (skipping the plan-time check): the install fails
         // and clears its intent instead of leaving one to "roll back".
         n.deployer.prepare(&d, n.components.clone()).await.unwrap();
@@ -804,7 +805,7 @@ mod cli {
 
     /// A distros folder: kv-store (v1) and a spell package whose period and
     /// KV value come from config; with `http`, a package whose component
-    /// imports `wasi:http`.
+    /// imports `wasi:keyvalue`.
     fn distros(root: &Path, http: bool) -> PathBuf {
         let dir = root.join(if http { "distros-http" } else { "distros" });
         let kv = dir.join("kv-store");
@@ -903,11 +904,7 @@ note = "${config.note}"
                 vec!["spell ticker", "period_sec 400000000 exceeds", "system_services.ticker.period_sec"],
             ),
             (false, vec!["--config".into(), big.display().to_string()], vec!["spell ticker", "kv key \"note\"", "bytes of JSON"]),
-            (
-                true,
-                vec![],
-                vec!["package web, service web", "wasi:http/outgoing-handler", "neither an earlier component nor the host provides"],
-            ),
+            (true, vec![], vec!["package web, service web", "wasi:keyvalue/store", "neither an earlier component nor the host provides"]),
         ];
         for (http, extra, needles) in cases {
             for cmd in [&["plan"][..], &["run", "--once"][..]] {

@@ -78,6 +78,16 @@ pub const GUEST_LIMIT_KEYS: [(&str, u64); 6] = [
     ("system_services.guest_log_line_max_bytes", 4096),
 ];
 
+/// Node-level ceilings of what a package's `distro.toml` may ask for one
+/// service (`call_ttl_ms`, `queue_depth`, `memory_limit_mb`), with defaults.
+/// A manifest value above its ceiling is refused (exit 2) when the desired
+/// state is resolved.
+pub const SERVICE_CEILING_KEYS: [(&str, u64); 3] = [
+    ("system_services.service_call_ttl_max_ms", 600_000),
+    ("system_services.service_queue_depth_max", 1024),
+    ("system_services.service_memory_max_mb", 4096),
+];
+
 /// How a key's value is checked and normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -157,7 +167,8 @@ impl Catalog {
             ("system_services.on_failure", Kind::OnFailure, Json::from("stop")),
             ("system_services.call_ttl_ms", Kind::Millis, Json::from(DEFAULT_CALL_TTL_MS)),
         ];
-        let limits = GUEST_LIMIT_KEYS.iter().map(|(path, default)| (*path, Kind::Positive, Json::from(*default)));
+        let limits =
+            GUEST_LIMIT_KEYS.iter().chain(&SERVICE_CEILING_KEYS).map(|(path, default)| (*path, Kind::Positive, Json::from(*default)));
         for (path, kind, default) in fixed.into_iter().chain(limits) {
             cat.insert(Leaf {
                 path: path.into(),

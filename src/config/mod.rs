@@ -12,6 +12,7 @@ mod problem;
 pub mod schema;
 mod secrets;
 
+pub use catalog::SERVICE_CEILING_KEYS;
 pub use catalog::{
     CLI_ENV, DEFAULT_API_LISTEN, DEFAULT_CALL_TTL_MS, DEFAULT_STATE_DIR, ENV_CONFIG, ENV_CONFIG_SECTION, ENV_DISTROS_DIR,
     ENV_JOIN_ALL_DEALS, ENV_PREFIX, LEGACY_SECTION_PREFIX, RETIRED, SECTION_KEY, SECTION_SYSTEM_SERVICES,
@@ -129,6 +130,8 @@ pub struct SystemServicesConfig {
     pub call_ttl_ms: u64,
     /// Defaults of what one guest may take (`guest_*` keys).
     pub guest: GuestLimitsConfig,
+    /// Ceilings of the per-service limits a manifest may set (`service_*_max*` keys).
+    pub ceilings: ServiceCeilings,
     /// Every package in the schemas (enabled or not) → every key of its schema
     /// that has a value, with its source. Keys are schema key names.
     pub packages: BTreeMap<PackageName, BTreeMap<String, ConfigValue>>,
@@ -151,6 +154,18 @@ pub struct GuestLimitsConfig {
     pub log_lines_per_sec: u64,
     /// Longer guest log lines are cut.
     pub log_line_max_bytes: u64,
+}
+
+/// The `system_services.service_*_max*` keys: the most a package's
+/// `distro.toml` may ask for one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCeilings {
+    /// Largest per-service `call_ttl_ms`.
+    pub call_ttl_max_ms: u64,
+    /// Largest per-service `queue_depth`.
+    pub queue_depth_max: u64,
+    /// Largest `memory_limit_mb` of one component.
+    pub memory_max_mb: u64,
 }
 
 /// One effective value and where it came from. `Debug` and `Display` redact
@@ -362,6 +377,11 @@ fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: O
         log_lines_per_sec: guest_limit(4),
         log_line_max_bytes: guest_limit(5),
     };
+    let ceiling = |i: usize| {
+        let (key, default) = catalog::SERVICE_CEILING_KEYS[i];
+        values.get(key).and_then(|v| v.value.as_u64()).unwrap_or(default)
+    };
+    let ceilings = ServiceCeilings { call_ttl_max_ms: ceiling(0), queue_depth_max: ceiling(1), memory_max_mb: ceiling(2) };
     let mut packages: BTreeMap<PackageName, BTreeMap<String, ConfigValue>> =
         cat.packages.iter().map(|p| (p.clone(), BTreeMap::new())).collect();
     for leaf in cat.leaves() {
@@ -371,7 +391,7 @@ fn assemble(cat: &Catalog, values: BTreeMap<String, ConfigValue>, config_file: O
     }
     EffectiveConfig {
         node,
-        system_services: SystemServicesConfig { enable, on_failure, call_ttl_ms, guest, packages },
+        system_services: SystemServicesConfig { enable, on_failure, call_ttl_ms, guest, ceilings, packages },
         config_file,
         warnings: notes.warnings,
         notices: notes.notices,

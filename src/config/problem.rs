@@ -59,7 +59,9 @@ pub enum ConfigProblem {
     /// The value is never kept: an unknown key may be a mistyped secret
     /// (`..._DECIDER_WALLET_KEY` for `..._DECIDER__WALLET_KEY`), and this
     /// text reaches stderr, JSON logs and the reload answer.
-    #[error("{key} ({origin}): unknown key{hint}; its value is not shown")]
+    /// A huge key is elided on its own, so "unknown key" and the list of
+    /// known keys survive the report's line cut however many keys there are.
+    #[error("{k} ({origin}): unknown key{hint}; its value is not shown", k = crate::text::elide(key, 200))]
     UnknownKey { key: String, origin: Source, hint: String },
 
     #[error("{key} = {value} ({origin}): expected {expected}")]

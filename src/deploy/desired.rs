@@ -25,6 +25,10 @@ pub enum DesiredError {
     Trigger { package: PackageName, alias: crate::ids::Alias, reason: String, from: String },
     #[error("package {package}, spell {alias}: kv key {key:?}: {reason} (from {from})")]
     Kv { package: PackageName, alias: crate::ids::Alias, key: String, reason: String, from: String },
+    #[error("package {package}, service {alias}: {key} = {value} is above the node's ceiling of {ceiling} ({ceiling_key}); lower it in distro.toml or raise {ceiling_key}")]
+    OverCeiling { package: PackageName, alias: crate::ids::Alias, key: String, value: u64, ceiling: u64, ceiling_key: String },
+    #[error("package {package}, service {alias}: {message}")]
+    Outbound { package: PackageName, alias: crate::ids::Alias, message: String },
 }
 
 /// " (from key at source, …)" for the config keys behind a spell's trigger.
@@ -116,7 +120,18 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                     }),
                 }
             }
-            let blueprint = s.blueprint();
+            let mut blueprint = s.blueprint();
+            // Outbound allow-list (templates resolved) and per-service limits
+            // against the node's ceilings: `deploy::limits`.
+            match s.resolve_outbound(&section) {
+                Ok(hosts) => blueprint.limits.allowed_outbound_hosts = hosts,
+                Err(msgs) => errors.extend(msgs.into_iter().map(|message| DesiredError::Outbound {
+                    package: pkg.name.clone(),
+                    alias: s.alias.clone(),
+                    message,
+                })),
+            }
+            errors.extend(over_ceiling(&pkg.name, s, &cfg.system_services.ceilings));
             services.push(DesiredService {
                 alias: s.alias.clone(),
                 package: pkg.name.clone(),
@@ -229,6 +244,31 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
     } else {
         Err(DesiredErrors(errors))
     }
+}
+
+/// Per-service limits of `s` above the node's ceilings.
+fn over_ceiling(package: &PackageName, s: &distro::ServiceSpec, c: &crate::config::ServiceCeilings) -> Vec<DesiredError> {
+    let mut asked: Vec<(String, u64, u64, &str)> = Vec::new();
+    let [ttl_key, queue_key, memory_key] = crate::config::SERVICE_CEILING_KEYS.map(|(k, _)| k);
+    asked.extend(s.call_ttl_ms.map(|v| ("call_ttl_ms".to_string(), v, c.call_ttl_max_ms, ttl_key)));
+    asked.extend(s.queue_depth.map(|v| ("queue_depth".to_string(), u64::from(v), c.queue_depth_max, queue_key)));
+    for comp in &s.components {
+        if let Some(mb) = comp.memory_limit_mb {
+            asked.push((format!("memory_limit_mb (component {})", comp.name), mb, c.memory_max_mb, memory_key));
+        }
+    }
+    asked
+        .into_iter()
+        .filter(|(_, value, ceiling, _)| value > ceiling)
+        .map(|(key, value, ceiling, ceiling_key)| DesiredError::OverCeiling {
+            package: package.clone(),
+            alias: s.alias.clone(),
+            key,
+            value,
+            ceiling,
+            ceiling_key: ceiling_key.to_string(),
+        })
+        .collect()
 }
 
 /// Serves component bytes from a catalog (embedded or loaded from disk).

@@ -69,7 +69,7 @@ pub enum DeployError {
     MissingComponent { package: PackageName, alias: Alias, component: String, hash: String },
     #[error("package {package}, service {alias}: component {component} is not a valid WebAssembly component: {message}")]
     BadComponent { package: PackageName, alias: Alias, component: String, message: String },
-    #[error("package {package}, service {alias}: {message}; the host provides WASI 0.2 (without sockets or HTTP) and sysdeploy:host — rebuild the component without those imports")]
+    #[error("package {package}, service {alias}: {message}; the host provides WASI 0.2 (without sockets), wasi:http (outgoing-handler, behind allowed_outbound_hosts) and sysdeploy:host — rebuild the component without those imports")]
     Unlinkable { package: PackageName, alias: Alias, message: String },
     #[error("preparing components: {0}")]
     Join(String),

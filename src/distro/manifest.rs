@@ -65,6 +65,14 @@ pub struct ServiceSpec {
     pub data_quota_inodes: Option<u64>,
     /// Descriptors one instance may hold; `None` = the node's default.
     pub open_files_max: Option<u32>,
+    /// Origins (`scheme://host:port`, templates allowed) the service may send
+    /// HTTP requests to through `wasi:http/outgoing-handler`; empty = none.
+    pub allowed_outbound_hosts: Vec<Template>,
+    /// TTL of one call to this service in ms; `None` = the node's `call_ttl_ms`.
+    pub call_ttl_ms: Option<u64>,
+    /// Calls admitted at once (one running, the rest queued); `None` = the
+    /// runtime's default.
+    pub queue_depth: Option<u32>,
 }
 
 /// One component of a service, with the bytes embedded in the binary (or
@@ -290,6 +298,10 @@ pub enum ManifestErrorKind {
     BadFunction(String),
     #[error("{0:?} is not a valid KV key (ASCII letters, digits, '_', '-' and '.', at most 128 bytes)")]
     BadKvKey(String),
+    #[error("{value:?} is not an allowed outbound host: {reason}; expected \"scheme://host[:port]\" with scheme http, https or *, host a name, an IP, * or *.domain, port a number or * (e.g. \"https://rpc.example.com\", \"http://127.0.0.1:5001\", \"${{config.api_endpoint}}\")")]
+    BadOutboundHost { value: String, reason: String },
+    #[error("allowed outbound hosts are shown by status and the API, so they cannot use the secret config key {0}")]
+    SecretInOutbound(String),
 }
 
 /// Every problem found, in a deterministic order (folder order, then file
@@ -500,6 +512,10 @@ struct RawService {
     data_quota_mb: Option<u64>,
     data_quota_inodes: Option<u64>,
     open_files_max: Option<u32>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<toml::Value>,
+    call_ttl_ms: Option<u64>,
+    queue_depth: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -875,6 +891,8 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             ("data_quota_mb", rs.data_quota_mb == Some(0)),
             ("data_quota_inodes", rs.data_quota_inodes == Some(0)),
             ("open_files_max", rs.open_files_max == Some(0)),
+            ("call_ttl_ms", rs.call_ttl_ms == Some(0)),
+            ("queue_depth", rs.queue_depth == Some(0)),
         ] {
             if zero {
                 c.err(format!("{base}.{key}"), ManifestErrorKind::ZeroLimit(key));
@@ -978,6 +996,32 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             }
             init.push(InitSpec { function: ri.function.clone(), args, run: ri.run, for_each });
         }
+        let mut allowed_outbound_hosts = Vec::new();
+        for (hi, v) in rs.allowed_outbound_hosts.iter().enumerate() {
+            let key = format!("{base}.allowed_outbound_hosts[{hi}]");
+            let toml::Value::String(text) = v else {
+                c.err(&key, ManifestErrorKind::BadOutboundHost { value: v.to_string(), reason: "it is not a string".into() });
+                continue;
+            };
+            let Some(t) = c.template(&key, v) else { continue };
+            c.placeholders(&key, &t, &config, false, false);
+            for k in t.config_keys() {
+                if config.get(k).is_some_and(|s| s.secret) {
+                    c.err(&key, ManifestErrorKind::SecretInOutbound(k.to_string()));
+                }
+            }
+            // A literal entry is checked here; a templated one when the
+            // deployer resolves it against the config.
+            if t.as_literal().is_some() {
+                if let Err(reason) = AllowedHost::parse(text, false) {
+                    // Never repeat credentials someone wrote into the entry.
+                    let value = if text.contains('@') { "<redacted: holds user:password@>".to_string() } else { text.clone() };
+                    c.err(&key, ManifestErrorKind::BadOutboundHost { value, reason });
+                    continue;
+                }
+            }
+            allowed_outbound_hosts.push(t);
+        }
         if let Some(alias) = a {
             services.push(ServiceSpec {
                 alias,
@@ -988,6 +1032,9 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 data_quota_mb: rs.data_quota_mb,
                 data_quota_inodes: rs.data_quota_inodes,
                 open_files_max: rs.open_files_max,
+                allowed_outbound_hosts,
+                call_ttl_ms: rs.call_ttl_ms,
+                queue_depth: rs.queue_depth,
             });
         }
     }
@@ -1208,6 +1255,172 @@ mod disk_files_tests {
         for c in &comps[1..] {
             assert_eq!(c.hash, comps[0].hash);
             assert!(std::ptr::eq(c.bytes.as_ptr(), comps[0].bytes.as_ptr()), "each service got its own copy of the component bytes");
+        }
+    }
+}
+
+// ------------------------------------------------------ outbound allow-list
+
+/// One entry of a service's `allowed_outbound_hosts`: the origins its
+/// requests through `wasi:http/outgoing-handler` may go to. `None` parts
+/// (written `*`) match anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    /// `http` or `https`; `None` = either.
+    pub scheme: Option<String>,
+    pub host: HostPattern,
+    /// `None` = any port.
+    pub port: Option<u16>,
+}
+
+/// The host part of an [`AllowedHost`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `*`: any host.
+    Any,
+    /// A name or IP, lowercase (IPv6 in brackets).
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (not the bare domain).
+    Suffix(String),
+}
+
+impl AllowedHost {
+    /// Parses `scheme://host[:port]`. A missing port is the scheme's default
+    /// (80, 443). Credentials (`user:pass@`) are refused. With `origin_only`
+    /// (an entry resolved from a config value such as an API endpoint) a
+    /// path, query or fragment is dropped; otherwise it is an error.
+    /// Messages never repeat the value (a config value may hold a token).
+    pub fn parse(text: &str, origin_only: bool) -> Result<AllowedHost, String> {
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| "it has no scheme (expected scheme://host[:port])".to_string())?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "http" => Some("http".to_string()),
+            "https" => Some("https".to_string()),
+            "*" => None,
+            _ => return Err("the scheme must be http, https or *".into()),
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if authority.contains('@') {
+            return Err("credentials (user:password@) are not allowed in an allowed host; keep them in a secret config key".into());
+        }
+        if !origin_only && !tail.is_empty() && tail != "/" {
+            return Err("only an origin is allowed, without a path, query or fragment".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or_else(|| "an IPv6 address lacks its closing ']'".to_string())?;
+            if addr.is_empty() || !addr.chars().all(|ch| ch.is_ascii_hexdigit() || ch == ':' || ch == '.') {
+                return Err("the IPv6 address is malformed".into());
+            }
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| "expected ':' and a port after the IPv6 address".to_string())?),
+            };
+            (HostPattern::Exact(format!("[{}]", addr.to_ascii_lowercase())), port)
+        } else {
+            let (h, p) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            let h = h.trim_end_matches('.').to_ascii_lowercase();
+            let valid = |name: &str| {
+                !name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            };
+            let host = if h == "*" {
+                HostPattern::Any
+            } else if let Some(domain) = h.strip_prefix("*.") {
+                if !valid(domain) {
+                    return Err("the domain after '*.' is not a host name".into());
+                }
+                HostPattern::Suffix(format!(".{domain}"))
+            } else if valid(&h) {
+                HostPattern::Exact(h)
+            } else {
+                return Err("the host is empty or not a host name or IP address".into());
+            };
+            (host, p)
+        };
+        let port = match port {
+            Some("*") => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+                _ => return Err("the port must be a number from 1 to 65535 or *".into()),
+            },
+            None => match scheme.as_deref() {
+                Some("http") => Some(80),
+                Some("https") => Some(443),
+                _ => return Err("with scheme * give a port (a number or *)".into()),
+            },
+        };
+        Ok(AllowedHost { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed (`host` as in a
+    /// URI: lowercase compared, IPv6 in brackets).
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.scheme.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(scheme))
+            && self.port.is_none_or(|p| p == port)
+            && match &self.host {
+                HostPattern::Any => true,
+                HostPattern::Exact(h) => *h == host,
+                HostPattern::Suffix(d) => host.ends_with(d.as_str()),
+            }
+    }
+}
+
+/// The canonical form: `scheme://host:port`, `*` where anything matches.
+impl fmt::Display for AllowedHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match &self.host {
+            HostPattern::Any => "*".to_string(),
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Suffix(d) => format!("*{d}"),
+        };
+        let port = self.port.map_or("*".to_string(), |p| p.to_string());
+        write!(f, "{}://{host}:{port}", self.scheme.as_deref().unwrap_or("*"))
+    }
+}
+
+impl ServiceSpec {
+    /// `allowed_outbound_hosts` resolved against the package's config, in
+    /// canonical form (sorted, deduplicated). An entry whose config key is
+    /// unset grants nothing and is left out. Errors name the entry and the
+    /// config keys it read, never the value.
+    pub fn resolve_outbound<C: template::ConfigLookup + ?Sized>(&self, cfg: &C) -> Result<Vec<String>, Vec<String>> {
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        for (i, t) in self.allowed_outbound_hosts.iter().enumerate() {
+            let what = || {
+                let keys = t.config_keys();
+                let from = if keys.is_empty() { String::new() } else { format!(" (from {})", keys.join(", ")) };
+                format!("allowed_outbound_hosts[{i}]{from}")
+            };
+            let r = match template::resolve(t, cfg) {
+                Ok(r) => r,
+                Err(template::TemplateError::Unset { .. }) => continue,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", what()));
+                    continue;
+                }
+            };
+            match r.value.as_str() {
+                _ if r.secret => errors.push(format!("{}: reads a secret config key", what())),
+                Some(text) => match AllowedHost::parse(text, true) {
+                    Ok(h) => out.push(h.to_string()),
+                    Err(reason) => errors.push(format!("{}: not an allowed outbound host: {reason}", what())),
+                },
+                None => {
+                    errors.push(format!("{}: resolves to {}, expected a string scheme://host[:port]", what(), template::kind(&r.value)))
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
         }
     }
 }

@@ -106,6 +106,11 @@ impl ServiceSpec {
                 data_quota_mb: self.data_quota_mb,
                 data_quota_inodes: self.data_quota_inodes,
                 open_files_max: self.open_files_max,
+                call_ttl_ms: self.call_ttl_ms,
+                queue_depth: self.queue_depth,
+                // Literal entries only; the deployer resolves templated ones
+                // against the config (`resolve_outbound`) and sets the list.
+                allowed_outbound_hosts: self.resolve_outbound(&BTreeMap::<String, Value>::new()).unwrap_or_default(),
             },
         }
     }

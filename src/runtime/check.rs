@@ -1,6 +1,6 @@
 //! Plan-time link check: would a blueprint's components link against each
 //! other and the host? Run before anything is stored, so a component that
-//! imports what the host does not provide (e.g. `wasi:http`) is invalid
+//! imports what the host does not provide (e.g. `wasi:keyvalue`) is invalid
 //! input (exit 2) found by `plan`, not a failed step found by `apply`.
 //!
 //! Nothing here compiles guest code. Components the runtime has already

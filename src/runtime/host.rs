@@ -5,6 +5,7 @@
 
 use super::guestio::{GuestLevel, GuestLog, GuestOutput, GuestSource};
 use super::limits::{OpenFiles, Quota};
+use super::outbound::Outbound;
 use super::RuntimeError;
 use crate::ids::PeerId;
 use std::path::Path;
@@ -48,6 +49,11 @@ pub(crate) struct HostState {
     /// Set by the epoch callback when it interrupts a call, so the caller can
     /// tell a timeout from other traps even if wasmtime rewraps the error.
     pub(crate) timed_out: bool,
+    /// `wasi:http` state.
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    /// What outbound HTTP requests may reach (deny-all until
+    /// `Outbound::allow`), and the current call's deadline.
+    pub(crate) outbound: Outbound,
 }
 
 impl HostState {
@@ -79,13 +85,15 @@ impl HostState {
             table: ResourceTable::new(),
             limiter,
             peer_id,
-            log,
+            log: log.clone(),
             quota,
             open_files,
             instances: vec![None; n],
             deadline_tick: u64::MAX,
             ticks,
             timed_out: false,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: Outbound::deny_all(log.service()),
         })
     }
 
@@ -109,6 +117,12 @@ impl WasiView for HostState {
     }
 }
 
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
 impl sysdeploy::host::node::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let level = match level {
@@ -128,13 +142,16 @@ impl sysdeploy::host::node::Host for HostState {
     }
 }
 
-/// The linker with everything the host provides: WASI 0.2 and
-/// `sysdeploy:host/node`. Shadowing is allowed so a blueprint's earlier
+/// The linker with everything the host provides: WASI 0.2, `wasi:http`
+/// (outgoing handler and types; every request checked against the
+/// service's allow-list in `outbound.rs`) and `sysdeploy:host/node`. Shadowing is allowed so a blueprint's earlier
 /// components take precedence over the host for the names they export.
 pub(crate) fn base_linker(engine: &Engine) -> Result<Linker<HostState>, RuntimeError> {
     let mut linker = Linker::new(engine);
     linker.allow_shadowing(true);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Wasmtime(format!("adding WASI to the linker: {e:#}")))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| RuntimeError::Wasmtime(format!("adding wasi:http to the linker: {e:#}")))?;
     sysdeploy::host::node::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| RuntimeError::Wasmtime(format!("adding sysdeploy:host/node to the linker: {e:#}")))?;
     super::limits::add_to_linker(&mut linker)

@@ -15,7 +15,9 @@ mod guestio;
 mod hold;
 mod host;
 mod limits;
+mod limits_view;
 mod link;
+mod outbound;
 pub mod records;
 mod service;
 pub mod wit;
@@ -26,6 +28,7 @@ pub use guestio::{escape as escape_guest_text, LogLimits};
 pub use hold::CallHold;
 pub use host::{MemoryLimitExceeded, DATA_DIR_GUEST_PATH};
 pub use limits::DataUsage;
+pub use limits_view::{add_limits, limits_json, limits_line, read_blueprints, LimitDefaults};
 pub use wit::{check_args, ArgError};
 
 use crate::ids::{Alias, BlueprintId, ComponentHash, PeerId, ServiceId};
@@ -78,7 +81,7 @@ pub struct Blueprint {
 }
 
 /// Per-service overrides of [`GuestLimits`] (from `distro.toml`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_quota_mb: Option<u64>,
@@ -86,6 +89,17 @@ pub struct ServiceLimits {
     pub data_quota_inodes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files_max: Option<u32>,
+    /// TTL of one call to the service (replaces the runtime's default TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_ttl_ms: Option<u64>,
+    /// Calls admitted at once (replaces `RuntimeOptions::max_queued_calls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u32>,
+    /// Origins (`scheme://host:port`, canonical, resolved from the manifest's
+    /// `allowed_outbound_hosts`) the service may reach through
+    /// `wasi:http/outgoing-handler`; empty = every request is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 impl ServiceLimits {
@@ -730,18 +744,29 @@ impl Runtime {
 
     /// Calls `function` of the service named by alias or id with a JSON array
     /// of arguments; returns the result as JSON (a single result unwrapped,
-    /// none as `null`, several as an array). Uses the configured TTL.
+    /// none as `null`, several as an array). Uses the service's own TTL
+    /// (`call_ttl_ms` in its `distro.toml`), else the configured one.
     pub async fn call(&self, alias_or_id: &str, function: &str, args: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        self.call_with_ttl(alias_or_id, function, args, self.inner.cfg.call_ttl).await
+        self.call_ttl_opt(alias_or_id, function, args, None).await
     }
 
-    /// Same with an explicit TTL.
+    /// Same with an explicit TTL (it wins over the service's own).
     pub async fn call_with_ttl(
         &self,
         alias_or_id: &str,
         function: &str,
         args: serde_json::Value,
         ttl: Duration,
+    ) -> Result<serde_json::Value, CallError> {
+        self.call_ttl_opt(alias_or_id, function, args, Some(ttl)).await
+    }
+
+    async fn call_ttl_opt(
+        &self,
+        alias_or_id: &str,
+        function: &str,
+        args: serde_json::Value,
+        ttl: Option<Duration>,
     ) -> Result<serde_json::Value, CallError> {
         // A call held by a replace that then moved the alias was not run on
         // the old service; it goes to the service the alias names now.
@@ -762,7 +787,7 @@ impl Runtime {
         alias_or_id: &str,
         function: &str,
         args: &serde_json::Value,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<serde_json::Value, CallError> {
         let inner = &self.inner;
         let target = alias_or_id;
@@ -782,6 +807,7 @@ impl Runtime {
             });
         }
         let params = wit::json_args_to_vals(&export.sig.params, args).map_err(|e| e.into_call_error(target, function))?;
+        let ttl = ttl.or(prepared.service_limits.call_ttl_ms.map(Duration::from_millis)).unwrap_or(inner.cfg.call_ttl);
         let host_peer = inner.opts.host_peer.as_ref().unwrap_or(&slot.row.owner);
         let env = CallEnv {
             engine: &inner.engine,

@@ -139,6 +139,8 @@ struct Job {
     results: usize,
     params: Vec<Val>,
     ttl: Duration,
+    /// The alias or id the caller named (outbound HTTP logs name it).
+    target: String,
     reply: oneshot::Sender<Result<Vec<Val>, Failure>>,
 }
 
@@ -257,7 +259,9 @@ impl ServiceSlot {
         params: Vec<Val>,
         ttl: Duration,
     ) -> Result<serde_json::Value, CallError> {
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= env.max_queue {
+        // The service's own queue depth (`distro.toml`) replaces the runtime's.
+        let max_queue = prepared.service_limits.queue_depth.map_or(env.max_queue, |q| q as usize).max(1);
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= max_queue {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
             return Err(CallError::Busy { target: target.to_string() });
         }
@@ -268,12 +272,20 @@ impl ServiceSlot {
         if self.superseded.load(Ordering::Acquire) || self.removed.load(Ordering::Acquire) {
             return Err(CallError::UnknownTarget { target: target.to_string() });
         }
-        let results = match self.call_idle(env, &prepared, export, &params, ttl).await {
+        let results = match self.call_idle(env, target, &prepared, export, &params, ttl).await {
             // The service was idle: run on the caller's task, no handoff.
             Some(r) => r,
             None => {
                 let (reply, answer) = oneshot::channel();
-                let job = Job { prepared, export: export.index, results: export.sig.results.len(), params, ttl, reply };
+                let job = Job {
+                    prepared,
+                    export: export.index,
+                    results: export.sig.results.len(),
+                    params,
+                    ttl,
+                    target: target.to_string(),
+                    reply,
+                };
                 self.submit(env, job);
                 answer.await.unwrap_or_else(|_| {
                     Err(Failure::Internal("the service's call task stopped before answering (the node is shutting down)".into()))
@@ -297,6 +309,7 @@ impl ServiceSlot {
     async fn call_idle(
         &self,
         env: &CallEnv<'_>,
+        target: &str,
         prepared: &Prepared,
         export: &super::link::ExportFn,
         params: &[Val],
@@ -309,7 +322,7 @@ impl ServiceSlot {
         if self.pending.load(Ordering::Acquire) != 0 {
             return None;
         }
-        Some(self.run_job(env, &mut guard, prepared, export.index, export.sig.results.len(), params, ttl).await)
+        Some(self.run_job(env, target, &mut guard, prepared, export.index, export.sig.results.len(), params, ttl).await)
     }
 
     /// One call under the `live` lock: refused if the service was removed
@@ -318,6 +331,7 @@ impl ServiceSlot {
     async fn run_job(
         &self,
         env: &CallEnv<'_>,
+        target: &str,
         guard: &mut Option<Live>,
         prepared: &Prepared,
         export: ComponentExportIndex,
@@ -329,7 +343,7 @@ impl ServiceSlot {
             return Err(Failure::Removed);
         }
         let _running = Running::start(&self.running);
-        self.run(env, guard, prepared, export, results, params, ttl).await
+        self.run(env, target, guard, prepared, export, results, params, ttl).await
     }
 
     /// Queues `job` for the service's call task, starting the task on the
@@ -367,6 +381,7 @@ impl ServiceSlot {
     async fn run(
         &self,
         env: &CallEnv<'_>,
+        target: &str,
         guard: &mut Option<Live>,
         prepared: &Prepared,
         export: ComponentExportIndex,
@@ -377,9 +392,10 @@ impl ServiceSlot {
         let outer = ttl.saturating_add(env.tick * 2).saturating_add(OUTER_GRACE);
         let mut live = match guard.take() {
             Some(l) => l,
-            None => self.instantiate(env, prepared, ttl).await?,
+            None => self.instantiate(env, target, prepared, ttl).await?,
         };
         arm_deadline(&mut live.store, ttl, env.tick, prepared.names.len() - 1);
+        live.store.data_mut().outbound.arm(target, ttl);
         let func = live
             .facade
             .get_func(&mut live.store, export)
@@ -400,7 +416,7 @@ impl ServiceSlot {
     }
 
     /// Creates the store and instantiates every component in order.
-    async fn instantiate(&self, env: &CallEnv<'_>, prepared: &Prepared, ttl: Duration) -> Result<Live, Failure> {
+    async fn instantiate(&self, env: &CallEnv<'_>, target: &str, prepared: &Prepared, ttl: Duration) -> Result<Live, Failure> {
         std::fs::create_dir_all(&self.data_dir).map_err(|e| Failure::Internal(format!("creating {}: {e}", self.data_dir.display())))?;
         let limiter = ComponentLimiter::new(prepared.names.clone(), prepared.limits.clone());
         let (dir, limits) = (self.data_dir.clone(), prepared.service_limits.apply(env.limits));
@@ -411,8 +427,11 @@ impl ServiceSlot {
         let quota = Arc::new(quota);
         *self.quota.lock().unwrap_or_else(|p| p.into_inner()) = Some(quota.clone());
         let open_files = OpenFiles::new(limits.max_open_files as usize, env.fd_budget.clone());
-        let state = HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
-            .map_err(|e| Failure::Internal(e.to_string()))?;
+        let mut state =
+            HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+        state.outbound.allow(&prepared.service_limits.allowed_outbound_hosts);
+        state.outbound.arm(target, ttl);
         let mut store = wasmtime::Store::new(env.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| {
@@ -455,7 +474,7 @@ async fn call_task(slot: Weak<ServiceSlot>, mut queue: mpsc::UnboundedReceiver<J
     while let Some(job) = queue.recv().await {
         let Some(slot) = slot.upgrade() else { return };
         let _done = Done(&slot.pending);
-        let Job { prepared, export, results, params, ttl, mut reply } = job;
+        let Job { prepared, export, results, params, ttl, target, mut reply } = job;
         // The caller went away before its turn: the call is not run.
         if reply.is_closed() {
             continue;
@@ -463,7 +482,7 @@ async fn call_task(slot: Weak<ServiceSlot>, mut queue: mpsc::UnboundedReceiver<J
         let mut guard = slot.live.lock().await;
         let out = tokio::select! {
             biased;
-            r = slot.run_job(&env, &mut guard, &prepared, export, results, &params, ttl) => Some(r),
+            r = slot.run_job(&env, &target, &mut guard, &prepared, export, results, &params, ttl) => Some(r),
             // The caller went away mid-call: stop the guest (the instance
             // is discarded with the dropped call).
             _ = reply.closed() => None,

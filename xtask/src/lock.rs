@@ -33,6 +33,7 @@ pub const TEST_GUESTS: &[(&str, &str, &str)] = &[
     ("tests/distros/guest", "fail-init", "tests/distros/fail-init/kv-store/kv-store.wasm"),
     ("tests/distros/hostile", "", "tests/distros/limits/hostile/hostile.wasm"),
     ("tests/distros/hostile-tree", "", "tests/distros/containment/hostile/hostile.wasm"),
+    ("tests/distros/fetcher", "", "tests/distros/outbound/fetcher/fetcher.wasm"),
 ];
 
 /// Python guests built with componentize-py: (package folder, WIT world,
