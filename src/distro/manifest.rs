@@ -65,6 +65,8 @@ pub struct ServiceSpec {
     pub data_quota_inodes: Option<u64>,
     /// Descriptors one instance may hold; `None` = the node's default.
     pub open_files_max: Option<u32>,
+    /// Functions only init calls and this package's spells may call (`private`).
+    pub private: Vec<String>,
 }
 
 /// One component of a service, with the bytes embedded in the binary (or
@@ -290,6 +292,8 @@ pub enum ManifestErrorKind {
     BadFunction(String),
     #[error("{0:?} is not a valid KV key (ASCII letters, digits, '_', '-' and '.', at most 128 bytes)")]
     BadKvKey(String),
+    #[error("{0:?} is listed twice; list each private function once")]
+    DuplicatePrivate(String),
 }
 
 /// Every problem found, in a deterministic order (folder order, then file
@@ -500,6 +504,9 @@ struct RawService {
     data_quota_mb: Option<u64>,
     data_quota_inodes: Option<u64>,
     open_files_max: Option<u32>,
+    /// Functions not callable through the API (issue 16).
+    #[serde(default)]
+    private: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -978,6 +985,17 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             }
             init.push(InitSpec { function: ri.function.clone(), args, run: ri.run, for_each });
         }
+        let mut private: Vec<String> = Vec::new();
+        for (pi, f) in rs.private.iter().enumerate() {
+            let key = format!("{base}.private[{pi}]");
+            if !is_function_name(f) {
+                c.err(key, ManifestErrorKind::BadFunction(f.clone()));
+            } else if private.contains(f) {
+                c.err(key, ManifestErrorKind::DuplicatePrivate(f.clone()));
+            } else {
+                private.push(f.clone());
+            }
+        }
         if let Some(alias) = a {
             services.push(ServiceSpec {
                 alias,
@@ -988,6 +1006,7 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 data_quota_mb: rs.data_quota_mb,
                 data_quota_inodes: rs.data_quota_inodes,
                 open_files_max: rs.open_files_max,
+                private,
             });
         }
     }
