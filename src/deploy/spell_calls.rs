@@ -30,11 +30,12 @@ pub(super) fn check(desired: &Desired, current: &Current, host: &PeerId, errors:
     }
     let services: Vec<&str> = after.iter().filter(|(_, t)| !matches!(t, Target::Spell)).map(|(a, _)| a.as_str()).collect();
     let known = if services.is_empty() { "none".to_string() } else { services.join(", ") };
-    let access = super::access::table(desired);
+    let mut access = None;
     for p in &desired.packages {
         for sp in &p.spells {
             // A script that does not compile was refused with the desired state.
             let Ok(calls) = service_calls(&sp.script) else { continue };
+            let access = access.get_or_insert_with(|| super::access::table(desired));
             for call in calls {
                 let target = Alias::new(&call.alias).ok().and_then(|a| after.get(&a).map(copy_target));
                 let problem = match check_call(&call, target, &known) {

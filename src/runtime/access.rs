@@ -91,16 +91,17 @@ impl Runtime {
 
     /// The access rules of the service `alias_or_id` names: by alias, or for
     /// an id by an alias bound to that service.
-    fn service_access(&self, table: &AccessTable, alias_or_id: &str) -> Option<ServiceAccess> {
+    fn service_access<'t>(&self, table: &'t AccessTable, alias_or_id: &str) -> Option<&'t ServiceAccess> {
         if let Ok(alias) = Alias::new(alias_or_id) {
             if let Some(a) = table.services.get(&alias) {
-                return Some(a.clone());
+                return Some(a);
             }
         }
+        // By id (rare): through an alias bound to the service.
         let slot = self.inner.resolve_slot(alias_or_id)?;
         let target = super::AliasTarget::Service(slot.row.id.clone());
         let aliases = self.aliases();
-        aliases.iter().filter(|b| b.target == target).find_map(|b| table.services.get(&b.alias).cloned())
+        aliases.iter().filter(|b| b.target == target).find_map(|b| table.services.get(&b.alias))
     }
 
     /// Calls `function` as `origin` may: [`Runtime::call`] after the access
@@ -126,23 +127,22 @@ impl Runtime {
         let Ok(prepared) = self.inner.prepared_async(&slot.row.blueprint_id).await else { return Ok(()) };
         let table = self.access();
         let access = self.service_access(&table, alias_or_id);
-        let same_package = matches!((origin, &access), (CallOrigin::Spell(Some(p)), Some(a)) if *p == a.package);
+        let same_package = matches!((origin, access), (CallOrigin::Spell(Some(p)), Some(a)) if *p == a.package);
         if same_package {
             return Ok(());
         }
         let Some(export) = prepared.exports.find(function) else {
-            let public: Vec<&str> =
-                prepared.exports.fns.iter().map(|f| f.sig.name.as_str()).filter(|n| !is_private(access.as_ref(), n)).collect();
+            let public: Vec<&str> = prepared.exports.fns.iter().map(|f| f.sig.name.as_str()).filter(|n| !is_private(access, n)).collect();
             return Err(CallError::UnknownFunction {
                 target: alias_or_id.to_string(),
                 function: function.to_string(),
                 available: if public.is_empty() { "nothing".into() } else { public.join(", ") },
             });
         };
-        if !is_private(access.as_ref(), &export.sig.name) {
+        if !is_private(access, &export.sig.name) {
             return Ok(());
         }
-        let owner = access.as_ref().map_or_else(|| "the package that deployed it".to_string(), |a| format!("package {}", a.package));
+        let owner = access.map_or_else(|| "the package that deployed it".to_string(), |a| format!("package {}", a.package));
         let who = match origin {
             CallOrigin::Api => "API clients".to_string(),
             CallOrigin::Spell(Some(p)) => format!("spells of package {p}"),
@@ -162,7 +162,7 @@ impl Runtime {
         let sigs = self.service_exports(alias_or_id)?.ok()?;
         let table = self.access();
         let access = self.service_access(&table, alias_or_id);
-        Some(sigs.into_iter().filter(|s| !is_private(access.as_ref(), &s.name)).collect())
+        Some(sigs.into_iter().filter(|s| !is_private(access, &s.name)).collect())
     }
 }
 
