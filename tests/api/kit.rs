@@ -270,3 +270,55 @@ async fn on_install_init_runs_once_and_not_again_on_a_replace_that_keeps_data() 
     ok(&sb.run(&["run", "--once"]));
     assert_eq!(pending(&sb.state()).await, json!(1), "the seed item is there once after the replace");
 }
+
+/// A component shaped like componentize-py's output: its pre-initialisation
+/// entry point exported as `exports#init`, beside the service's own `greet`.
+const TOOLCHAIN_WAT: &str = r#"(component
+  (core module $m
+    (func (export "init"))
+    (func (export "greet") (result i32) (i32.const 7)))
+  (core instance $i (instantiate $m))
+  (func $init (canon lift (core func $i "init")))
+  (func $greet (result u32) (canon lift (core func $i "greet")))
+  (instance $exports (export "init" (func $init)))
+  (export "exports" (instance $exports))
+  (export "greet" (func $greet)))"#;
+
+#[tokio::test]
+async fn toolchain_exports_are_private_without_being_listed() {
+    use sysdeploy::ids::{Alias, PackageName, PeerId};
+    use sysdeploy::runtime::{
+        AccessTable, AliasTarget, Blueprint, BlueprintComponent, CallError, CallOrigin, Runtime, RuntimeConfig, ServiceAccess,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = sysdeploy::store::Store::open(&tmp.path().join("state.db")).unwrap();
+    let rt = Runtime::open(store, RuntimeConfig::new(tmp.path())).unwrap();
+    let hash = rt.add_component(&wat::parse_str(TOOLCHAIN_WAT).unwrap(), None).unwrap();
+    let bp = rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "py".into(), hash, memory_limit_mb: None }])).unwrap();
+    let host = PeerId::from_ed25519_public(&[1; 32]);
+    let id = rt.create_service(&bp, &host).await.unwrap();
+    rt.bind_alias(&Alias::new("py").unwrap(), AliasTarget::Service(id.clone()), &host).unwrap();
+    let pkg = |n: &str| PackageName::new(n).unwrap();
+    let mut table = AccessTable::default();
+    // The manifest lists nothing private.
+    table.services.insert(Alias::new("py").unwrap(), ServiceAccess { package: pkg("py"), private: Default::default() });
+    rt.set_access(table);
+
+    for (origin, target, name) in [
+        (CallOrigin::Api, "py", "exports#init"),
+        (CallOrigin::Api, "py", "init"),
+        (CallOrigin::Api, id.as_str(), "exports#init"),
+        (CallOrigin::Spell(Some(pkg("other"))), "py", "init"),
+        (CallOrigin::Spell(None), "py", "exports#init"),
+    ] {
+        match rt.call_as(&origin, target, name, json!([])).await {
+            Err(CallError::PrivateFunction { reason, .. }) => assert!(reason.contains("exports#init is private to package py"), "{reason}"),
+            other => panic!("{origin:?} {target}.{name}: expected private_function, got {other:?}"),
+        }
+    }
+    assert_eq!(rt.call_as(&CallOrigin::Api, "py", "greet", json!([])).await.unwrap(), json!(7));
+    rt.call_as(&CallOrigin::Spell(Some(pkg("py"))), "py", "init", json!([])).await.unwrap();
+    rt.call_as(&CallOrigin::Init, "py", "exports#init", json!([])).await.unwrap();
+    let public: Vec<String> = rt.public_functions("py").unwrap().into_iter().map(|f| f.name).collect();
+    assert_eq!(public, vec!["greet".to_string()]);
+}
