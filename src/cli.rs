@@ -349,9 +349,9 @@ fn cmd_health(ctx: &Context, json: bool) -> Exit {
     }
 }
 
-/// `reload`: `POST /v1/reload` with the token from the state dir.
+/// `reload`: `POST /v1/reload` with the token from the state dir (`api.token` only).
 fn cmd_reload(ctx: &Context) -> Exit {
-    let token = match StateDir::open_shared(ctx.state_dir()).and_then(|s| s.api_token()) {
+    let token = match crate::state::read_api_token(ctx.state_dir()) {
         Ok(t) => t,
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };
@@ -399,11 +399,8 @@ fn cmd_call(ctx: &Context, alias: &str, function: &str, args: &str) -> Exit {
         }
     }
     let args: Json = serde_json::from_str(args).expect("checked above");
-    let state = match StateDir::open_shared(ctx.state_dir()) {
-        Ok(s) => s,
-        Err(e) => return ctx.fail(Exit::StoreUnusable, e),
-    };
-    let token = match state.api_token() {
+    // The token alone: `node.key` is not needed to call (issue 15).
+    let token = match crate::state::read_api_token(ctx.state_dir()) {
         Ok(t) => t,
         Err(e) => return ctx.fail(Exit::StoreUnusable, e),
     };

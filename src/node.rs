@@ -24,9 +24,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// How long in-flight API requests may take to finish at shutdown.
-const API_DRAIN: Duration = Duration::from_secs(10);
+pub const API_DRAIN: Duration = Duration::from_secs(10);
 /// How long a running spell may take to finish at shutdown.
-const SPELL_GRACE: Duration = Duration::from_secs(5);
+pub const SPELL_GRACE: Duration = Duration::from_secs(5);
 /// Reload requests from the API waiting for the control loop; more get 503 `busy`.
 const RELOAD_QUEUE: usize = 16;
 
@@ -214,6 +214,8 @@ fn keep_restart_only(fresh: &mut EffectiveConfig, running: &EffectiveConfig) -> 
     };
     note("node.state_dir", running.node.state_dir.display().to_string(), fresh.node.state_dir.display().to_string());
     note("node.api_listen", running.node.api_listen.to_string(), fresh.node.api_listen.to_string());
+    let watching = |c: &EffectiveConfig| crate::watch::enabled(c).to_string();
+    note(crate::watch::KEY, watching(running), watching(fresh));
     let (old_ttl, new_ttl) = (running.system_services.call_ttl_ms, fresh.system_services.call_ttl_ms);
     note("system_services.call_ttl_ms", old_ttl.to_string(), new_ttl.to_string());
     // Guest limits are given to the runtime at boot.
@@ -564,15 +566,18 @@ impl Backend for NodeBackend {
         })
     }
     fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>> {
-        Box::pin(async move {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            self.reloads.try_send(ReloadRequest { reply }).map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => ReloadError::Busy,
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => ReloadError::ShuttingDown("no reload is started now".into()),
-            })?;
-            answer.await.unwrap_or_else(|_| Err(ReloadError::ShuttingDown("the reload was not run".into())))
-        })
+        Box::pin(ask_reload(&self.reloads))
     }
+}
+
+/// Asks the control loop for a reload (API, config watcher) and waits for its answer.
+async fn ask_reload(reloads: &tokio::sync::mpsc::Sender<ReloadRequest>) -> Result<Value, ReloadError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    reloads.try_send(ReloadRequest { reply }).map_err(|e| match e {
+        tokio::sync::mpsc::error::TrySendError::Full(_) => ReloadError::Busy,
+        tokio::sync::mpsc::error::TrySendError::Closed(_) => ReloadError::ShuttingDown("no reload is started now".into()),
+    })?;
+    answer.await.unwrap_or_else(|_| Err(ReloadError::ShuttingDown("the reload was not run".into())))
 }
 
 /// `sysdeploy run`: boot, then serve until SIGINT/SIGTERM (or exit after
@@ -618,6 +623,17 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             return Exit::Invalid;
         }
     };
+    // `node.watch_config`: the baseline is taken now, before the boot, so
+    // an edit made while the node boots is reloaded once it is ready.
+    let watcher = if crate::watch::enabled(&config) && !once {
+        let w = crate::watch::Watcher::new(&crate::watch::watched_paths(&load_opts, &config));
+        if w.is_none() {
+            tracing::warn!("node.watch_config is on but the node has no config file (--config, SYSDEPLOY_CONFIG): nothing to watch");
+        }
+        w
+    } else {
+        None
+    };
     let node = match Node::open(config, load_opts, catalog) {
         Ok(n) => n,
         Err(e) => {
@@ -636,6 +652,7 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let mut api_task = None;
     let mut _api_addr = None;
+    let mut _watching = None;
     if !once {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -661,6 +678,24 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
         };
         let ttl = Duration::from_millis(node.config.read().unwrap_or_else(|p| p.into_inner()).system_services.call_ttl_ms);
         let mut rx = api_stopped.clone();
+        if let Some(w) = watcher {
+            tracing::info!(files = %w.describe(), "node.watch_config: reloading when these files change");
+            let tx = reload_tx.clone();
+            let ask: crate::watch::AskReload = Box::new(move || {
+                let tx = tx.clone();
+                Box::pin(async move { ask_reload(&tx).await })
+            });
+            // Weak: the watcher must not keep the node (and its lock) alive.
+            let n = Arc::downgrade(&node);
+            let paths: crate::watch::Paths = Box::new(move || match n.upgrade() {
+                Some(n) => {
+                    let cfg = n.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    crate::watch::watched_paths(&n.load_opts, &cfg)
+                }
+                None => Vec::new(),
+            });
+            _watching = Some(crate::watch::Running(w.spawn(paths, ask)));
+        }
         let backend: Arc<dyn Backend> = Arc::new(NodeBackend { node: node.clone(), reloads: reload_tx, pings: ping_tx });
         api_task = Some(tokio::spawn(api::serve(listener, backend, node.metrics.clone(), ApiConfig::new(token, ttl), async move {
             let _ = rx.wait_for(|s| *s).await;

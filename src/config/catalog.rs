@@ -152,6 +152,8 @@ impl Catalog {
         let fixed = [
             ("node.state_dir", Kind::Path, Json::from(DEFAULT_STATE_DIR)),
             ("node.api_listen", Kind::SocketAddr, Json::from(DEFAULT_API_LISTEN)),
+            // Reload when the config file changes (`crate::watch`).
+            ("node.watch_config", Kind::Typed(ValueType::Boolean), Json::from(false)),
             ("system_services.on_failure", Kind::OnFailure, Json::from("stop")),
             ("system_services.call_ttl_ms", Kind::Millis, Json::from(DEFAULT_CALL_TTL_MS)),
         ];

@@ -59,6 +59,9 @@ pub enum StateError {
     #[error("api token {} is not 64 hex characters; it was left untouched: delete it and run `sysdeploy run` to create a new one", path.display())]
     TokenInvalid { path: PathBuf },
 
+    #[error("api token {} does not exist; the node creates it at its first `sysdeploy run`: start the node, or point --state-dir at its state directory", path.display())]
+    TokenMissing { path: PathBuf },
+
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: io::Error },
 }
@@ -222,21 +225,35 @@ impl StateDir {
 
     /// The API bearer token (64 hex characters), read fresh from `api.token`.
     pub fn api_token(&self) -> Result<String, StateError> {
-        let p = self.path.join(TOKEN_FILE);
-        let f = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::TokenInvalid { path: p }),
-            Err(e) => return Err(io_err("read", &p)(e)),
-        };
-        check_private(&f, &p)?;
-        let mut s = String::new();
-        (&f).take(1024).read_to_string(&mut s).map_err(|_| StateError::TokenInvalid { path: p.clone() })?;
-        let token = s.trim();
-        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StateError::TokenInvalid { path: p });
-        }
-        Ok(token.to_string())
+        read_api_token(&self.path)
     }
+}
+
+/// The API bearer token of the state directory `dir`, read from `api.token`
+/// alone: what `call`, `reload` and `health` need, so an operator who may
+/// read the token (and not `node.key`) can use them. Takes no lock, writes
+/// nothing; the token must be 0600 like every secret here.
+pub fn read_api_token(dir: &Path) -> Result<String, StateError> {
+    let p = dir.join(TOKEN_FILE);
+    let f = match File::open(&p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(match fs::metadata(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => StateError::Missing { path: dir.into() },
+                Ok(m) if !m.is_dir() => StateError::NotADirectory { path: dir.into() },
+                _ => StateError::TokenMissing { path: p },
+            });
+        }
+        Err(e) => return Err(io_err("read", &p)(e)),
+    };
+    check_private(&f, &p)?;
+    let mut s = String::new();
+    (&f).take(1024).read_to_string(&mut s).map_err(|_| StateError::TokenInvalid { path: p.clone() })?;
+    let token = s.trim();
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StateError::TokenInvalid { path: p });
+    }
+    Ok(token.to_string())
 }
 
 /// The running node as the state directory records it.
