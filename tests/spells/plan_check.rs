@@ -225,3 +225,17 @@ fn plan_and_run_refuse_a_spell_calling_a_function_the_service_lacks() {
     }
     assert_eq!(files(&state), before, "nothing in the state dir was touched");
 }
+
+#[test]
+fn a_private_name_the_service_does_not_export_is_a_plan_error() {
+    // A typo would leave the real function public: refused.
+    let mut d = desired("", &[]);
+    d.packages[0].services[0].private = vec!["put".into(), "set-greting".into()];
+    let e = deploy::plan(&d, &Current::default(), &host()).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    let msg = e.0[0].to_string();
+    assert!(
+        msg.contains("package store, service kv: private function set-greting is not exported") && msg.contains("set-greeting"),
+        "{msg}"
+    );
+}
