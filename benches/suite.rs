@@ -11,6 +11,10 @@
 //! - `call <iterations>`: `Runtime::call` of a small record echo (JSON →
 //!   WIT values → guest → JSON) next to a bare typed wasmtime call of the
 //!   same function on the same engine settings.
+//! - `concurrent <tasks> <calls-per-task>`: `tasks` tokio tasks (2 workers)
+//!   call `echo-entry` of ONE service at once, next to the same tasks each
+//!   calling a service of its own: what serialising calls per service costs
+//!   in throughput and tail latency, without HTTP in the way.
 //! - `plan <distros-dir> <state-dir> <reps>`: resolve desired state and run
 //!   the pure planner against a deployed store, in process, repeatedly.
 //! - `hold <reps> <keys>`: blue-green replaces (kv-store v1 ⇄ v2, `keep_data`,
@@ -90,13 +94,17 @@ fn main() {
         Some("floor") => rt.block_on(floor(&args[1..])),
         Some("compile") => compile(&args[1..]),
         Some("call") => rt.block_on(call(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(20_000))),
+        Some("concurrent") => rt.block_on(concurrent(
+            args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8),
+            args.get(2).and_then(|n| n.parse().ok()).unwrap_or(5_000),
+        )),
         Some("plan") => plan(Path::new(&args[1]), Path::new(&args[2]), args.get(3).and_then(|n| n.parse().ok()).unwrap_or(11)),
         Some("hold") => rt.block_on(hold(
             args.get(1).and_then(|n| n.parse().ok()).unwrap_or(11),
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100),
         )),
         _ => {
-            eprintln!("usage: suite floor <cwasm>... | compile <wasm>... | call [iterations] | plan <distros-dir> <state-dir> [reps] | hold [reps] [keys]");
+            eprintln!("usage: suite floor <cwasm>... | compile <wasm>... | call [iterations] | concurrent [tasks] [calls-per-task] | plan <distros-dir> <state-dir> [reps] | hold [reps] [keys]");
             std::process::exit(2);
         }
     };
@@ -138,8 +146,10 @@ fn compile(paths: &[String]) -> Value {
     json!({ "components": paths.len(), "in_process_us": us(t.elapsed()) })
 }
 
-/// JSON call through the runtime vs bare typed call, same function.
-async fn call(n: usize) -> Value {
+/// A runtime over a temporary state dir with `n` services of the echo-entry
+/// component (the directory lives as long as the returned guard); also the
+/// component's bytes.
+async fn echo_services(n: usize) -> (tempfile::TempDir, Runtime, Vec<sysdeploy::ids::ServiceId>, Vec<u8>) {
     let bytes = wat::parse_str(ECHO_ENTRY_WAT).expect("echo-entry wat");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = sysdeploy::store::Store::open(&dir.path().join("state.db")).expect("store");
@@ -151,7 +161,17 @@ async fn call(n: usize) -> Value {
     let bp = runtime
         .put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "echo-entry".into(), hash, memory_limit_mb: None }]))
         .expect("blueprint");
-    let id = runtime.create_service(&bp, &host).await.expect("service");
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(runtime.create_service(&bp, &host).await.expect("service"));
+    }
+    (dir, runtime, ids, bytes)
+}
+
+/// JSON call through the runtime vs bare typed call, same function.
+async fn call(n: usize) -> Value {
+    let (_dir, runtime, ids, bytes) = echo_services(1).await;
+    let id = &ids[0];
     let arg = |i: usize| json!([{ "key": "record-key", "value": i }]);
     // Warm up: instantiation happens on the first call.
     for i in 0..1000 {
@@ -184,6 +204,46 @@ async fn call(n: usize) -> Value {
         debug_assert_eq!(r.value, i);
     }
     json!({ "iterations": n, "json_call": stats(json_path), "typed_call": stats(typed) })
+}
+
+/// `tasks` concurrent callers of one service vs each caller on its own service.
+async fn concurrent(tasks: usize, per_task: usize) -> Value {
+    let (_dir, runtime, ids, _) = echo_services(tasks).await;
+    let run = |targets: Vec<String>| {
+        let runtime = runtime.clone();
+        async move {
+            let t = Instant::now();
+            let mut handles = Vec::new();
+            for target in targets {
+                let runtime = runtime.clone();
+                handles.push(tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per_task);
+                    for i in 0..per_task {
+                        let a = json!([{ "key": "record-key", "value": i }]);
+                        let t = Instant::now();
+                        runtime.call(&target, "echo-entry", a).await.expect("call");
+                        lat.push(us(t.elapsed()));
+                    }
+                    lat
+                }));
+            }
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.await.expect("caller task"));
+            }
+            let secs = t.elapsed().as_secs_f64();
+            all.sort_by(f64::total_cmp);
+            let p = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
+            json!({ "calls": all.len(), "per_second": all.len() as f64 / secs, "p50_us": p(0.5), "p99_us": p(0.99), "max_us": p(1.0) })
+        }
+    };
+    // Warm up: every service instantiated, then measured alternately.
+    let own: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let one: Vec<String> = vec![ids[0].to_string(); tasks];
+    run(own.clone()).await;
+    let one_service = run(one).await;
+    let own_services = run(own).await;
+    json!({ "tasks": tasks, "per_task": per_task, "one_service": one_service, "own_services": own_services })
 }
 
 /// Resolve + pure plan against a deployed state dir, `reps` times.

@@ -148,6 +148,25 @@ pub enum Command {
         #[arg(value_name = "JSON-ARGS", default_value = "[]")]
         args: String,
     },
+    /// Work with package folders (for package developers).
+    #[command(subcommand)]
+    Package(PackageCommand),
+}
+
+/// `sysdeploy package ...`
+#[derive(Debug, Subcommand)]
+pub enum PackageCommand {
+    /// Validate a package folder (the one holding distro.toml) as the build
+    /// and --distros-dir do, plus its components' exports, links, init calls
+    /// and provenance (artifacts.lock). Prints every problem (exit 2) or a
+    /// summary (exit 0). Reads no config and no state directory.
+    Check {
+        /// The package folder.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
@@ -271,6 +290,9 @@ fn init_logging(format: LogFormat) {
 
 /// Loads the config and dispatches; `env` is the process environment.
 pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
+    if let Command::Package(PackageCommand::Check { dir, json }) = &cli.command {
+        return crate::package_check::run(dir, *json);
+    }
     let catalog: &'static crate::distro::Catalog = match &cli.distros_dir {
         None => crate::distro::embedded(),
         Some(dir) => match crate::distro::Catalog::load_dir(dir) {
@@ -300,6 +322,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
         Command::Health { json } => cmd_health(&ctx, json),
         Command::Reload => cmd_reload(&ctx),
+        Command::Package(_) => unreachable!("dispatched before the config is loaded"),
     }
 }
 
@@ -367,6 +390,9 @@ fn cmd_reload(ctx: &Context) -> Exit {
 
 /// `plan`: read-only; never takes the lock, never writes.
 fn cmd_plan(ctx: &Context, json: bool) -> Exit {
+    // Tests prove `plan` never compiles (`FAILPOINTS=runtime::compile=return`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let (plan, host) = match crate::node::plan_readonly(&ctx.config, ctx.catalog) {
         Ok(p) => p,
         Err(e) => return ctx.fail(e.exit, e.message),

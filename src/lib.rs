@@ -12,6 +12,7 @@ pub mod exit;
 pub mod ids;
 pub mod node;
 pub mod notify;
+pub mod package_check;
 pub mod runtime;
 pub mod schema;
 pub mod spell;

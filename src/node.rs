@@ -181,7 +181,7 @@ fn policy(cfg: &EffectiveConfig) -> ApplyPolicy {
 /// After a call: what the callee's guest takes now, into the metrics (only
 /// for targets that exist, so clients cannot grow the label set).
 fn record_guest_usage(runtime: &Runtime, metrics: &Metrics, alias: &str) {
-    if let Some(usage) = runtime.resolve(alias).and_then(|s| runtime.guest_usage(&s.id)) {
+    if let Some(usage) = runtime.guest_usage_of(alias) {
         metrics.guest_usage(alias, &usage);
     }
 }
@@ -343,6 +343,7 @@ impl Node {
     /// nothing (components are compiled in memory, kept pending).
     async fn validate(&self, cfg: &EffectiveConfig) -> Result<Validated, DeployFailure> {
         let mut desired = desired::resolve(self.catalog, cfg).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
+        self.runtime.keep_blueprints(blueprint_ids(&desired));
         let source = Arc::new(CatalogComponents::new(self.catalog));
         let misses_before = self.runtime.cache_stats();
         // Type-check the plan before anything is stored: a bad init argument
@@ -616,8 +617,8 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     };
     // Bad input is refused before the state directory is touched (no lock
     // taken, no store opened, no recovery run): resolving is pure and cheap.
-    let access = match desired::resolve(catalog, &config) {
-        Ok(d) => deploy::access::table(&d),
+    let (access, wanted) = match desired::resolve(catalog, &config) {
+        Ok(d) => (deploy::access::table(&d), blueprint_ids(&d)),
         Err(e) => {
             fatal(e.to_string().trim_end());
             return Exit::Invalid;
@@ -643,6 +644,9 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     };
     // Private functions are private from the first request on (issue 16).
     node.runtime.set_access(access);
+    // Recovery's GC keeps what this boot will deploy (e.g. the artifact of
+    // an install that failed last time), so the retry does not recompile.
+    node.runtime.keep_blueprints(wanted);
 
     // The API is up from the start, answering 503 while deploying. Its
     // reload requests and liveness pings go to this loop, never straight to
@@ -909,9 +913,14 @@ impl Signals {
     }
 }
 
+/// The blueprints a desired state names (what `Runtime::gc` keeps).
+fn blueprint_ids(d: &deploy::Desired) -> Vec<crate::ids::BlueprintId> {
+    d.packages.iter().flat_map(|p| p.services.iter().map(|s| s.blueprint_id)).collect()
+}
+
 /// `sysdeploy plan`: the plan against the current store, computed without
-/// taking the lock or writing anything (init arguments are type-checked by
-/// compiling the facades in memory).
+/// taking the lock or writing anything (init arguments are type-checked
+/// against exports decoded from the component bytes; nothing is compiled).
 pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(deploy::Plan, Option<PeerId>), DeployFailure> {
     let mut desired = desired::resolve(catalog, config).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
     let dir = &config.node.state_dir;

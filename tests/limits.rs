@@ -378,3 +378,22 @@ async fn a_guest_function_name_cannot_forge_a_line_in_a_trap_message() {
     assert!(trap.contains(r"boom\nERROR sysdeploy::node: forged\u{1b}[31m"), "{trap}");
     assert!(!e.to_string().contains(['\n', '\u{1b}']), "{e}");
 }
+
+/// Guests' filesystem calls run on the guest's thread, except `sync` and
+/// `sync-data`, which the runtime shadows to keep them on the blocking pool.
+mod guest_fs {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_and_sync_data_of_a_file_and_of_the_data_dir_succeed_and_files_read_back() {
+        let h = Harness::new();
+        let hash = h.add("files");
+        let bp =
+            h.rt.put_blueprint(&Blueprint::new(vec![BlueprintComponent { name: "files".into(), hash, memory_limit_mb: None }])).unwrap();
+        let s = h.rt.create_service(&bp, &host()).await.unwrap();
+        assert_eq!(call(&h, &s, "put", json!(["kept"])).await, json!(true));
+        assert_eq!(call(&h, &s, "sync-all", json!([])).await, json!(0), "bit k set: sync call k failed");
+        assert_eq!(call(&h, &s, "get", json!([])).await, json!("kept"));
+        assert_eq!(std::fs::read_to_string(h.rt.data_dir(&s).join("state.txt")).unwrap(), "kept");
+    }
+}

@@ -566,3 +566,101 @@ async fn distro_components_built_from_rust_link_and_list_exports() {
     }
     assert!(seen >= 4, "found {seen} distro components");
 }
+
+/// Calls to one service go through its call task: one at a time, in arrival
+/// order, on one instance; a caller that goes away abandons its call.
+mod call_task {
+    use super::*;
+    use tokio::task::JoinHandle;
+
+    fn spawn_call(h: &Harness, s: &ServiceId, f: &'static str, args: Value, ttl: Duration) -> JoinHandle<Result<Value, CallError>> {
+        let (rt, id) = (h.rt.clone(), s.clone());
+        tokio::spawn(async move { rt.call_with_ttl(id.as_str(), f, args, ttl).await })
+    }
+
+    /// Waits until `n` calls are admitted to `s`, failing if `first` ended first.
+    async fn until_in_flight(h: &Harness, s: &ServiceId, n: usize, first: &JoinHandle<Result<Value, CallError>>) {
+        while h.rt.calls_in_flight(s) != n {
+            assert!(!first.is_finished(), "the first call ended before {n} calls were queued");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_never_overlap_and_run_in_arrival_order_on_one_instance() {
+        let h = Harness::new();
+        let s = service(&h, &[("serial", None)]).await;
+        // Holds the instance until its TTL while the others queue up (the TTL
+        // only has to outlast the queueing, also on a busy machine).
+        let spin = spawn_call(&h, &s, "spin", json!([]), Duration::from_millis(2_000));
+        while !h.rt.is_busy(&s) {
+            assert!(!spin.is_finished());
+            tokio::task::yield_now().await;
+        }
+        let mut calls = Vec::new();
+        for k in 0..7 {
+            // Each spins across several epoch ticks, yielding to tokio inside
+            // the guest: a second call let in meanwhile would trap.
+            calls.push(spawn_call(&h, &s, "enter", json!([20_000_000u32]), Duration::from_secs(30)));
+            until_in_flight(&h, &s, k + 2, &spin).await;
+        }
+        assert!(matches!(spin.await.unwrap(), Err(CallError::Timeout { .. })));
+        // The spin's instance was discarded: the queued calls ran on one fresh
+        // instance, one after the other, in the order they arrived.
+        for (k, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap(), Ok(json!(k + 1)), "call {k}");
+        }
+        assert_eq!(h.rt.calls_in_flight(&s), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_goes_away_abandons_its_call_running_or_queued() {
+        let h = Harness::new();
+        let s = service(&h, &[("serial", None)]).await;
+        assert_eq!(call(&h, &s, "enter", json!([1])).await, Ok(json!(1)));
+        // Running: dropping the caller stops the guest and discards the
+        // instance (the next call sees a fresh one); without that the test
+        // would wait here for the hour-long TTL. Once on the caller's own task
+        // (the service is idle, nothing queued), once on the service's call
+        // task (queued behind another call).
+        let spin = spawn_call(&h, &s, "spin", json!([]), Duration::from_secs(3_600));
+        while !h.rt.is_busy(&s) {
+            tokio::task::yield_now().await;
+        }
+        spin.abort();
+        while h.rt.is_busy(&s) || h.rt.calls_in_flight(&s) != 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(call(&h, &s, "enter", json!([1])).await, Ok(json!(1)));
+        let first = spawn_call(&h, &s, "spin", json!([]), Duration::from_millis(2_000));
+        while !h.rt.is_busy(&s) {
+            assert!(!first.is_finished());
+            tokio::task::yield_now().await;
+        }
+        let queued = spawn_call(&h, &s, "spin", json!([]), Duration::from_secs(3_600));
+        until_in_flight(&h, &s, 2, &first).await;
+        assert!(matches!(first.await.unwrap(), Err(CallError::Timeout { .. })));
+        while !h.rt.is_busy(&s) {
+            tokio::task::yield_now().await;
+        }
+        queued.abort();
+        while h.rt.is_busy(&s) || h.rt.calls_in_flight(&s) != 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(call(&h, &s, "enter", json!([1])).await, Ok(json!(1)));
+        // Queued: a call whose caller went away before its turn is not run.
+        let spin = spawn_call(&h, &s, "spin", json!([]), Duration::from_millis(2_000));
+        while !h.rt.is_busy(&s) {
+            assert!(!spin.is_finished());
+            tokio::task::yield_now().await;
+        }
+        let gone = spawn_call(&h, &s, "enter", json!([1]), Duration::from_secs(30));
+        until_in_flight(&h, &s, 2, &spin).await;
+        let kept = spawn_call(&h, &s, "enter", json!([1]), Duration::from_secs(30));
+        until_in_flight(&h, &s, 3, &spin).await;
+        gone.abort();
+        until_in_flight(&h, &s, 2, &spin).await;
+        assert!(matches!(spin.await.unwrap(), Err(CallError::Timeout { .. })));
+        assert_eq!(kept.await.unwrap(), Ok(json!(1)), "the abandoned call ran before it");
+    }
+}

@@ -72,10 +72,6 @@ pub(crate) struct ComponentCache {
     /// Loaded (deserialised or freshly compiled) components. `Component` is a
     /// cheap handle; keeping it here means each is loaded once per process.
     loaded: RwLock<HashMap<ComponentHash, Component>>,
-    /// Compiled in memory for a plan-time look at their exports but not yet
-    /// stored: `compile` takes them from here instead of compiling again, so
-    /// checking a plan before writing anything costs no second compile.
-    pending: RwLock<HashMap<ComponentHash, Component>>,
     /// One lock per component being loaded so two callers never compile the
     /// same component twice in parallel.
     loading: Mutex<HashMap<ComponentHash, Arc<Mutex<()>>>>,
@@ -101,7 +97,6 @@ impl ComponentCache {
             cache_root,
             artifacts_dir,
             loaded: RwLock::default(),
-            pending: RwLock::default(),
             loading: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -173,23 +168,26 @@ impl ComponentCache {
         result
     }
 
-    /// The component for a look at its type, writing nothing: from memory,
-    /// from a recorded artifact, else compiled in memory and kept pending
-    /// until `load` stores it. `bytes` must hash to `hash`.
-    pub(crate) fn inspect(&self, hash: &ComponentHash, bytes: &[u8]) -> Result<Component, RuntimeError> {
+    /// The component if it is loaded or has a recorded artifact (loaded and
+    /// verified now, a cache hit); `None` when it would have to be compiled.
+    /// Never compiles and writes nothing: plan-time checks decode instead.
+    pub(crate) fn cached(&self, hash: &ComponentHash) -> Result<Option<Component>, RuntimeError> {
         if let Some(c) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(hash) {
-            return Ok(c.clone());
+            return Ok(Some(c.clone()));
         }
-        if let Some(c) = self.pending.read().unwrap_or_else(|p| p.into_inner()).get(hash) {
-            return Ok(c.clone());
+        if records::artifact_digest(&self.store, hash, &self.engine_key)?.is_none() {
+            return Ok(None);
         }
-        if records::artifact_digest(&self.store, hash, &self.engine_key)?.is_some() {
-            return self.load(hash, Some(bytes));
+        // `load` finds the artifact (or, if it turned out damaged, would
+        // compile): check again under its gate rather than duplicate it.
+        match self.load_artifact(hash)? {
+            Some(c) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(*hash, c.clone());
+                Ok(Some(c))
+            }
+            None => Ok(None),
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| RuntimeError::Component { hash: hash.to_hex(), message: format!("does not compile: {e:#}") })?;
-        self.pending.write().unwrap_or_else(|p| p.into_inner()).insert(*hash, component.clone());
-        Ok(component)
     }
 
     /// Loads the artifact if it exists and its digest matches the record.
@@ -267,12 +265,7 @@ impl ComponentCache {
             }
         };
         let started = std::time::Instant::now();
-        let pending = self.pending.write().unwrap_or_else(|p| p.into_inner()).remove(hash);
-        let component = match pending {
-            Some(c) => c,
-            None => Component::new(&self.engine, bytes)
-                .map_err(|e| RuntimeError::Component { hash: hash.to_hex(), message: format!("does not compile: {e:#}") })?,
-        };
+        let component = compile_guest(&self.engine, hash, bytes)?;
         let artifact = component.serialize().map_err(|e| RuntimeError::Wasmtime(format!("serialising {}: {e:#}", hash.short())))?;
         let path = self.artifact_path(hash);
         write_atomic(&path, &artifact)?;
@@ -330,6 +323,19 @@ impl ComponentCache {
 }
 
 const TEMP_PREFIX: &str = ".tmp-";
+
+/// Compiles a guest component with Cranelift: the one place the runtime
+/// generates code for guest bytes. Failpoint `runtime::compile` (with the
+/// `failpoints` feature, `FAILPOINTS=runtime::compile=return`) makes it fail,
+/// so a test can prove a path never compiles; each call is a `trace` event.
+pub(crate) fn compile_guest(engine: &Engine, hash: &ComponentHash, bytes: &[u8]) -> Result<Component, RuntimeError> {
+    fail::fail_point!("runtime::compile", |_| Err(RuntimeError::Component {
+        hash: hash.to_hex(),
+        message: "compiling is refused by failpoint runtime::compile".into(),
+    }));
+    crate::failpoint::trace::event(|| format!("compile {}", hash.to_hex()));
+    Component::new(engine, bytes).map_err(|e| RuntimeError::Component { hash: hash.to_hex(), message: format!("does not compile: {e:#}") })
+}
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over the target, fsync of the directory.

@@ -65,6 +65,10 @@ impl HostState {
         // directory is the only filesystem; stdout and stderr go to the log.
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        // Filesystem calls run on the thread that runs the guest instead of a
+        // round trip through tokio's blocking pool per call (see
+        // `limits::add_to_linker` for the exceptions).
+        b.allow_blocking_current_thread(true);
         b.stdout(GuestOutput::new(log.clone(), GuestSource::Stdout));
         b.stderr(GuestOutput::new(log.clone(), GuestSource::Stderr));
         b.preopened_dir(data_dir, DATA_DIR_GUEST_PATH, FsPerms::ReadWrite)

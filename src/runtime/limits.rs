@@ -595,6 +595,27 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
 
+    // Guests' filesystem calls run on the calling thread (the WASI context
+    // allows blocking it: a small read is a few microseconds, a handoff to
+    // the blocking pool and back costs far more); flushing to disk can take
+    // long on a busy disk, so `sync` and `sync-data` still go to the
+    // blocking pool and keep the async workers free.
+    for (name, data_only) in [("[method]descriptor.sync", false), ("[method]descriptor.sync-data", true)] {
+        i.func_wrap_async(name, move |mut store: StoreContextMut<'_, HostState>, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                let (file, dir) = match store.data_mut().table_mut().get(&fd) {
+                    Ok(Descriptor::File(f)) => (f.file.clone(), false),
+                    Ok(Descriptor::Dir(d)) => (d.dir.clone(), true),
+                    Err(e) => return Err(e.into()),
+                };
+                let r = tokio::task::spawn_blocking(move || sync_off_thread(&file, dir, data_only))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(format!("sync task failed: {e}"))));
+                ret(r.map_err(wasmtime_wasi::p2::FsError::from))
+            })
+        })?;
+    }
+
     i.func_wrap(
         "filesystem-error-code",
         |mut store: StoreContextMut<'_, HostState>, (err,): (Resource<wasmtime::Error>,)| -> wasmtime::Result<(Option<ErrorCode>,)> {
@@ -605,6 +626,25 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Ok((state.filesystem().filesystem_error_code(err)?,))
         },
     )?;
+    Ok(())
+}
+
+/// `fsync`/`fdatasync` of a file, or of a directory through a descriptor of
+/// its own (the one the guest holds may not allow syncing).
+fn sync_off_thread(file: &std::fs::File, dir: bool, data_only: bool) -> std::io::Result<()> {
+    use rustix::fs::{fdatasync, fsync, openat, Mode, OFlags};
+    let reopened;
+    let fd = if dir {
+        reopened = openat(file, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::fd::AsFd::as_fd(&reopened)
+    } else {
+        rustix::fd::AsFd::as_fd(file)
+    };
+    if data_only {
+        fdatasync(fd)?;
+    } else {
+        fsync(fd)?;
+    }
     Ok(())
 }
 

@@ -215,7 +215,7 @@ fn forward(
     }
 }
 
-fn wasm_err(what: &str, name: &str, e: wasmtime::Error) -> RuntimeError {
+pub(crate) fn wasm_err(what: &str, name: &str, e: wasmtime::Error) -> RuntimeError {
     RuntimeError::Wasmtime(format!("{what} {name}: {e:#}"))
 }
 
@@ -224,7 +224,13 @@ fn wasm_err(what: &str, name: &str, e: wasmtime::Error) -> RuntimeError {
 /// <kind> `<name>`, but a matching implementation was not found in the
 /// linker"; the name is taken from it and checked against the component's
 /// real import names.
-fn import_error(id: &BlueprintId, component_name: &str, component: &Component, engine: &Engine, e: wasmtime::Error) -> RuntimeError {
+pub(crate) fn import_error(
+    id: &BlueprintId,
+    component_name: &str,
+    component: &Component,
+    engine: &Engine,
+    e: wasmtime::Error,
+) -> RuntimeError {
     let outer = e.to_string();
     let named = outer.split('`').nth(1).map(str::to_string);
     let ty = component.component_type();

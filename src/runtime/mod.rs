@@ -11,6 +11,7 @@
 mod access;
 mod cache;
 mod check;
+pub mod decode;
 mod guestio;
 mod hold;
 mod host;
@@ -371,6 +372,10 @@ struct Inner {
     prepared: RwLock<HashMap<BlueprintId, Arc<Prepared>>>,
     services: RwLock<HashMap<ServiceId, Arc<ServiceSlot>>>,
     aliases: RwLock<BTreeMap<Alias, AliasBinding>>,
+    /// Blueprints the node wants now (`keep_blueprints`): `gc` keeps them,
+    /// their components and artifacts even while no service uses them, so a
+    /// deployment that failed after compiling is retried without compiling.
+    wanted: RwLock<HashSet<BlueprintId>>,
     /// Descriptors all guests together may hold (below `RLIMIT_NOFILE`).
     fd_budget: Arc<limits::FdBudget>,
     /// Who may call which private functions (`access.rs`).
@@ -461,6 +466,7 @@ impl Runtime {
             services: RwLock::new(services),
             aliases: RwLock::new(aliases),
             access: RwLock::default(),
+            wanted: RwLock::default(),
         };
         Ok(Runtime { inner: Arc::new(inner) })
     }
@@ -477,15 +483,18 @@ impl Runtime {
         Ok(hash)
     }
 
-    /// The exports of a component given by its bytes, writing nothing: from
-    /// the verified cache, else compiled in memory (kept, so a later
-    /// `add_component` does not compile it again). Lets the deployer
-    /// type-check a plan before it stores anything. CPU-heavy on a miss.
+    /// The exports of a component given by its bytes, writing nothing and
+    /// compiling nothing: from the loaded component or its verified
+    /// artifact when there is one (a cache hit; `add_component` needs it
+    /// anyway), else decoded from the bytes (`decode.rs`). Lets the deployer
+    /// type-check a plan before it stores anything.
     pub fn inspect_component(&self, bytes: &[u8], hash: &ComponentHash) -> Result<Vec<FunctionSig>, RuntimeError> {
         if let Some(e) = read(&self.inner.exports).get(hash) {
             return Ok(e.sigs());
         }
-        let component = self.inner.cache.inspect(hash, bytes)?;
+        let Some(component) = self.inner.cache.cached(hash)? else {
+            return Ok(check::decode_component(hash, bytes)?.functions);
+        };
         let exports = Arc::new(Exports::of(&self.inner.engine, &component));
         write(&self.inner.exports).insert(*hash, exports.clone());
         Ok(exports.sigs())
@@ -702,9 +711,14 @@ impl Runtime {
     /// dropped by the rate limit since the node started.
     pub fn guest_usage(&self, id: &ServiceId) -> Option<GuestUsage> {
         let slot = self.inner.slot(id).ok()?;
-        let (data, open_files) = slot.usage();
-        let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
-        Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
+        guest_usage(&slot)
+    }
+
+    /// [`Runtime::guest_usage`] of the service named by alias or id (what the
+    /// API records after each call: one lookup, no listing of aliases).
+    pub fn guest_usage_of(&self, alias_or_id: &str) -> Option<GuestUsage> {
+        let slot = self.inner.resolve_slot(alias_or_id)?;
+        guest_usage(&slot)
     }
 
     /// Artifact cache counters (for `/metrics`).
@@ -787,11 +801,19 @@ impl Runtime {
             limits: &inner.opts.limits,
             fd_budget: &inner.fd_budget,
         };
-        slot.call(&env, &prepared, target, function, export, params, ttl).await
+        slot.call(&env, prepared.clone(), target, function, export, params, ttl).await
+    }
+
+    /// Names the blueprints the node wants (its desired state), replacing the
+    /// previous set: `gc` keeps them (records, components, artifacts) even
+    /// while no service uses them, e.g. after a failed install, so a retry
+    /// loads the artifact instead of compiling again.
+    pub fn keep_blueprints(&self, ids: impl IntoIterator<Item = BlueprintId>) {
+        *write(&self.inner.wanted) = ids.into_iter().collect();
     }
 
     /// Removes components, artifacts, blueprints and data dirs nothing
-    /// references. Returns what it removed, for the report. Run it when no
+    /// references (no service, and no blueprint named by `keep_blueprints`). Returns what it removed, for the report. Run it when no
     /// deployment is in progress (a blueprint put but not yet used by a
     /// service counts as unreferenced).
     pub fn gc(&self) -> Result<Vec<String>, RuntimeError> {
@@ -812,6 +834,12 @@ pub struct GuestUsage {
 /// (read-only; for `status`).
 pub fn data_usage(dir: &Path) -> Result<DataUsage, RuntimeError> {
     Ok(limits::Quota::scan(dir, u64::MAX, u64::MAX)?.usage())
+}
+
+fn guest_usage(slot: &ServiceSlot) -> Option<GuestUsage> {
+    let (data, open_files) = slot.usage();
+    let data = data.or_else(|| data_usage(&slot.data_dir).ok())?;
+    Some(GuestUsage { data, open_files, log_lines_dropped: slot.log.dropped() })
 }
 
 fn info(slot: &ServiceSlot, mut aliases: Vec<Alias>) -> ServiceInfo {
@@ -903,7 +931,8 @@ impl Inner {
 
     fn gc(&self) -> Result<Vec<String>, RuntimeError> {
         let mut removed = Vec::new();
-        let used_blueprints: HashSet<BlueprintId> = read(&self.services).values().map(|s| s.row.blueprint_id).collect();
+        let mut used_blueprints: HashSet<BlueprintId> = read(&self.services).values().map(|s| s.row.blueprint_id).collect();
+        used_blueprints.extend(read(&self.wanted).iter().copied());
         let unused: Vec<BlueprintId> = read(&self.blueprints).keys().filter(|id| !used_blueprints.contains(id)).copied().collect();
         for id in unused {
             records::delete_blueprint(&self.store, &id)?;
@@ -950,31 +979,14 @@ fn remove_dir_if_exists(path: &Path) -> Result<(), RuntimeError> {
 }
 
 /// The exports of a component, for `sysdeploy plan`, which must type-check
-/// init arguments without writing to the state directory: from the node's
-/// verified precompiled artifact when there is one (fast), else compiled in
-/// memory with a throwaway engine (slow, nothing written).
+/// init arguments without writing to the state directory: decoded from the
+/// component's bytes (`decode.rs`), never compiled. `state_dir` and `store`
+/// are no longer needed (kept for callers).
 pub fn inspect_exports(
-    state_dir: &std::path::Path,
-    store: Option<&Store>,
+    _state_dir: &std::path::Path,
+    _store: Option<&Store>,
     hash: &ComponentHash,
     bytes: &[u8],
 ) -> Result<Vec<FunctionSig>, RuntimeError> {
-    let engine = engine(&RuntimeConfig::new(PathBuf::new()))?;
-    if let Some(store) = store {
-        let key = cache::engine_key(&engine);
-        let path = state_dir.join("cache").join(&key).join(format!("{}.cwasm", hash.to_hex()));
-        if let (Ok(Some(digest)), Ok(data)) = (records::artifact_digest(store, hash, &key), std::fs::read(&path)) {
-            if blake3::hash(&data).to_hex().as_str() == digest {
-                // SAFETY: the bytes are an artifact this engine configuration
-                // produced, verified against the digest recorded when it was
-                // written; `deserialize` copies them.
-                if let Ok(c) = unsafe { wasmtime::component::Component::deserialize(&engine, &data) } {
-                    return Ok(Exports::of(&engine, &c).sigs());
-                }
-            }
-        }
-    }
-    let component =
-        wasmtime::component::Component::new(&engine, bytes).map_err(|e| RuntimeError::Wasmtime(format!("compiling component: {e:#}")))?;
-    Ok(Exports::of(&engine, &component).sigs())
+    Ok(check::decode_component(hash, bytes)?.functions)
 }

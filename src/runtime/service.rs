@@ -1,14 +1,23 @@
 //! Live services: one wasmtime `Store` per service, created lazily on the
-//! first call, serialised per service behind an async mutex with a bounded
-//! queue, with a TTL enforced by epoch interruption and an outer timeout.
+//! first call, serialised per service with a bounded admission, with a TTL
+//! enforced by epoch interruption and an outer timeout.
+//!
+//! Calls to one service are run by that service's own call task, spawned at
+//! its first call: callers convert their JSON arguments, queue a [`Job`] and
+//! wait for its answer; the task takes the jobs in arrival order and runs
+//! them back to back on the service's instance, so the instance never sits
+//! idle waiting for a woken caller to be scheduled (the tail a fair mutex
+//! handed from caller to caller had: every handoff waited for a worker to
+//! poll the next caller). Results are turned into JSON by the caller, off the
+//! task's critical path.
 //!
 //! Guest code runs through `call_async` on a wasmtime fiber. The epoch
 //! callback yields back to tokio on every tick, so a busy guest occupies a
-//! worker thread for at most one tick (10 ms by default) at a time, and
-//! dropping the call future (outer timeout, client gone) abandons the call.
-//! This keeps calls cancellable; `spawn_blocking` with synchronous calls
-//! could not be cancelled from outside and would need one OS thread per
-//! running guest.
+//! worker thread for at most one tick (10 ms by default) at a time, and a
+//! caller that goes away (outer timeout, client gone) abandons its call: the
+//! task stops it and discards the instance. This keeps calls cancellable;
+//! `spawn_blocking` with synchronous calls could not be cancelled from
+//! outside and would need one OS thread per running guest.
 
 use super::guestio::{GuestLog, LogLimits};
 use super::host::{ComponentLimiter, HostState, MemoryLimitExceeded};
@@ -20,19 +29,21 @@ use super::{CallError, GuestLimits};
 use crate::ids::PeerId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
-use wasmtime::component::{Instance, Val};
+use tokio::sync::{mpsc, oneshot};
+use wasmtime::component::{ComponentExportIndex, Instance, Val};
 use wasmtime::{Engine, Trap, UpdateDeadline};
 
 /// A service known to the runtime.
 pub(crate) struct ServiceSlot {
     pub(crate) row: ServiceRow,
     pub(crate) data_dir: PathBuf,
-    /// The instance; `None` until the first call and after a trap. Holding
-    /// the lock is what serialises calls to one service.
+    /// The instance; `None` until the first call and after a trap. The call
+    /// task holds the lock for each call it runs; removal and the data copy
+    /// of a replace take it between calls.
     pub(crate) live: tokio::sync::Mutex<Option<Live>>,
-    /// Calls admitted (running or waiting for `live`).
+    /// Calls admitted (running or waiting for their turn).
     admitted: AtomicUsize,
     /// True while a call holds `live` (for status and tests).
     running: AtomicBool,
@@ -49,6 +60,12 @@ pub(crate) struct ServiceSlot {
     /// Set when a hold ends with the alias moved away: calls still waiting
     /// are not run here (the runtime re-resolves the alias for them).
     pub(crate) superseded: AtomicBool,
+    /// The queue of the service's call task; `None` before the first call.
+    queue: RwLock<Option<mpsc::UnboundedSender<Job>>>,
+    /// Jobs queued for the call task and not finished yet. Jobs lost with a
+    /// call task whose tokio runtime shut down stay counted: the service then
+    /// always queues (slower for a lone call, never wrong).
+    pending: AtomicUsize,
 }
 
 /// An instantiated service.
@@ -78,10 +95,87 @@ pub(crate) struct CallEnv<'a> {
     pub(crate) fd_budget: &'a Arc<FdBudget>,
 }
 
+/// The same, owned by a service's call task (constant for its life).
+struct TaskEnv {
+    engine: Engine,
+    host_peer: PeerId,
+    ticks: Arc<AtomicU64>,
+    tick: Duration,
+    limits: GuestLimits,
+    fd_budget: Arc<FdBudget>,
+}
+
+impl TaskEnv {
+    fn view(&self) -> CallEnv<'_> {
+        CallEnv {
+            engine: &self.engine,
+            host_peer: &self.host_peer,
+            ticks: &self.ticks,
+            tick: self.tick,
+            max_queue: usize::MAX,
+            limits: &self.limits,
+            fd_budget: &self.fd_budget,
+        }
+    }
+}
+
+impl CallEnv<'_> {
+    fn owned(&self) -> TaskEnv {
+        TaskEnv {
+            engine: self.engine.clone(),
+            host_peer: self.host_peer.clone(),
+            ticks: self.ticks.clone(),
+            tick: self.tick,
+            limits: *self.limits,
+            fd_budget: self.fd_budget.clone(),
+        }
+    }
+}
+
+/// One queued call: everything the call task needs, already converted.
+struct Job {
+    prepared: Arc<Prepared>,
+    export: ComponentExportIndex,
+    results: usize,
+    params: Vec<Val>,
+    ttl: Duration,
+    reply: oneshot::Sender<Result<Vec<Val>, Failure>>,
+}
+
+/// Why the call task could not answer with results; the caller names its
+/// target and function when turning it into a [`CallError`].
+enum Failure {
+    Removed,
+    Timeout,
+    Trap(String),
+    Internal(String),
+}
+
+impl Failure {
+    fn into_call_error(self, target: &str, function: &str, ttl: Duration) -> CallError {
+        let (target, function) = (target.to_string(), function.to_string());
+        match self {
+            Failure::Removed => CallError::UnknownTarget { target },
+            Failure::Timeout => CallError::Timeout { target, function, ttl_ms: ttl.as_millis() as u64 },
+            Failure::Trap(trap) => CallError::Trap { target, function, trap },
+            Failure::Internal(message) => CallError::Internal { target, function, message },
+        }
+    }
+}
+
 /// Releases an admission slot when the call ends, however it ends.
 struct Admission<'a>(&'a AtomicUsize);
 
 impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a queued job finished, however its turn ends.
+struct Done<'a>(&'a AtomicUsize);
+
+impl Drop for Done<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -116,6 +210,8 @@ impl ServiceSlot {
             removed: AtomicBool::new(false),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             superseded: AtomicBool::new(false),
+            queue: RwLock::new(None),
+            pending: AtomicUsize::new(0),
         }
     }
 
@@ -146,12 +242,15 @@ impl ServiceSlot {
         (data, open)
     }
 
-    /// Calls `func` of the facade with already converted `params`.
+    /// Calls the facade's export `export` with already converted `params`:
+    /// queues the call for the service's call task and waits for its turn and
+    /// its answer. Dropping the returned future abandons the call (the task
+    /// skips it, or stops it and discards the instance if it is running).
     #[allow(clippy::too_many_arguments)] // all borrowed context of one call; a struct would only rename them
     pub(crate) async fn call(
-        &self,
+        self: &Arc<Self>,
         env: &CallEnv<'_>,
-        prepared: &Prepared,
+        prepared: Arc<Prepared>,
         target: &str,
         function: &str,
         export: &super::link::ExportFn,
@@ -163,77 +262,157 @@ impl ServiceSlot {
             return Err(CallError::Busy { target: target.to_string() });
         }
         let _admission = Admission(&self.admitted);
-        // Waits while a replace holds this service's calls (`hold.rs`).
+        // Waits while a replace holds this service's calls (`hold.rs`); held
+        // until the answer, so a hold also waits for calls already queued.
         let _gate = self.gate.read().await;
-        if self.superseded.load(Ordering::Acquire) {
+        if self.superseded.load(Ordering::Acquire) || self.removed.load(Ordering::Acquire) {
             return Err(CallError::UnknownTarget { target: target.to_string() });
         }
-        let mut guard = self.live.lock().await;
-        let _running = Running::start(&self.running);
+        let results = match self.call_idle(env, &prepared, export, &params, ttl).await {
+            // The service was idle: run on the caller's task, no handoff.
+            Some(r) => r,
+            None => {
+                let (reply, answer) = oneshot::channel();
+                let job = Job { prepared, export: export.index, results: export.sig.results.len(), params, ttl, reply };
+                self.submit(env, job);
+                answer.await.unwrap_or_else(|_| {
+                    Err(Failure::Internal("the service's call task stopped before answering (the node is shutting down)".into()))
+                })
+            }
+        };
+        let results = results.map_err(|failure| failure.into_call_error(target, function, ttl))?;
+        // Checked on the lifted values, before any JSON exists; the instance
+        // was kept.
+        let cap = env.limits.max_result_bytes;
+        if result_size(&results, cap) > cap {
+            return Err(CallError::ResultTooLarge { target: target.to_string(), function: function.to_string(), limit_bytes: cap });
+        }
+        Ok(results_to_json(&results))
+    }
+
+    /// Runs the call on the caller's task when nothing is queued and no call
+    /// runs (an idle service need not wake its call task and wait for it);
+    /// `None` when the call has to queue. Calls that queued before keep their
+    /// turn: the path is taken only with an empty queue.
+    async fn call_idle(
+        &self,
+        env: &CallEnv<'_>,
+        prepared: &Prepared,
+        export: &super::link::ExportFn,
+        params: &[Val],
+        ttl: Duration,
+    ) -> Option<Result<Vec<Val>, Failure>> {
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let mut guard = self.live.try_lock().ok()?;
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some(self.run_job(env, &mut guard, prepared, export.index, export.sig.results.len(), params, ttl).await)
+    }
+
+    /// One call under the `live` lock: refused if the service was removed
+    /// meanwhile, marked running while it runs.
+    #[allow(clippy::too_many_arguments)] // the parts of one call
+    async fn run_job(
+        &self,
+        env: &CallEnv<'_>,
+        guard: &mut Option<Live>,
+        prepared: &Prepared,
+        export: ComponentExportIndex,
+        results: usize,
+        params: &[Val],
+        ttl: Duration,
+    ) -> Result<Vec<Val>, Failure> {
         if self.removed.load(Ordering::Acquire) {
-            return Err(CallError::UnknownTarget { target: target.to_string() });
+            return Err(Failure::Removed);
         }
-        let ttl_ms = ttl.as_millis() as u64;
+        let _running = Running::start(&self.running);
+        self.run(env, guard, prepared, export, results, params, ttl).await
+    }
+
+    /// Queues `job` for the service's call task, starting the task on the
+    /// current tokio runtime at the first call (or when the runtime that ran
+    /// it is gone).
+    fn submit(self: &Arc<Self>, env: &CallEnv<'_>, job: Job) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let job = match self.queue.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let mut queue = self.queue.write().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have started the task meanwhile.
+        let job = match queue.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(job);
+        *queue = Some(tx);
+        tokio::spawn(call_task(Arc::downgrade(self), rx, env.owned()));
+    }
+
+    /// Runs one call on the instance in `guard`, instantiating it first if
+    /// needed. The instance goes back into `guard` only if the call returned
+    /// normally: a trap, a timeout or dropping this future (the caller went
+    /// away) discards it, and the next call starts fresh.
+    #[allow(clippy::too_many_arguments)] // the parts of one queued call
+    async fn run(
+        &self,
+        env: &CallEnv<'_>,
+        guard: &mut Option<Live>,
+        prepared: &Prepared,
+        export: ComponentExportIndex,
+        results: usize,
+        params: &[Val],
+        ttl: Duration,
+    ) -> Result<Vec<Val>, Failure> {
         let outer = ttl.saturating_add(env.tick * 2).saturating_add(OUTER_GRACE);
-        // Taken out of the slot for the call: it goes back only if the call
-        // returns normally, so a trap, a timeout or a dropped future all
-        // discard the instance and the next call starts fresh.
         let mut live = match guard.take() {
             Some(l) => l,
-            None => self.instantiate(env, prepared, target, function, ttl).await?,
+            None => self.instantiate(env, prepared, ttl).await?,
         };
         arm_deadline(&mut live.store, ttl, env.tick, prepared.names.len() - 1);
-        let func = live.facade.get_func(&mut live.store, export.index).ok_or_else(|| CallError::Internal {
-            target: target.to_string(),
-            function: function.to_string(),
-            message: "the instance lacks an export its component declares".into(),
-        })?;
-        let mut results = vec![placeholder(); export.sig.results.len()];
-        let outcome = tokio::time::timeout(outer, func.call_async(&mut live.store, &params, &mut results)).await;
-        match outcome {
+        let func = live
+            .facade
+            .get_func(&mut live.store, export)
+            .ok_or_else(|| Failure::Internal("the instance lacks an export its component declares".into()))?;
+        let mut out = vec![placeholder(); results];
+        match tokio::time::timeout(outer, func.call_async(&mut live.store, params, &mut out)).await {
             Ok(Ok(())) => {
                 *guard = Some(live);
-                // Checked on the lifted values, before any JSON exists.
-                let cap = env.limits.max_result_bytes;
-                if result_size(&results, cap) > cap {
-                    return Err(CallError::ResultTooLarge { target: target.to_string(), function: function.to_string(), limit_bytes: cap });
-                }
-                Ok(results_to_json(&results))
+                Ok(out)
             }
             Ok(Err(e)) => {
                 let timed_out = live.store.data().timed_out;
                 drop(live);
-                Err(classify(e, timed_out, target, function, ttl_ms))
+                Err(classify(e, timed_out))
             }
-            Err(_elapsed) => {
-                drop(live);
-                Err(CallError::Timeout { target: target.to_string(), function: function.to_string(), ttl_ms })
-            }
+            Err(_elapsed) => Err(Failure::Timeout),
         }
     }
 
     /// Creates the store and instantiates every component in order.
-    async fn instantiate(
-        &self,
-        env: &CallEnv<'_>,
-        prepared: &Prepared,
-        target: &str,
-        function: &str,
-        ttl: Duration,
-    ) -> Result<Live, CallError> {
-        let internal = |message: String| CallError::Internal { target: target.to_string(), function: function.to_string(), message };
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| internal(format!("creating {}: {e}", self.data_dir.display())))?;
+    async fn instantiate(&self, env: &CallEnv<'_>, prepared: &Prepared, ttl: Duration) -> Result<Live, Failure> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| Failure::Internal(format!("creating {}: {e}", self.data_dir.display())))?;
         let limiter = ComponentLimiter::new(prepared.names.clone(), prepared.limits.clone());
         let (dir, limits) = (self.data_dir.clone(), prepared.service_limits.apply(env.limits));
         let quota = tokio::task::spawn_blocking(move || Quota::scan(&dir, limits.data_quota_bytes, limits.data_quota_inodes))
             .await
-            .map_err(|e| internal(format!("data usage scan failed: {e}")))?
-            .map_err(|e| internal(format!("scanning the data dir for its quota: {e}")))?;
+            .map_err(|e| Failure::Internal(format!("data usage scan failed: {e}")))?
+            .map_err(|e| Failure::Internal(format!("scanning the data dir for its quota: {e}")))?;
         let quota = Arc::new(quota);
         *self.quota.lock().unwrap_or_else(|p| p.into_inner()) = Some(quota.clone());
         let open_files = OpenFiles::new(limits.max_open_files as usize, env.fd_budget.clone());
         let state = HostState::new(&self.data_dir, env.host_peer.clone(), self.log.clone(), quota, open_files, limiter, env.ticks.clone())
-            .map_err(|e| internal(e.to_string()))?;
+            .map_err(|e| Failure::Internal(e.to_string()))?;
         let mut store = wasmtime::Store::new(env.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| {
@@ -249,28 +428,50 @@ impl ServiceSlot {
         let mut facade = None;
         for (k, pre) in prepared.pres.iter().enumerate() {
             arm_deadline(&mut store, ttl, env.tick, k);
-            let r = tokio::time::timeout(outer, pre.instantiate_async(&mut store)).await;
-            let instance = match r {
+            let instance = match tokio::time::timeout(outer, pre.instantiate_async(&mut store)).await {
                 Ok(Ok(i)) => i,
                 Ok(Err(e)) => {
                     let timed_out = store.data().timed_out;
-                    let err = classify(e, timed_out, target, function, ttl.as_millis() as u64);
-                    return Err(match err {
-                        CallError::Trap { target, function, trap } => {
-                            CallError::Trap { target, function, trap: format!("instantiating component {}: {trap}", prepared.names[k]) }
-                        }
+                    return Err(match classify(e, timed_out) {
+                        Failure::Trap(trap) => Failure::Trap(format!("instantiating component {}: {trap}", prepared.names[k])),
                         other => other,
                     });
                 }
-                Err(_) => {
-                    return Err(CallError::Timeout { target: target.into(), function: function.into(), ttl_ms: ttl.as_millis() as u64 })
-                }
+                Err(_) => return Err(Failure::Timeout),
             };
             store.data_mut().instances[k] = Some(instance);
             facade = Some(instance);
         }
-        let facade = facade.ok_or_else(|| internal("the blueprint has no components".into()))?;
+        let facade = facade.ok_or_else(|| Failure::Internal("the blueprint has no components".into()))?;
         Ok(Live { store, facade })
+    }
+}
+
+/// The call task of one service: runs its queued calls one at a time, in
+/// arrival order, each under the `live` lock. Ends when the service is gone
+/// (its slot dropped, which closes the queue).
+async fn call_task(slot: Weak<ServiceSlot>, mut queue: mpsc::UnboundedReceiver<Job>, env: TaskEnv) {
+    let env = env.view();
+    while let Some(job) = queue.recv().await {
+        let Some(slot) = slot.upgrade() else { return };
+        let _done = Done(&slot.pending);
+        let Job { prepared, export, results, params, ttl, mut reply } = job;
+        // The caller went away before its turn: the call is not run.
+        if reply.is_closed() {
+            continue;
+        }
+        let mut guard = slot.live.lock().await;
+        let out = tokio::select! {
+            biased;
+            r = slot.run_job(&env, &mut guard, &prepared, export, results, &params, ttl) => Some(r),
+            // The caller went away mid-call: stop the guest (the instance
+            // is discarded with the dropped call).
+            _ = reply.closed() => None,
+        };
+        drop(guard);
+        if let Some(out) = out {
+            let _ = reply.send(out);
+        }
     }
 }
 
@@ -287,14 +488,13 @@ fn arm_deadline(store: &mut wasmtime::Store<HostState>, ttl: Duration, tick: Dur
     store.set_epoch_deadline(1);
 }
 
-/// Maps a failed guest call to the API error.
-fn classify(e: wasmtime::Error, timed_out: bool, target: &str, function: &str, ttl_ms: u64) -> CallError {
-    let (target, function) = (target.to_string(), function.to_string());
+/// What a failed guest call was.
+fn classify(e: wasmtime::Error, timed_out: bool) -> Failure {
     if timed_out || e.chain().any(|c| c.is::<TimedOut>()) || matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return CallError::Timeout { target, function, ttl_ms };
+        return Failure::Timeout;
     }
     if let Some(m) = e.chain().find_map(|c| c.downcast_ref::<MemoryLimitExceeded>()) {
-        return CallError::Trap { target, function, trap: m.to_string() };
+        return Failure::Trap(m.to_string());
     }
     let location = e
         .downcast_ref::<wasmtime::WasmBacktrace>()
@@ -313,5 +513,5 @@ fn classify(e: wasmtime::Error, timed_out: bool, target: &str, function: &str, t
             format!("{root}{location}")
         }
     };
-    CallError::Trap { target, function, trap }
+    Failure::Trap(trap)
 }

@@ -475,6 +475,13 @@ impl Inspect {
     /// dirs, component files, artifacts of this engine; no temp files).
     /// Returns a list of violations (empty = fine).
     pub fn violations(&self, want: &Want) -> Vec<String> {
+        self.violations_keeping(want, &[])
+    }
+
+    /// [`Inspect::violations`] on a node whose last deployment failed:
+    /// the component and artifact of each `kept` build (wanted, not
+    /// deployed) stay for the retry (issue 14), nothing else extra.
+    pub fn violations_keeping(&self, want: &Want, kept: &[Build]) -> Vec<String> {
         let mut v = Vec::new();
         if !self.intents.is_empty() {
             v.push(format!("intents left: {:?}", self.intents));
@@ -545,6 +552,9 @@ impl Inspect {
         if let Some(b) = want.kv {
             comps.insert(b.hash().to_hex());
         }
+        for b in kept {
+            comps.insert(b.hash().to_hex());
+        }
         if want.checked.is_some() || want.shifty == Some(Kind::Service) {
             comps.insert(ComponentHash::of(&checked_wasm()).to_hex());
         }
@@ -569,7 +579,12 @@ impl Inspect {
 
     /// Panics with every violation of [`Inspect::violations`].
     pub fn assert_converged(&self, want: &Want, context: &str) {
-        let v = self.violations(want);
+        self.assert_converged_keeping(want, &[], context)
+    }
+
+    /// Panics with every violation of [`Inspect::violations_keeping`].
+    pub fn assert_converged_keeping(&self, want: &Want, kept: &[Build], context: &str) {
+        let v = self.violations_keeping(want, kept);
         assert!(v.is_empty(), "{context}: not converged:\n  {}", v.join("\n  "));
     }
 
