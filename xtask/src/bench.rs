@@ -10,10 +10,10 @@
 //! machine hits both alike.
 
 use crate::bench_http as http;
-#[path = "bench_calls.rs"]
-mod calls;
 #[path = "bench_plan.rs"]
 mod bench_plan;
+#[path = "bench_calls.rs"]
+mod calls;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
