@@ -369,6 +369,7 @@ async fn hold(reps: usize, keys: usize) -> Value {
             keep_data: true,
             on_config_change: ConfigChange::Reinit,
             init: vec![ResolvedInit { function: "set-greeting".into(), args: vec![json!("hi")], run: InitRun::OnChange, inputs: vec![] }],
+            private: vec![],
         };
         Desired {
             packages: vec![DesiredPackage {

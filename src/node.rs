@@ -102,7 +102,24 @@ impl ServiceCaller for RuntimeCaller {
         let (alias, function) = (alias.to_string(), function.to_string());
         Box::pin(async move {
             let t = std::time::Instant::now();
-            let r = self.runtime.call(&alias, &function, args).await;
+            let r = self.runtime.call_as(&crate::runtime::CallOrigin::Spell(None), &alias, &function, args).await;
+            self.metrics.observe_call(&alias, t.elapsed(), r.as_ref().err().map(crate::api::call_error_code));
+            record_guest_usage(&self.runtime, &self.metrics, &alias);
+            r.map_err(|e| e.to_string())
+        })
+    }
+    fn call_from(
+        &self,
+        spell: &Alias,
+        alias: &str,
+        function: &str,
+        args: Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
+        let (alias, function) = (alias.to_string(), function.to_string());
+        let origin = crate::runtime::CallOrigin::Spell(self.runtime.access().spell_package(spell).cloned());
+        Box::pin(async move {
+            let t = std::time::Instant::now();
+            let r = self.runtime.call_as(&origin, &alias, &function, args).await;
             self.metrics.observe_call(&alias, t.elapsed(), r.as_ref().err().map(crate::api::call_error_code));
             record_guest_usage(&self.runtime, &self.metrics, &alias);
             r.map_err(|e| e.to_string())
@@ -457,7 +474,14 @@ impl Node {
         let mut list: Vec<Value> = current
             .list_services()
             .into_iter()
-            .map(|s| service_json(s.id, &s.aliases, &s.service.blueprint_id, &s.service.owner, s.service.created_at, s.entry))
+            .map(|s| {
+                let mut v = service_json(s.id, &s.aliases, &s.service.blueprint_id, &s.service.owner, s.service.created_at, s.entry);
+                // Public functions only: private ones are not the API's (issue 16).
+                if let (Value::Object(o), Some(f)) = (&mut v, self.runtime.public_functions(s.id.as_str())) {
+                    o.insert("functions".into(), json!(f.iter().map(|f| f.to_string()).collect::<Vec<_>>()));
+                }
+                v
+            })
             .collect();
         crate::runtime::add_limits(&mut list, &self.runtime.blueprints(), &self.runtime.limit_defaults());
         json!({ "services": list })
@@ -538,7 +562,7 @@ impl Backend for NodeBackend {
     fn call(&self, alias: &str, function: &str, args: Value) -> BoxFuture<'_, Result<Value, CallError>> {
         let (alias, function) = (alias.to_string(), function.to_string());
         Box::pin(async move {
-            let r = self.node.runtime.call(&alias, &function, args).await;
+            let r = self.node.runtime.call_as(&crate::runtime::CallOrigin::Api, &alias, &function, args).await;
             record_guest_usage(&self.node.runtime, &self.node.metrics, &alias);
             r
         })
@@ -594,8 +618,8 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
     };
     // Bad input is refused before the state directory is touched (no lock
     // taken, no store opened, no recovery run): resolving is pure and cheap.
-    let wanted = match desired::resolve(catalog, &config) {
-        Ok(d) => blueprint_ids(&d),
+    let (access, wanted) = match desired::resolve(catalog, &config) {
+        Ok(d) => (deploy::access::table(&d), blueprint_ids(&d)),
         Err(e) => {
             fatal(e.to_string().trim_end());
             return Exit::Invalid;
@@ -619,6 +643,8 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             return e.exit;
         }
     };
+    // Private functions are private from the first request on (issue 16).
+    node.runtime.set_access(access);
     // Recovery's GC keeps what this boot will deploy (e.g. the artifact of
     // an install that failed last time), so the retry does not recompile.
     node.runtime.keep_blueprints(wanted);

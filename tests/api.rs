@@ -480,3 +480,6 @@ fn the_token_is_compared_only_in_constant_time() {
         }
     }
 }
+// Private functions and on-install semantics through the real binary (issue 16).
+#[path = "api/kit.rs"]
+mod kit;

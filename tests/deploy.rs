@@ -109,6 +109,7 @@ fn service(alias: &str, package: &str, version: u32, fail: bool, value: u32, on_
             run: InitRun::OnChange,
             inputs: vec![ConfigInput { key: format!("system_services.{package}.value"), source: "default".into(), secret: false }],
         }],
+        private: vec![],
     }
 }
 

@@ -672,3 +672,6 @@ async fn kv_writes_are_bounded() {
     assert_eq!(out.status, RunStatus::Failed, "{out:?}");
     assert!(spells.kv(&a).unwrap().is_empty());
 }
+// Spells checked against services at plan time (issue 16).
+#[path = "spells/plan_check.rs"]
+mod plan_check;

@@ -184,6 +184,7 @@ fn service(alias: &str, package: &str, bp: Blueprint, init: Vec<(&str, serde_jso
                 inputs: vec![ConfigInput { key: format!("system_services.{package}.value"), source: "default".into(), secret: false }],
             })
             .collect(),
+        private: vec![],
     }
 }
 

@@ -74,13 +74,14 @@ pub fn call_error_code(e: &CallError) -> &'static str {
         CallError::Busy { .. } => "busy",
         CallError::Internal { .. } => "internal",
         CallError::ResultTooLarge { .. } => "result_too_large",
+        CallError::PrivateFunction { .. } => "private_function",
     }
 }
 
 /// Every code [`call_error_code`] returns except `unknown_target` (calls to
 /// unknown targets are not recorded, so they never have a series).
 pub const CALL_ERROR_CODES: &[&str] =
-    &["unknown_function", "bad_argument", "bad_arguments", "timeout", "trap", "busy", "internal", "result_too_large"];
+    &["unknown_function", "bad_argument", "bad_arguments", "timeout", "trap", "busy", "internal", "result_too_large", "private_function"];
 
 /// The wire form of an error, also what [`crate::api::client`] parses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +116,7 @@ impl ApiError {
                 CallError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CallError::Trap { .. } | CallError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 CallError::ResultTooLarge { .. } => StatusCode::BAD_GATEWAY,
+                CallError::PrivateFunction { .. } => StatusCode::FORBIDDEN,
             },
         }
     }

@@ -144,6 +144,7 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                     distro::ConfigChange::Replace => ConfigChange::Replace,
                 },
                 init,
+                private: s.private.clone(),
             });
         }
         let mut spells = Vec::new();

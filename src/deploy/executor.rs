@@ -225,6 +225,7 @@ impl Deployer {
     /// Applies the plan. Never panics on a step failure: failures go into
     /// the report, whose outcome the caller turns into an exit code.
     pub async fn apply(&self, desired: &Desired, plan: &Plan) -> Report {
+        self.runtime.set_access(super::access::table(desired));
         let started_at = now_ms();
         let t0 = Instant::now();
         let mut reports: Vec<StepReport> = Vec::new();

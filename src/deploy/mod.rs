@@ -1,5 +1,6 @@
 //! The deployer: desired state (config + distros) vs current state (store) →
 //! pure plan → one executor that applies it crash-safely.
+pub mod access;
 pub mod desired;
 pub mod executor;
 pub mod journal;
@@ -8,6 +9,7 @@ pub mod observed;
 pub mod plan;
 mod recover;
 pub mod report;
+mod spell_calls;
 mod steps;
 
 pub use executor::{ApplyPolicy, ComponentSource, DeployError, Deployer, FailurePolicy, SpellOps};

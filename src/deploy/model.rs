@@ -93,6 +93,9 @@ pub struct DesiredService {
     pub keep_data: bool,
     pub on_config_change: ConfigChange,
     pub init: Vec<ResolvedInit>,
+    /// Functions only init calls and this package's spells may call (issue 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private: Vec<String>,
 }
 
 impl DesiredService {

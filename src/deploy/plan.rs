@@ -219,6 +219,10 @@ pub enum PlanError {
     InitArgType { package: PackageName, alias: Alias, function: String, param: String, expected: String, got: String, from: String },
     #[error("alias {alias} is wanted by both package {first} and package {second}")]
     DuplicateAlias { alias: Alias, first: PackageName, second: PackageName },
+    #[error("package {package}, service {alias}: private function {function} is not exported by the service; it exports: {available}")]
+    UnknownPrivateFunction { package: PackageName, alias: Alias, function: String, available: String },
+    #[error("package {package}, spell {spell}, line {line}: call({alias:?}, {function:?}): {problem}")]
+    SpellCall { package: PackageName, spell: Alias, line: usize, alias: String, function: String, problem: String },
 }
 
 /// All problems found while planning.
@@ -255,8 +259,10 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
     for p in &desired.packages {
         for s in &p.services {
             typecheck_init(s, desired.exports.get(&s.blueprint_id), &mut errors);
+            super::access::check_private(s, desired.exports.get(&s.blueprint_id), &mut errors);
         }
     }
+    super::spell_calls::check(desired, current, host, &mut errors);
     if !errors.is_empty() {
         return Err(PlanErrors(errors));
     }
@@ -329,8 +335,12 @@ fn plan_service_main(s: &DesiredService, current: &Current, host: &PeerId, repai
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
-    let install =
-        |reason: String| Step::Install { alias: s.alias.clone(), package: s.package.clone(), blueprint_id: s.blueprint_id, reason };
+    let install = |reason: String| Step::Install {
+        alias: s.alias.clone(),
+        package: s.package.clone(),
+        blueprint_id: s.blueprint_id,
+        reason: format!("{reason}{}", init_note(s, false)),
+    };
     let bound = current.aliases.get(&s.alias);
     let Some(d) = current.deployed.get(&s.alias) else {
         return install(match bound {
@@ -368,8 +378,8 @@ fn plan_service_main(s: &DesiredService, current: &Current, host: &PeerId, repai
         blueprint_id: s.blueprint_id,
         keep_data: s.keep_data,
         reason: match &misbound {
-            Some(m) => format!("{reason}; {m}"),
-            None => reason,
+            Some(m) => format!("{reason}; {m}{}", init_note(s, s.keep_data)),
+            None => format!("{reason}{}", init_note(s, s.keep_data)),
         },
     };
     if *blueprint_id != s.blueprint_id {
@@ -401,6 +411,33 @@ fn plan_service_main(s: &DesiredService, current: &Current, host: &PeerId, repai
             repairs.clear();
             replace(format!("{reason}; this service is replaced rather than re-initialised"))
         }
+    }
+}
+
+/// Which init calls a new service will run, for install and replace reasons:
+/// a replace that carries the data over skips the `on-install` ones (they
+/// ran when the service was first created).
+fn init_note(s: &DesiredService, carried: bool) -> String {
+    let names = |run: Option<InitRun>| {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for i in s.init.iter().filter(|i| run.is_none_or(|r| i.run == r)) {
+            match out.last_mut() {
+                Some((f, n)) if *f == i.function => *n += 1,
+                _ => out.push((i.function.clone(), 1)),
+            }
+        }
+        out.iter().map(|(f, n)| if *n > 1 { format!("{f} ×{n}") } else { f.clone() }).collect::<Vec<_>>().join(", ")
+    };
+    if !carried {
+        let all = names(None);
+        return if all.is_empty() { String::new() } else { format!("; init: {all}") };
+    }
+    let (on_change, on_install) = (names(Some(InitRun::OnChange)), names(Some(InitRun::OnInstall)));
+    match (on_change.is_empty(), on_install.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!("; init: {on_change}"),
+        (true, false) => format!("; on-install init not re-run (the data is carried over): {on_install}"),
+        (false, false) => format!("; init: {on_change}; on-install init not re-run (the data is carried over): {on_install}"),
     }
 }
 

@@ -34,6 +34,7 @@ fn service(alias: &str, package: &str, blueprint: u8) -> DesiredService {
         keep_data: true,
         on_config_change: ConfigChange::Reinit,
         init: vec![],
+        private: vec![],
     }
 }
 

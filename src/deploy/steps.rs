@@ -187,7 +187,9 @@ impl Deployer {
             crate::failpoint::trace::event(|| format!("copied {}", s.alias));
             crash_point!("deploy::replace::copied");
         }
-        let attempts = match self.run_init(s, &id, false).await {
+        // `on-install` calls ran when the service was first created and their
+        // effect is in the carried data: only a replace without data runs them.
+        let attempts = match self.run_init(s, &id, s.keep_data).await {
             Ok(n) => n,
             Err(f) => return Err(tx.roll_back(f).await),
         };

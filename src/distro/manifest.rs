@@ -73,6 +73,8 @@ pub struct ServiceSpec {
     /// Calls admitted at once (one running, the rest queued); `None` = the
     /// runtime's default.
     pub queue_depth: Option<u32>,
+    /// Functions only init calls and this package's spells may call (`private`).
+    pub private: Vec<String>,
 }
 
 /// One component of a service, with the bytes embedded in the binary (or
@@ -302,6 +304,8 @@ pub enum ManifestErrorKind {
     BadOutboundHost { value: String, reason: String },
     #[error("allowed outbound hosts are shown by status and the API, so they cannot use the secret config key {0}")]
     SecretInOutbound(String),
+    #[error("{0:?} is listed twice; list each private function once")]
+    DuplicatePrivate(String),
 }
 
 /// Every problem found, in a deterministic order (folder order, then file
@@ -516,6 +520,9 @@ struct RawService {
     allowed_outbound_hosts: Vec<toml::Value>,
     call_ttl_ms: Option<u64>,
     queue_depth: Option<u32>,
+    /// Functions not callable through the API (issue 16).
+    #[serde(default)]
+    private: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1022,6 +1029,17 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             }
             allowed_outbound_hosts.push(t);
         }
+        let mut private: Vec<String> = Vec::new();
+        for (pi, f) in rs.private.iter().enumerate() {
+            let key = format!("{base}.private[{pi}]");
+            if !is_function_name(f) {
+                c.err(key, ManifestErrorKind::BadFunction(f.clone()));
+            } else if private.contains(f) {
+                c.err(key, ManifestErrorKind::DuplicatePrivate(f.clone()));
+            } else {
+                private.push(f.clone());
+            }
+        }
         if let Some(alias) = a {
             services.push(ServiceSpec {
                 alias,
@@ -1035,6 +1053,7 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 allowed_outbound_hosts,
                 call_ttl_ms: rs.call_ttl_ms,
                 queue_depth: rs.queue_depth,
+                private,
             });
         }
     }

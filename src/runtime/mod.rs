@@ -8,6 +8,7 @@
 //!   `resolve`, `list_services`, `call`, `gc`.
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
+mod access;
 mod cache;
 mod check;
 pub mod decode;
@@ -22,6 +23,7 @@ pub mod records;
 mod service;
 pub mod wit;
 
+pub use access::{is_private, is_toolchain_internal, AccessTable, CallOrigin, ServiceAccess};
 pub use cache::{engine_key, CacheStats};
 pub use check::check_links_offline;
 pub use guestio::{escape as escape_guest_text, LogLimits};
@@ -295,6 +297,10 @@ pub enum CallError {
     /// is kept, the result discarded before any JSON was built.
     #[error("{target}.{function}: the result is larger than the cap of {limit_bytes} bytes (system_services.guest_result_max_bytes) and was discarded")]
     ResultTooLarge { target: String, function: String, limit_bytes: u64 },
+    /// 403: the function is private to the package that deployed the service
+    /// (`access.rs`); the reason says who may call it.
+    #[error("{target}.{function}: {reason}")]
+    PrivateFunction { target: String, function: String, reason: String },
 }
 
 /// Runtime settings that are not part of the node config (yet).
@@ -386,6 +392,8 @@ struct Inner {
     wanted: RwLock<HashSet<BlueprintId>>,
     /// Descriptors all guests together may hold (below `RLIMIT_NOFILE`).
     fd_budget: Arc<limits::FdBudget>,
+    /// Who may call which private functions (`access.rs`).
+    access: RwLock<Arc<AccessTable>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -471,6 +479,7 @@ impl Runtime {
             prepared: RwLock::default(),
             services: RwLock::new(services),
             aliases: RwLock::new(aliases),
+            access: RwLock::default(),
             wanted: RwLock::default(),
         };
         Ok(Runtime { inner: Arc::new(inner) })

@@ -252,7 +252,7 @@ fn host_call(ctx: &RunContext, alias: &str, function: &str, args: Dynamic) -> Re
         Ok(a) => to_json("call arguments", &Dynamic::from_array(a))?,
         Err(t) => return Err(format!("call({alias:?}, {function:?}, args): args must be an array, got {t}").into()),
     };
-    let fut = ctx.caller.call(alias, function, args);
+    let fut = ctx.caller.call_from(&ctx.alias, alias, function, args);
     let end = ctx.handle.block_on(async {
         tokio::select! {
             biased;

@@ -6,6 +6,7 @@
 //! Layout: `schedule` (trigger, clock, next-run rule), `engine` (Rhai sandbox
 //! and host API), `store` (SQL), `scheduler` (the clock loop).
 
+pub mod check;
 mod engine;
 mod schedule;
 mod scheduler;
@@ -34,6 +35,19 @@ use tokio::sync::watch;
 /// use fakes. Errors are the human-readable message of the failed call.
 pub trait ServiceCaller: Send + Sync + 'static {
     fn call(&self, alias: &str, function: &str, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+    /// A call made by the spell `spell` (what runs use): the runtime checks
+    /// that it may call a private function (only spells of the service's own
+    /// package may). By default the same as [`ServiceCaller::call`].
+    fn call_from(
+        &self,
+        spell: &Alias,
+        alias: &str,
+        function: &str,
+        args: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
+        let _ = spell;
+        self.call(alias, function, args)
+    }
 }
 
 /// A spell id: 32 random hex characters, never reused. Aliases point at it
