@@ -48,7 +48,9 @@ pub enum Phase {
     /// Recorded before anything was done.
     Started,
     /// The new service exists (id in the intent) but the alias does not
-    /// point at it yet.
+    /// point at it yet. A batch of installs records this phase with the id
+    /// it chose before creating the services (so recovery removes the
+    /// service whether or not it got created).
     Created,
     /// Data carried over, init calls done and synced; alias still on the old
     /// service.
@@ -265,6 +267,31 @@ impl Journal {
         Ok(())
     }
 
+    /// Records the intents of a batch of steps in one transaction.
+    pub fn put_intents(&self, intents: &[Intent]) -> rusqlite::Result<()> {
+        let mut conn = self.store.lock();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for intent in intents {
+            tx.prepare_cached(
+                "INSERT INTO deploy_intents(alias, intent, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(alias) DO UPDATE SET intent = excluded.intent",
+            )?
+            .execute(params![intent.alias.as_str(), encode_intent(intent), now])?;
+        }
+        tx.commit()
+    }
+
+    /// Clears the intents of a batch of steps in one transaction.
+    pub fn clear_intents<'a>(&self, aliases: impl IntoIterator<Item = &'a Alias>) -> rusqlite::Result<()> {
+        let mut conn = self.store.lock();
+        let tx = conn.transaction()?;
+        for alias in aliases {
+            tx.prepare_cached("DELETE FROM deploy_intents WHERE alias = ?1")?.execute([alias.as_str()])?;
+        }
+        tx.commit()
+    }
+
     /// Completes a step: writes (or deletes) its entry and clears its intent
     /// in one transaction.
     pub fn complete(&self, alias: &Alias, entry: Option<&Deployed>) -> rusqlite::Result<()> {
@@ -316,13 +343,21 @@ impl Journal {
     }
 }
 
+/// Completes a step inside a transaction someone else holds (the runtime's
+/// batched alias bind): writes its entry and clears its intent.
+pub fn complete_in(conn: &rusqlite::Connection, entry: &Deployed) -> rusqlite::Result<()> {
+    upsert_entry(conn, entry)?;
+    conn.prepare_cached("DELETE FROM deploy_intents WHERE alias = ?1")?.execute([entry.alias.as_str()])?;
+    Ok(())
+}
+
 /// Inserts or updates one entry (keeping its `created_at`).
 fn upsert_entry(conn: &rusqlite::Connection, d: &Deployed) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO deploy_entries(alias, package, version, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(alias) DO UPDATE SET package = excluded.package, version = excluded.version, kind = excluded.kind, updated_at = excluded.updated_at",
-        params![d.alias.as_str(), d.package.as_str(), d.version, encode_kind(&d.kind), d.created_at, d.updated_at],
-    )?;
+    )?
+    .execute(params![d.alias.as_str(), d.package.as_str(), d.version, encode_kind(&d.kind), d.created_at, d.updated_at])?;
     Ok(())
 }
 

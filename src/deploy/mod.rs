@@ -1,5 +1,6 @@
 //! The deployer: desired state (config + distros) vs current state (store) →
 //! pure plan → one executor that applies it crash-safely.
+mod batch;
 pub mod desired;
 pub mod executor;
 pub mod journal;

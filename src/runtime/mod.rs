@@ -8,6 +8,7 @@
 //!   `resolve`, `list_services`, `call`, `gc`.
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
+mod batch;
 mod cache;
 mod check;
 mod guestio;
