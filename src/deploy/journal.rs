@@ -324,8 +324,25 @@ impl Journal {
         Ok(out)
     }
 
+    /// Saves a deployment report and returns its id. A deployment that
+    /// changed nothing, recovered nothing and succeeded, after a last one of
+    /// the same kind, writes nothing (the last report's id is returned): a
+    /// no-op boot then pays no commit and no checkpoint.
     pub fn save_report(&self, started_at: i64, finished_at: i64, outcome: &str, report: &serde_json::Value) -> rusqlite::Result<i64> {
         let conn = self.store.lock();
+        if is_quiet(outcome, report) {
+            let last: Option<(i64, String, String)> = conn
+                .query_row("SELECT id, outcome, report FROM deployments ORDER BY id DESC LIMIT 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            if let Some((id, last_outcome, last_report)) = last {
+                let last_report: serde_json::Value = serde_json::from_str(&last_report).unwrap_or_default();
+                if is_quiet(&last_outcome, &last_report) {
+                    return Ok(id);
+                }
+            }
+        }
         conn.execute(
             "INSERT INTO deployments(started_at, finished_at, outcome, report) VALUES (?1, ?2, ?3, ?4)",
             params![started_at, finished_at, outcome, report.to_string()],
@@ -341,6 +358,12 @@ impl Journal {
         let s: Option<String> = conn.query_row("SELECT report FROM deployments ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).optional()?;
         Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
     }
+}
+
+/// A report of a deployment that changed nothing: outcome ok, no changes,
+/// nothing recovered.
+fn is_quiet(outcome: &str, report: &serde_json::Value) -> bool {
+    outcome == "ok" && report["no_changes"] == serde_json::Value::Bool(true) && report["recovered"].as_array().is_none_or(|r| r.is_empty())
 }
 
 /// Completes a step inside a transaction someone else holds (the runtime's
@@ -363,4 +386,33 @@ fn upsert_entry(conn: &rusqlite::Connection, d: &Deployed) -> rusqlite::Result<(
 
 fn bad_row(col: &str, value: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, format!("{col} = {value:?}: {e}"), rusqlite::types::Type::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(no_changes: bool, recovered: &[&str]) -> serde_json::Value {
+        serde_json::json!({ "no_changes": no_changes, "recovered": recovered, "steps": [] })
+    }
+
+    fn rows(j: &Journal) -> i64 {
+        j.store().lock().query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_repeated_no_op_deployment_writes_no_report() {
+        let j = Journal::new(Store::in_memory());
+        let first = j.save_report(1, 2, "ok", &report(false, &[])).unwrap();
+        let noop = j.save_report(3, 4, "ok", &report(true, &[])).unwrap();
+        assert!(noop > first, "the first no-op after a change is recorded");
+        assert_eq!(j.save_report(5, 6, "ok", &report(true, &[])).unwrap(), noop, "a repeated no-op writes nothing");
+        assert_eq!(rows(&j), 2);
+        // Anything that is not a quiet no-op is written.
+        j.save_report(7, 8, "ok", &report(true, &["kv: rolled back"])).unwrap();
+        j.save_report(9, 10, "failed", &report(true, &[])).unwrap();
+        assert_eq!(rows(&j), 4);
+        let after_failure = j.save_report(11, 12, "ok", &report(true, &[])).unwrap();
+        assert_eq!(rows(&j), 5, "a no-op after a failure is recorded: {after_failure}");
+    }
 }
