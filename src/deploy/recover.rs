@@ -156,6 +156,11 @@ impl Deployer {
                 done.push(format!("removed orphan service {id}"));
             }
         }
+        if done.is_empty() {
+            // Nothing changed what was observed (GC touches no entry, alias,
+            // service or spell): the plan that follows may use it.
+            self.journal.keep_observed(current);
+        }
         for removed in self.runtime.gc()? {
             done.push(format!("gc: {removed}"));
         }
