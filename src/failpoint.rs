@@ -15,6 +15,7 @@ macro_rules! crash_point {
 
 /// Every crash point in the code, with the operation that passes through it.
 pub const CRASH_POINTS: &[(&str, &str)] = &[
+    ("deploy::install::intents", "install"),
     ("deploy::install::created", "install"),
     ("deploy::install::initialised", "install"),
     ("deploy::install::bound", "install"),

@@ -3,6 +3,8 @@
 //! and API abuse, all against the real binary, real SQLite files and real
 //! wasmtime components. See RELIABILITY.md for what each part promises.
 
+#[path = "reliability/batch.rs"]
+mod batch;
 #[path = "reliability/common.rs"]
 mod common;
 #[path = "reliability/corpus.rs"]

@@ -122,6 +122,9 @@ impl Deployer {
     /// The observed state (`observed::observe`): entries joined with every
     /// alias, service and spell.
     pub fn current(&self) -> Result<Current, DeployError> {
+        if let Some(c) = self.journal.take_observed() {
+            return Ok(c);
+        }
         Ok(super::observed::observe(self.journal.store(), Some(&self.host))?)
     }
 
@@ -276,7 +279,9 @@ impl Deployer {
                 futs.push(async move {
                     let mut out = Vec::new();
                     let mut failed = false;
-                    for step in steps {
+                    let mut i = 0;
+                    while i < steps.len() {
+                        let step = steps[i];
                         if stop_now {
                             out.push(StepReport::skipped(step, "not run: an earlier step failed and on_failure = \"stop\""));
                         } else if !blocked.is_empty() {
@@ -285,11 +290,32 @@ impl Deployer {
                             failed = true;
                         } else if failed {
                             out.push(StepReport::skipped(step, "not run: an earlier step of this package failed"));
+                        } else if matches!(step, Step::Install { .. }) {
+                            // A run of installs goes as one batch (`batch.rs`).
+                            let run: Vec<(&Step, &DesiredService)> = steps[i..]
+                                .iter()
+                                .take_while(|s| matches!(s, Step::Install { .. }))
+                                .map(|s| (*s, services[s.alias()]))
+                                .collect();
+                            let len = run.len();
+                            let results = self.install_batch(&run).await;
+                            let reached = results.len();
+                            for ((step, _), (r, elapsed)) in run.iter().zip(results) {
+                                let r = step_report(step, elapsed, r);
+                                failed |= r.outcome == StepOutcome::Failed;
+                                out.push(r);
+                            }
+                            for (step, _) in &run[reached..] {
+                                out.push(StepReport::skipped(step, "not run: an earlier step of this package failed"));
+                            }
+                            i += len;
+                            continue;
                         } else {
                             let r = self.run_step(step, services, spells).await;
                             failed |= r.outcome == StepOutcome::Failed;
                             out.push(r);
                         }
+                        i += 1;
                     }
                     (p.name.clone(), failed, out)
                 });
@@ -324,7 +350,7 @@ impl Deployer {
         let result: Result<u32, StepFailure> = match step {
             Step::Keep { .. } | Step::KeepSpell { .. } => Ok(0),
             Step::Conflict { reason, .. } => Err(StepFailure { message: format!("conflict: {reason}"), attempts: 0 }),
-            Step::Install { .. } => self.install(step, services[alias]).await,
+            Step::Install { .. } => self.install_batch(&[(step, services[alias])]).await.pop().map_or_else(|| Ok(0), |(r, _)| r),
             Step::Replace { old_service_id, .. } => self.replace(step, services[alias], old_service_id).await,
             Step::Reinit { service_id, .. } => self.reinit(step, services[alias], service_id).await,
             Step::Remove { service_id, .. } => self.remove(step, service_id).await.map(|_| 0),
@@ -334,14 +360,20 @@ impl Deployer {
             Step::KvApply { .. } => self.kv_apply(step, spells[alias]).map(|_| 0),
             Step::RemoveSpell { .. } => self.remove_spell(step).await.map(|_| 0),
         };
-        let elapsed = t.elapsed();
-        match result {
-            Ok(attempts) => StepReport::ok(step, elapsed, attempts),
-            Err(f) => {
-                let msg = format!("package {}, alias {}, step {}: {}", step.package(), alias, step.kind(), f.message);
-                tracing::error!(package = %step.package(), alias = %alias, step = step.kind(), "{msg}");
-                StepReport::failed(step, elapsed, msg, f.attempts)
-            }
+        step_report(step, t.elapsed(), result)
+    }
+}
+
+/// The report of one step that ran; a failure is logged with its package,
+/// alias and step.
+fn step_report(step: &Step, elapsed: Duration, result: Result<u32, StepFailure>) -> StepReport {
+    match result {
+        Ok(attempts) => StepReport::ok(step, elapsed, attempts),
+        Err(f) => {
+            let alias = step.alias();
+            let msg = format!("package {}, alias {}, step {}: {}", step.package(), alias, step.kind(), f.message);
+            tracing::error!(package = %step.package(), alias = %alias, step = step.kind(), "{msg}");
+            StepReport::failed(step, elapsed, msg, f.attempts)
         }
     }
 }

@@ -48,7 +48,9 @@ pub enum Phase {
     /// Recorded before anything was done.
     Started,
     /// The new service exists (id in the intent) but the alias does not
-    /// point at it yet.
+    /// point at it yet. A batch of installs records this phase with the id
+    /// it chose before creating the services (so recovery removes the
+    /// service whether or not it got created).
     Created,
     /// Data carried over, init calls done and synced; alias still on the old
     /// service.
@@ -212,6 +214,12 @@ fn decode_deployed(v: serde_json::Value) -> Result<Deployed, RecordError> {
 #[derive(Debug, Clone)]
 pub struct Journal {
     store: Store,
+    /// The observed state recovery read when it found nothing to do, handed
+    /// once to the `Deployer::current` that follows it (a boot then reads
+    /// 10,000 entries, aliases and services once, not twice). It is kept
+    /// with the connection's `total_changes` and handed out only while no
+    /// row was written since (all of the node's writes use this connection).
+    observed: std::sync::Arc<std::sync::Mutex<Option<(u64, super::model::Current)>>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -220,7 +228,19 @@ pub fn now_ms() -> i64 {
 
 impl Journal {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, observed: Default::default() }
+    }
+
+    /// Keeps `current` for the next `take_observed` (see the field).
+    pub(super) fn keep_observed(&self, current: super::model::Current) {
+        let changes = self.store.lock().total_changes();
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = Some((changes, current));
+    }
+
+    /// The kept observation, once, if nothing was written since.
+    pub(super) fn take_observed(&self) -> Option<super::model::Current> {
+        let (changes, current) = self.observed.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        (self.store.lock().total_changes() == changes).then_some(current)
     }
 
     pub fn store(&self) -> &Store {
@@ -265,6 +285,31 @@ impl Journal {
         Ok(())
     }
 
+    /// Records the intents of a batch of steps in one transaction.
+    pub fn put_intents(&self, intents: &[Intent]) -> rusqlite::Result<()> {
+        let mut conn = self.store.lock();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for intent in intents {
+            tx.prepare_cached(
+                "INSERT INTO deploy_intents(alias, intent, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(alias) DO UPDATE SET intent = excluded.intent",
+            )?
+            .execute(params![intent.alias.as_str(), encode_intent(intent), now])?;
+        }
+        tx.commit()
+    }
+
+    /// Clears the intents of a batch of steps in one transaction.
+    pub fn clear_intents<'a>(&self, aliases: impl IntoIterator<Item = &'a Alias>) -> rusqlite::Result<()> {
+        let mut conn = self.store.lock();
+        let tx = conn.transaction()?;
+        for alias in aliases {
+            tx.prepare_cached("DELETE FROM deploy_intents WHERE alias = ?1")?.execute([alias.as_str()])?;
+        }
+        tx.commit()
+    }
+
     /// Completes a step: writes (or deletes) its entry and clears its intent
     /// in one transaction.
     pub fn complete(&self, alias: &Alias, entry: Option<&Deployed>) -> rusqlite::Result<()> {
@@ -297,8 +342,29 @@ impl Journal {
         Ok(out)
     }
 
+    /// Saves a deployment report and returns its id. A deployment that
+    /// changed nothing, recovered nothing and succeeded, after a last one of
+    /// the same kind, writes nothing (the last report's id is returned): a
+    /// no-op boot then pays no commit and no checkpoint.
     pub fn save_report(&self, started_at: i64, finished_at: i64, outcome: &str, report: &serde_json::Value) -> rusqlite::Result<i64> {
         let conn = self.store.lock();
+        if is_quiet(outcome, report) {
+            // SQLite's JSON functions read the two fields without building
+            // the last report (10,000 `keep` steps at 10,000 services).
+            let last: Option<(i64, String, Option<i64>, Option<i64>)> = conn
+                .query_row(
+                    "SELECT id, outcome, json_extract(report, '$.no_changes'), json_array_length(report, '$.recovered')
+                     FROM deployments ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            if let Some((id, last_outcome, Some(1), recovered)) = last {
+                if last_outcome == "ok" && recovered.unwrap_or(0) == 0 {
+                    return Ok(id);
+                }
+            }
+        }
         conn.execute(
             "INSERT INTO deployments(started_at, finished_at, outcome, report) VALUES (?1, ?2, ?3, ?4)",
             params![started_at, finished_at, outcome, report.to_string()],
@@ -316,16 +382,70 @@ impl Journal {
     }
 }
 
+/// A report of a deployment that changed nothing: outcome ok, no changes,
+/// nothing recovered.
+fn is_quiet(outcome: &str, report: &serde_json::Value) -> bool {
+    outcome == "ok" && report["no_changes"] == serde_json::Value::Bool(true) && report["recovered"].as_array().is_none_or(|r| r.is_empty())
+}
+
+/// Completes a step inside a transaction someone else holds (the runtime's
+/// batched alias bind): writes its entry and clears its intent.
+pub fn complete_in(conn: &rusqlite::Connection, entry: &Deployed) -> rusqlite::Result<()> {
+    upsert_entry(conn, entry)?;
+    conn.prepare_cached("DELETE FROM deploy_intents WHERE alias = ?1")?.execute([entry.alias.as_str()])?;
+    Ok(())
+}
+
 /// Inserts or updates one entry (keeping its `created_at`).
 fn upsert_entry(conn: &rusqlite::Connection, d: &Deployed) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO deploy_entries(alias, package, version, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(alias) DO UPDATE SET package = excluded.package, version = excluded.version, kind = excluded.kind, updated_at = excluded.updated_at",
-        params![d.alias.as_str(), d.package.as_str(), d.version, encode_kind(&d.kind), d.created_at, d.updated_at],
-    )?;
+    )?
+    .execute(params![d.alias.as_str(), d.package.as_str(), d.version, encode_kind(&d.kind), d.created_at, d.updated_at])?;
     Ok(())
 }
 
 fn bad_row(col: &str, value: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, format!("{col} = {value:?}: {e}"), rusqlite::types::Type::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(no_changes: bool, recovered: &[&str]) -> serde_json::Value {
+        serde_json::json!({ "no_changes": no_changes, "recovered": recovered, "steps": [] })
+    }
+
+    fn rows(j: &Journal) -> i64 {
+        j.store().lock().query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_kept_observation_is_handed_out_once_and_never_after_a_write() {
+        let j = Journal::new(Store::in_memory());
+        j.keep_observed(crate::deploy::Current::default());
+        assert!(j.take_observed().is_some());
+        assert!(j.take_observed().is_none(), "handed out once");
+        j.keep_observed(crate::deploy::Current::default());
+        j.save_report(1, 2, "ok", &report(false, &[])).unwrap();
+        assert!(j.take_observed().is_none(), "a row was written since it was observed");
+    }
+
+    #[test]
+    fn a_repeated_no_op_deployment_writes_no_report() {
+        let j = Journal::new(Store::in_memory());
+        let first = j.save_report(1, 2, "ok", &report(false, &[])).unwrap();
+        let noop = j.save_report(3, 4, "ok", &report(true, &[])).unwrap();
+        assert!(noop > first, "the first no-op after a change is recorded");
+        assert_eq!(j.save_report(5, 6, "ok", &report(true, &[])).unwrap(), noop, "a repeated no-op writes nothing");
+        assert_eq!(rows(&j), 2);
+        // Anything that is not a quiet no-op is written.
+        j.save_report(7, 8, "ok", &report(true, &["kv: rolled back"])).unwrap();
+        j.save_report(9, 10, "failed", &report(true, &[])).unwrap();
+        assert_eq!(rows(&j), 4);
+        let after_failure = j.save_report(11, 12, "ok", &report(true, &[])).unwrap();
+        assert_eq!(rows(&j), 5, "a no-op after a failure is recorded: {after_failure}");
+    }
 }

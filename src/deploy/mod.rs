@@ -1,6 +1,7 @@
 //! The deployer: desired state (config + distros) vs current state (store) →
 //! pure plan → one executor that applies it crash-safely.
 pub mod access;
+mod batch;
 pub mod desired;
 pub mod executor;
 pub mod journal;

@@ -7,7 +7,7 @@ use crate::ids::{Alias, BlueprintId, PackageName, PeerId, ServiceId};
 use crate::runtime::wit::ArgError;
 use crate::runtime::FunctionSig;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 /// One step of a plan. The executor runs them; `plan` output prints them.
@@ -247,7 +247,7 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
     let mut steps = Vec::new();
 
     // Every alias wanted, and by which package (duplicates are errors).
-    let mut wanted: BTreeMap<&Alias, &PackageName> = BTreeMap::new();
+    let mut wanted: HashMap<&Alias, &PackageName> = HashMap::with_capacity(current.deployed.len());
     for p in &desired.packages {
         let aliases = p.services.iter().map(|s| &s.alias).chain(p.spells.iter().map(|s| &s.alias));
         for a in aliases {
@@ -271,7 +271,7 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
     // deploy. Dependents were deployed after their dependencies, so they are
     // removed before them: reverse catalog order, packages the catalog no
     // longer knows first; within a package, by alias.
-    let enabled: BTreeSet<&PackageName> = desired.packages.iter().map(|p| &p.name).collect();
+    let enabled: HashSet<&PackageName> = desired.packages.iter().map(|p| &p.name).collect();
     let rank = |p: &PackageName| desired.catalog_order.iter().position(|n| n == p).map_or(0, |i| desired.catalog_order.len() - i);
     let mut removals: Vec<&Deployed> = current.deployed.values().filter(|d| !wanted.contains_key(&d.alias)).collect();
     removals.sort_by(|a, b| rank(&a.package).cmp(&rank(&b.package)).then(b.package.cmp(&a.package)).then(a.alias.cmp(&b.alias)));
@@ -300,19 +300,41 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
         }
     }
 
+    let index = Index::of(current);
     for p in &desired.packages {
         for s in &p.services {
-            steps.extend(plan_service(s, current, host));
+            steps.extend(plan_service(s, &index, host));
         }
         for s in &p.spells {
-            steps.extend(plan_spell(s, current, host));
+            steps.extend(plan_spell(s, &index, host));
         }
     }
     Ok(Plan { steps })
 }
 
+/// Hash-map views of `Current` for the per-service lookups, so planning is
+/// linear in the number of services (the `BTreeMap`s of `Current` cost
+/// O(log N) per lookup: t(10,000)/t(1,000) was 13).
+struct Index<'a> {
+    deployed: HashMap<&'a Alias, &'a Deployed>,
+    aliases: HashMap<&'a Alias, &'a AliasHolder>,
+    services: HashMap<&'a ServiceId, &'a ObservedService>,
+    spells: HashMap<&'a Alias, &'a ObservedSpell>,
+}
+
+impl<'a> Index<'a> {
+    fn of(current: &'a Current) -> Self {
+        Index {
+            deployed: current.deployed.iter().collect(),
+            aliases: current.aliases.iter().collect(),
+            services: current.services.iter().collect(),
+            spells: current.spells.iter().collect(),
+        }
+    }
+}
+
 /// If someone other than the host holds `alias`, the conflict step.
-fn conflict(alias: &Alias, package: &PackageName, current: &Current, host: &PeerId) -> Option<Step> {
+fn conflict(alias: &Alias, package: &PackageName, current: &Index, host: &PeerId) -> Option<Step> {
     let holder = current.aliases.get(alias)?;
     (holder.owner != *host).then(|| Step::Conflict {
         alias: alias.clone(),
@@ -324,14 +346,14 @@ fn conflict(alias: &Alias, package: &PackageName, current: &Current, host: &Peer
 
 /// The steps of one desired service: one, or a repair of its alias followed
 /// by what its config asks for.
-fn plan_service(s: &DesiredService, current: &Current, host: &PeerId) -> Vec<Step> {
+fn plan_service(s: &DesiredService, current: &Index, host: &PeerId) -> Vec<Step> {
     let mut out = Vec::new();
     let main = plan_service_main(s, current, host, &mut out);
     out.push(main);
     out
 }
 
-fn plan_service_main(s: &DesiredService, current: &Current, host: &PeerId, repairs: &mut Vec<Step>) -> Step {
+fn plan_service_main(s: &DesiredService, current: &Index, host: &PeerId, repairs: &mut Vec<Step>) -> Step {
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
@@ -512,7 +534,7 @@ pub fn kv_applied_of(s: &DesiredSpell) -> BTreeMap<String, serde_json::Value> {
     s.kv.iter().map(|(k, v)| (k.clone(), kv_fingerprint(v, s.secret_keys.contains(k)))).collect()
 }
 
-fn plan_spell(s: &DesiredSpell, current: &Current, host: &PeerId) -> Vec<Step> {
+fn plan_spell(s: &DesiredSpell, current: &Index, host: &PeerId) -> Vec<Step> {
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return vec![c];
     }

@@ -63,8 +63,12 @@ impl Deployer {
     /// line per action, for the report.
     pub async fn recover(&self) -> Result<Vec<String>, DeployError> {
         let mut done = Vec::new();
-        for intent in self.journal.intents()? {
-            let current = self.current()?;
+        let intents = self.journal.intents()?;
+        // Observed once: an intent's resolution reads only its own alias, and
+        // recovering one intent touches only its alias and its services (a
+        // batch of 10,000 interrupted installs is then linear, not quadratic).
+        let current = if intents.is_empty() { Current::default() } else { self.current()? };
+        for intent in intents {
             let line = self.recover_one(&intent, &current).await.map_err(|message| DeployError::Recovery {
                 alias: intent.alias.to_string(),
                 action: intent.action.kind(),
@@ -151,6 +155,11 @@ impl Deployer {
                 self.runtime.remove_service(id, false).await?;
                 done.push(format!("removed orphan service {id}"));
             }
+        }
+        if done.is_empty() {
+            // Nothing changed what was observed (GC touches no entry, alias,
+            // service or spell): the plan that follows may use it.
+            self.journal.keep_observed(current);
         }
         for removed in self.runtime.gc()? {
             done.push(format!("gc: {removed}"));

@@ -11,7 +11,7 @@ use crate::ids::{Alias, ServiceId};
 use crate::runtime::{AliasTarget, CallError, FunctionSig};
 
 impl Deployer {
-    fn entry_for_service(&self, s: &DesiredService, id: &ServiceId, created_at: i64) -> Deployed {
+    pub(super) fn entry_for_service(&self, s: &DesiredService, id: &ServiceId, created_at: i64) -> Deployed {
         Deployed {
             alias: s.alias.clone(),
             package: s.package.clone(),
@@ -31,7 +31,7 @@ impl Deployer {
     /// Runs init calls on `id` (all of them, or only on-change ones), with
     /// retries for transient failures. Returns the attempts used. A call
     /// whose WIT result is `err` has failed, exactly like a trap.
-    async fn run_init(&self, s: &DesiredService, id: &ServiceId, only_on_change: bool) -> Result<u32, StepFailure> {
+    pub(super) async fn run_init(&self, s: &DesiredService, id: &ServiceId, only_on_change: bool) -> Result<u32, StepFailure> {
         let mut total = 0;
         let sigs = match self.runtime.service_exports(id.as_str()) {
             Some(Ok(sigs)) => sigs,
@@ -85,7 +85,7 @@ impl Deployer {
     /// Points `alias` at `target`: binds it when free, moves it when this
     /// host holds it (removing a host-owned leftover it pointed at that no
     /// entry records), refuses when someone else holds it.
-    async fn take_alias(&self, alias: &Alias, target: AliasTarget) -> Result<(), StepFailure> {
+    pub(super) async fn take_alias(&self, alias: &Alias, target: AliasTarget) -> Result<(), StepFailure> {
         let Some(b) = self.runtime.alias(alias) else {
             self.runtime.bind_alias(alias, target.clone(), &self.host).map_err(fail)?;
             crate::failpoint::trace::event(|| format!("bound {alias} -> {target:?}"));
@@ -129,38 +129,6 @@ impl Deployer {
         let now = (now_ms() / 1000).max(0) as u64;
         let rec = crate::spell::read_spell(self.journal.store(), alias, now).map_err(fail)?;
         Ok(rec.is_some_and(|r| r.owner == self.host))
-    }
-
-    pub(super) async fn install(&self, step: &Step, s: &DesiredService) -> Result<u32, StepFailure> {
-        let mut tx = StepTx::begin(self, step, None)?;
-        // A spell recorded under this alias (the alias changes kind) goes first.
-        if let Some(Deployed { kind: DeployedKind::Spell { .. }, .. }) = self.journal.deployed().map_err(fail)?.get(&s.alias) {
-            if let Err(f) = self.finish_remove_spell(&s.alias).await {
-                return Err(tx.roll_back(f).await);
-            }
-            tx.restart()?;
-        }
-        let id = match self.runtime.create_service(&s.blueprint_id, &self.host).await {
-            Ok(id) => id,
-            Err(e) => return Err(tx.roll_back(fail(e)).await),
-        };
-        crash_point!("deploy::install::created");
-        tx.created(id.clone(), self.entry_for_service(s, &id, now_ms())).await?;
-        let attempts = match self.run_init(s, &id, false).await {
-            Ok(n) => n,
-            Err(f) => return Err(tx.roll_back(f).await),
-        };
-        if let Err(f) = self.make_durable(&id) {
-            return Err(tx.roll_back(f).await);
-        }
-        tx.advance(Phase::Initialised).await?;
-        crash_point!("deploy::install::initialised");
-        if let Err(f) = self.take_alias(&s.alias, AliasTarget::Service(id.clone())).await {
-            return Err(tx.roll_back(f).await);
-        }
-        crash_point!("deploy::install::bound");
-        tx.complete()?;
-        Ok(attempts)
     }
 
     pub(super) async fn replace(&self, step: &Step, s: &DesiredService, old: &ServiceId) -> Result<u32, StepFailure> {
@@ -393,7 +361,7 @@ impl Deployer {
 }
 
 /// A failure of one step, from any error.
-fn fail(e: impl std::fmt::Display) -> StepFailure {
+pub(super) fn fail(e: impl std::fmt::Display) -> StepFailure {
     StepFailure { message: e.to_string(), attempts: 0 }
 }
 
@@ -511,7 +479,7 @@ fn guest_error(sig: &FunctionSig, value: &serde_json::Value) -> Option<String> {
 }
 
 /// `syncfs(2)` on the file system holding `dir`.
-fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(dir)?;
     // SAFETY: syncfs on a valid, open file descriptor we own.

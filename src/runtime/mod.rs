@@ -9,6 +9,7 @@
 //! - `Blueprint::id()` is pure: the deployer computes ids at plan time.
 
 mod access;
+mod batch;
 mod cache;
 mod check;
 pub mod decode;

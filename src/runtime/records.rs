@@ -152,10 +152,17 @@ pub(crate) fn delete_blueprint(store: &Store, id: &BlueprintId) -> Result<(), Ru
 }
 
 pub(crate) fn put_service(store: &Store, row: &ServiceRow) -> Result<(), RuntimeError> {
-    store.lock().execute(
-        "INSERT INTO rt_services (id, blueprint_id, owner, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![row.id.as_str(), row.blueprint_id.to_hex(), row.owner.as_str(), row.created_at],
-    )?;
+    put_service_in(&store.lock(), row)
+}
+
+/// `put_service` on a connection or an open transaction (batched creates).
+pub(crate) fn put_service_in(conn: &rusqlite::Connection, row: &ServiceRow) -> Result<(), RuntimeError> {
+    conn.prepare_cached("INSERT INTO rt_services (id, blueprint_id, owner, created_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+        row.id.as_str(),
+        row.blueprint_id.to_hex(),
+        row.owner.as_str(),
+        row.created_at
+    ])?;
     Ok(())
 }
 
@@ -196,11 +203,18 @@ fn target_parts(t: &AliasTarget) -> (&'static str, &str) {
 }
 
 pub(crate) fn insert_alias(store: &Store, b: &AliasBinding) -> Result<(), RuntimeError> {
+    insert_alias_in(&store.lock(), b)
+}
+
+/// `insert_alias` on a connection or an open transaction (batched binds).
+pub(crate) fn insert_alias_in(conn: &rusqlite::Connection, b: &AliasBinding) -> Result<(), RuntimeError> {
     let (kind, target) = target_parts(&b.target);
-    store.lock().execute(
-        "INSERT INTO rt_aliases (alias, kind, target, owner) VALUES (?1, ?2, ?3, ?4)",
-        params![b.alias.as_str(), kind, target, b.owner.as_str()],
-    )?;
+    conn.prepare_cached("INSERT INTO rt_aliases (alias, kind, target, owner) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+        b.alias.as_str(),
+        kind,
+        target,
+        b.owner.as_str()
+    ])?;
     Ok(())
 }
 

@@ -328,11 +328,13 @@ fn take_lock(path: &Path) -> Result<File, StateError> {
         }
         Err(fs::TryLockError::Error(source)) => return Err(StateError::Lock { path: path.into(), source }),
     }
+    // Not synced: the pid is only a hint for the error message of a second
+    // process (the flock is the lock, and it dies with its holder), so a
+    // boot does not pay an fsync for it.
     let record = |f: &mut File| -> io::Result<()> {
         f.set_len(0)?;
         f.rewind()?;
-        writeln!(f, "{}", std::process::id())?;
-        f.sync_all()
+        writeln!(f, "{}", std::process::id())
     };
     record(&mut f).map_err(io_err("write the pid into", path))?;
     Ok(f)
