@@ -176,8 +176,8 @@ impl Deployer {
     }
 
     /// The facade exports of every desired blueprint, for plan-time type
-    /// checks, without writing anything (new components are compiled in
-    /// memory, concurrently, and kept for `prepare`).
+    /// checks, without writing anything or compiling: components without a
+    /// loaded module or verified artifact are decoded (`runtime::decode`).
     pub async fn exports(
         &self,
         desired: &Desired,
