@@ -480,6 +480,12 @@ async fn call_task(slot: Weak<ServiceSlot>, mut queue: mpsc::UnboundedReceiver<J
             continue;
         }
         let mut guard = slot.live.lock().await;
+        // The caller may have gone away while this job waited for the
+        // instance (taken from the queue, then blocked on a running call):
+        // its turn has come, but nobody waits for it, so it is not run.
+        if reply.is_closed() {
+            continue;
+        }
         let out = tokio::select! {
             biased;
             r = slot.run_job(&env, &target, &mut guard, &prepared, export, results, &params, ttl) => Some(r),
