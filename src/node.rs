@@ -92,9 +92,11 @@ struct RuntimeCaller {
     metrics: Metrics,
 }
 
-impl ServiceCaller for RuntimeCaller {
-    fn call(
+impl RuntimeCaller {
+    /// One spell call as `origin`, timed and counted like an API call.
+    fn call_as(
         &self,
+        origin: crate::runtime::CallOrigin,
         alias: &str,
         function: &str,
         args: Value,
@@ -102,11 +104,22 @@ impl ServiceCaller for RuntimeCaller {
         let (alias, function) = (alias.to_string(), function.to_string());
         Box::pin(async move {
             let t = std::time::Instant::now();
-            let r = self.runtime.call_as(&crate::runtime::CallOrigin::Spell(None), &alias, &function, args).await;
+            let r = self.runtime.call_as(&origin, &alias, &function, args).await;
             self.metrics.observe_call(&alias, t.elapsed(), r.as_ref().err().map(crate::api::call_error_code));
             record_guest_usage(&self.runtime, &self.metrics, &alias);
             r.map_err(|e| e.to_string())
         })
+    }
+}
+
+impl ServiceCaller for RuntimeCaller {
+    fn call(
+        &self,
+        alias: &str,
+        function: &str,
+        args: Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
+        self.call_as(crate::runtime::CallOrigin::Spell(None), alias, function, args)
     }
     fn call_from(
         &self,
@@ -115,15 +128,8 @@ impl ServiceCaller for RuntimeCaller {
         function: &str,
         args: Value,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>> {
-        let (alias, function) = (alias.to_string(), function.to_string());
         let origin = crate::runtime::CallOrigin::Spell(self.runtime.access().spell_package(spell).cloned());
-        Box::pin(async move {
-            let t = std::time::Instant::now();
-            let r = self.runtime.call_as(&origin, &alias, &function, args).await;
-            self.metrics.observe_call(&alias, t.elapsed(), r.as_ref().err().map(crate::api::call_error_code));
-            record_guest_usage(&self.runtime, &self.metrics, &alias);
-            r.map_err(|e| e.to_string())
-        })
+        self.call_as(origin, alias, function, args)
     }
 }
 

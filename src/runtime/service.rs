@@ -350,23 +350,16 @@ impl ServiceSlot {
     /// current tokio runtime at the first call (or when the runtime that ran
     /// it is gone).
     fn submit(self: &Arc<Self>, env: &CallEnv<'_>, job: Job) {
+        // `Some(job)` back when there is no live task to take it.
+        fn offer(tx: Option<&mpsc::UnboundedSender<Job>>, job: Job) -> Option<Job> {
+            let Some(tx) = tx else { return Some(job) };
+            tx.send(job).err().map(|mpsc::error::SendError(job)| job)
+        }
         self.pending.fetch_add(1, Ordering::AcqRel);
-        let job = match self.queue.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
-        };
+        let Some(job) = offer(self.queue.read().unwrap_or_else(|p| p.into_inner()).as_ref(), job) else { return };
         let mut queue = self.queue.write().unwrap_or_else(|p| p.into_inner());
         // Another caller may have started the task meanwhile.
-        let job = match queue.as_ref() {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
-        };
+        let Some(job) = offer(queue.as_ref(), job) else { return };
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(job);
         *queue = Some(tx);
