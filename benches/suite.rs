@@ -370,6 +370,8 @@ async fn hold(reps: usize, keys: usize) -> Value {
             on_config_change: ConfigChange::Reinit,
             init: vec![ResolvedInit { function: "set-greeting".into(), args: vec![json!("hi")], run: InitRun::OnChange, inputs: vec![] }],
             private: vec![],
+            snapshot_before_replace: false,
+            restore_data_from: None,
         };
         Desired {
             packages: vec![DesiredPackage {

@@ -110,6 +110,8 @@ fn service(alias: &str, package: &str, version: u32, fail: bool, value: u32, on_
             inputs: vec![ConfigInput { key: format!("system_services.{package}.value"), source: "default".into(), secret: false }],
         }],
         private: vec![],
+        snapshot_before_replace: false,
+        restore_data_from: None,
     }
 }
 

@@ -185,6 +185,8 @@ fn service(alias: &str, package: &str, bp: Blueprint, init: Vec<(&str, serde_jso
             })
             .collect(),
         private: vec![],
+        snapshot_before_replace: false,
+        restore_data_from: None,
     }
 }
 

@@ -68,6 +68,8 @@ pub const DEFAULT_STATE_DIR: &str = ".sysdeploy";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7200";
 /// Default of `system_services.call_ttl_ms`.
 pub const DEFAULT_CALL_TTL_MS: u64 = 60_000;
+/// Default of `system_services.keep_generations`.
+pub const DEFAULT_KEEP_GENERATIONS: u64 = 3;
 /// Limits on what one guest may take (`system_services.guest_*`), with defaults.
 pub const GUEST_LIMIT_KEYS: [(&str, u64); 6] = [
     ("system_services.guest_result_max_bytes", 16 << 20),
@@ -166,6 +168,10 @@ impl Catalog {
             ("node.watch_config", Kind::Typed(ValueType::Boolean), Json::from(false)),
             ("system_services.on_failure", Kind::OnFailure, Json::from("stop")),
             ("system_services.call_ttl_ms", Kind::Millis, Json::from(DEFAULT_CALL_TTL_MS)),
+            // Generations whose components, artifacts and kept data stay (issue 17).
+            ("system_services.keep_generations", Kind::Positive, Json::from(DEFAULT_KEEP_GENERATIONS)),
+            // Keep a replaced service's data dir with its generation (issue 17).
+            ("system_services.snapshot_before_replace", Kind::Typed(ValueType::Boolean), Json::from(false)),
         ];
         let limits =
             GUEST_LIMIT_KEYS.iter().chain(&SERVICE_CEILING_KEYS).map(|(path, default)| (*path, Kind::Positive, Json::from(*default)));

@@ -145,6 +145,8 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                 },
                 init,
                 private: s.private.clone(),
+                snapshot_before_replace: false,
+                restore_data_from: None,
             });
         }
         let mut spells = Vec::new();

@@ -96,6 +96,15 @@ pub struct DesiredService {
     /// Functions only init calls and this package's spells may call (issue 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub private: Vec<String>,
+    /// Keep the data dir of the service this one replaces, as it was when the
+    /// alias moved (`snapshot_before_replace`, issue 17).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot_before_replace: bool,
+    /// `rollback --restore-data` (issue 17): a replace or install of this alias
+    /// starts from the data dir kept when that service was replaced away,
+    /// not from the data of the service bound now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_data_from: Option<ServiceId>,
 }
 
 impl DesiredService {

@@ -35,6 +35,8 @@ fn service(alias: &str, package: &str, blueprint: u8) -> DesiredService {
         on_config_change: ConfigChange::Reinit,
         init: vec![],
         private: vec![],
+        snapshot_before_replace: false,
+        restore_data_from: None,
     }
 }
 

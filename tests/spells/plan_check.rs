@@ -56,6 +56,8 @@ fn desired(store_script: &str, scripts: &[&str]) -> Desired {
         on_config_change: deploy::ConfigChange::Reinit,
         init: vec![],
         private: vec!["put".into()],
+        snapshot_before_replace: false,
+        restore_data_from: None,
     };
     Desired {
         packages: vec![
