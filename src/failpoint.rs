@@ -42,6 +42,9 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("runtime::cache::artifact-written", "cache-write"),
     ("runtime::gc::blueprint-removed", "gc"),
     ("runtime::gc::component-files-removed", "gc"),
+    // Not deployment steps: the crash matrix skips these; tests/snapshot.rs kills them.
+    ("snapshot::create::staged", "snapshot"),
+    ("snapshot::restore::extracted", "snapshot"),
 ];
 
 /// An in-process record of the order of durability-relevant events (data

@@ -208,6 +208,111 @@ pub fn usage(path: &Path) -> Result<Usage, TreeError> {
     Ok(c.usage)
 }
 
+/// One entry met by [`visit`], named by its path relative to the walk's root
+/// (never the root itself). A directory is met before its entries.
+#[derive(Debug)]
+pub enum Found<'a> {
+    Dir {
+        path: &'a Path,
+        mode: u32,
+        mtime: i64,
+    },
+    /// `file` is the entry itself, opened without following; `size` is its
+    /// length when opened (read at most that much: a guest may append).
+    File {
+        path: &'a Path,
+        file: std::fs::File,
+        mode: u32,
+        size: u64,
+        mtime: i64,
+    },
+    /// The link's target as stored; never followed.
+    Symlink {
+        path: &'a Path,
+        target: &'a OsStr,
+    },
+    /// A FIFO, socket or device: never opened. `kind` names it.
+    Other {
+        path: &'a Path,
+        kind: &'static str,
+    },
+}
+
+/// Walks the tree at `root` read-only with the same safety as the rest of
+/// this module (fd-relative, `O_NOFOLLOW`, checked `..`), handing each entry
+/// to `f`. An error from `f` stops the walk and is returned as the walk's.
+pub fn visit(root: &Path, f: &mut dyn FnMut(Found<'_>) -> std::io::Result<()>) -> Result<(), TreeError> {
+    struct Visitor<'f> {
+        path: PathBuf,
+        f: &'f mut dyn FnMut(Found<'_>) -> std::io::Result<()>,
+        /// The callback's own error, kept whole (the walk only carries an errno).
+        failed: Option<std::io::Error>,
+    }
+    impl Visitor<'_> {
+        /// The callback's result; its error is kept whole, the walk gets its errno.
+        fn done(&mut self, r: std::io::Result<()>) -> rustix::io::Result<()> {
+            r.map_err(|e| {
+                let errno = e.raw_os_error().map(Errno::from_raw_os_error).unwrap_or(Errno::IO);
+                self.failed = Some(e);
+                errno
+            })
+        }
+    }
+    fn child(v: &mut Visitor<'_>, name: &CStr) {
+        v.path.push(OsStr::from_bytes(name.to_bytes()));
+    }
+    impl Visit for Visitor<'_> {
+        fn enter(&mut self, name: &CStr, st: &Stat) -> rustix::io::Result<()> {
+            child(self, name);
+            let (mode, mtime) = (st.st_mode & 0o7777, st.st_mtime as i64);
+            let r = (self.f)(Found::Dir { path: &self.path, mode, mtime });
+            self.done(r)
+        }
+        fn leave(&mut self, _: BorrowedFd<'_>, _: &Stat, root: bool) -> Result<(), Up> {
+            if !root {
+                self.path.pop();
+            }
+            Ok(())
+        }
+        fn file(&mut self, name: &CStr, fd: OwnedFd, st: &Stat) -> rustix::io::Result<()> {
+            child(self, name);
+            let (mode, size, mtime) = (st.st_mode & 0o7777, st.st_size as u64, st.st_mtime as i64);
+            let r = (self.f)(Found::File { path: &self.path, file: std::fs::File::from(fd), mode, size, mtime });
+            let r = self.done(r);
+            self.path.pop();
+            r
+        }
+        fn symlink(&mut self, name: &CStr, target: &CStr, _: &Stat) -> rustix::io::Result<()> {
+            child(self, name);
+            let target = OsStr::from_bytes(target.to_bytes());
+            let r = (self.f)(Found::Symlink { path: &self.path, target });
+            let r = self.done(r);
+            self.path.pop();
+            r
+        }
+        fn other(&mut self, name: &CStr, kind: FileType) -> rustix::io::Result<()> {
+            child(self, name);
+            let kind = match kind {
+                FileType::Fifo => "fifo",
+                FileType::Socket => "socket",
+                FileType::CharacterDevice => "character device",
+                FileType::BlockDevice => "block device",
+                _ => "special file",
+            };
+            let r = (self.f)(Found::Other { path: &self.path, kind });
+            let r = self.done(r);
+            self.path.pop();
+            r
+        }
+    }
+    let mut v = Visitor { path: PathBuf::new(), f, failed: None };
+    let walked = walk(root, &mut v);
+    match v.failed {
+        Some(e) => Err(TreeError::Io { root: root.into(), at: String::new(), op: "visiting", source: e }),
+        None => walked,
+    }
+}
+
 /// What a walk does with what it finds. Names are single components of the
 /// directory the walk is in; `enter`/`leave` bracket a subdirectory.
 trait Visit {
@@ -222,6 +327,10 @@ trait Visit {
         Ok(())
     }
     fn symlink(&mut self, _name: &CStr, _target: &CStr, _st: &Stat) -> rustix::io::Result<()> {
+        Ok(())
+    }
+    /// A FIFO, socket or device: never opened.
+    fn other(&mut self, _name: &CStr, _kind: FileType) -> rustix::io::Result<()> {
         Ok(())
     }
 }
@@ -264,7 +373,7 @@ enum Opened {
     File(OwnedFd, Stat),
     Symlink(CString, Stat),
     /// A FIFO, socket or device: never opened, never copied.
-    Other,
+    Other(FileType),
     /// Deleted between the listing and the open.
     Gone,
 }
@@ -297,7 +406,8 @@ fn walk(root: &Path, v: &mut impl Visit) -> Result<(), TreeError> {
                 }
                 Opened::File(fd, st) => v.file(&entry.name, fd, &st).map_err(|e| err(&names, "copying", e))?,
                 Opened::Symlink(target, st) => v.symlink(&entry.name, &target, &st).map_err(|e| err(&names, "copying symlink", e))?,
-                Opened::Other | Opened::Gone => {}
+                Opened::Other(kind) => v.other(&entry.name, kind).map_err(|e| err(&names, "visiting", e))?,
+                Opened::Gone => {}
             }
             names.pop();
             continue;
@@ -346,7 +456,7 @@ fn open_entry(dir: &OwnedFd, entry: &Entry) -> Result<Opened, Option<Errno>> {
                 (kind, ino) = (FileType::Unknown, None);
                 continue;
             }
-            _ => return Ok(Opened::Other),
+            other => return Ok(Opened::Other(other)),
         };
         match rustix::fs::openat(dir, entry.name.as_c_str(), flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
             Ok(fd) => {
