@@ -52,6 +52,12 @@ pub struct Usage {
 /// Copies the tree at `src` into `dst` (created if absent; existing entries
 /// of the same name are replaced). Safe while a guest rewrites `src`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
+    copy_tree_reporting(src, dst).map(|_| ())
+}
+
+/// [`copy_tree`], returning what was not copied: each FIFO, socket or
+/// device, by its path relative to `src` and its kind.
+pub fn copy_tree_reporting(src: &Path, dst: &Path) -> Result<Vec<(PathBuf, &'static str)>, TreeError> {
     // `dst` is the host's own path (a new service's data dir), not the guest's.
     std::fs::create_dir_all(dst).map_err(|e| io_err(dst, "creating", String::new(), e))?;
     let root = open_dir(CWD, dst).map_err(|e| io_err(dst, "opening", String::new(), e))?;
@@ -62,10 +68,11 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
         here: 0,
         links: HashMap::new(),
         root_fd: root,
+        skipped: Vec::new(),
     };
     match walk(src, &mut copy) {
-        Err(TreeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && !src.exists() => Ok(()),
-        r => r,
+        Err(TreeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && !src.exists() => Ok(Vec::new()),
+        r => r.map(|()| copy.skipped),
     }
 }
 
@@ -292,13 +299,7 @@ pub fn visit(root: &Path, f: &mut dyn FnMut(Found<'_>) -> std::io::Result<()>) -
         }
         fn other(&mut self, name: &CStr, kind: FileType) -> rustix::io::Result<()> {
             child(self, name);
-            let kind = match kind {
-                FileType::Fifo => "fifo",
-                FileType::Socket => "socket",
-                FileType::CharacterDevice => "character device",
-                FileType::BlockDevice => "block device",
-                _ => "special file",
-            };
+            let kind = kind_name(kind);
             let r = (self.f)(Found::Other { path: &self.path, kind });
             let r = self.done(r);
             self.path.pop();
@@ -310,6 +311,17 @@ pub fn visit(root: &Path, f: &mut dyn FnMut(Found<'_>) -> std::io::Result<()>) -
     match v.failed {
         Some(e) => Err(TreeError::Io { root: root.into(), at: String::new(), op: "visiting", source: e }),
         None => walked,
+    }
+}
+
+/// What a FIFO, socket or device is called in messages.
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        _ => "special file",
     }
 }
 
@@ -491,11 +503,24 @@ struct Copier {
     /// Source inodes with more than one link → where their first copy is.
     links: HashMap<(u64, u64), (usize, CString)>,
     root_fd: OwnedFd,
+    /// FIFOs, sockets and devices met (never copied): path below the root, kind.
+    skipped: Vec<(PathBuf, &'static str)>,
 }
 
 impl Copier {
     fn dst(&self) -> BorrowedFd<'_> {
         self.dst.as_ref().unwrap_or(&self.root_fd).as_fd()
+    }
+
+    /// The path below the root of `name` in destination directory `index`.
+    fn path_of(&self, index: usize, name: &CStr) -> PathBuf {
+        let mut chain = vec![name];
+        let mut i = index;
+        while i != 0 {
+            chain.push(&self.dirs[i].1);
+            i = self.dirs[i].0;
+        }
+        chain.iter().rev().map(|n| OsStr::from_bytes(n.to_bytes())).collect()
     }
 
     /// Opens destination directory `index` by walking down from the root.
@@ -563,6 +588,11 @@ impl Visit for Copier {
         if st.st_nlink > 1 {
             self.links.insert(key, (self.here, name.to_owned()));
         }
+        Ok(())
+    }
+
+    fn other(&mut self, name: &CStr, kind: FileType) -> rustix::io::Result<()> {
+        self.skipped.push((self.path_of(self.here, name), kind_name(kind)));
         Ok(())
     }
 

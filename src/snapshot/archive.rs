@@ -40,7 +40,7 @@ pub fn write(staged: &Path, out: &mut dyn Write, progress: &mut dyn Progress) ->
     let info = stage::read_info(staged)?;
     // First pass: what will be archived (totals for the header and progress).
     let mut entries = Vec::new();
-    let mut skipped = Vec::new();
+    let mut skipped = info.skipped.clone();
     walk(staged, &mut |item| {
         match item {
             Item::Skip(why) => skipped.push(why),

@@ -30,6 +30,9 @@ pub struct StageInfo {
     pub schema_version: u64,
     /// Whether `node.key` and `api.token` were staged.
     pub identity: bool,
+    /// What staging left out, each with why (reported with the archive's).
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// A staged tree; removed (with `tree::remove_tree`) when dropped. Holds the
@@ -97,7 +100,13 @@ pub fn stage_offline(state_dir: &Path, into: &Path, include_identity: bool) -> R
     let engine_key = crate::runtime::current_engine_key().map_err(|e| SnapshotError::Other(e.to_string()))?;
     fs::DirBuilder::new().mode(0o700).create(into).map_err(SnapshotError::io("create", into))?;
     // From here on the dir is removed whatever happens (`Staged`'s drop).
-    let info = StageInfo { host_peer_id: lock.peer_id().to_string(), engine_key, schema_version: 0, identity: include_identity };
+    let info = StageInfo {
+        host_peer_id: lock.peer_id().to_string(),
+        engine_key,
+        schema_version: 0,
+        identity: include_identity,
+        skipped: Vec::new(),
+    };
     let mut staged = Staged { dir: into.to_path_buf(), info, _lock: Some(lock) };
     staged.info.schema_version = backup_store(&db, &into.join(STORE_FILE))?;
     link_flat(&state_dir.join("components"), &into.join("components"))?;
@@ -105,7 +114,7 @@ pub fn stage_offline(state_dir: &Path, into: &Path, include_identity: bool) -> R
     let key = staged.info.engine_key.clone();
     link_flat(&state_dir.join("cache").join(&key), &into.join("cache").join(&key))?;
     for part in super::GUEST_PARTS {
-        copy_guest_trees(&state_dir.join(part), &into.join(part))?;
+        copy_guest_trees(state_dir, &state_dir.join(part), &into.join(part), &mut staged.info.skipped)?;
     }
     if include_identity {
         for name in [KEY_FILE, TOKEN_FILE] {
@@ -183,8 +192,9 @@ pub fn link_flat(src: &Path, dst: &Path) -> Result<u64, SnapshotError> {
 }
 
 /// Copies every `<id>/` guest tree of `src` (`services/`, `kept/`) into
-/// `dst` with the safe walker. A missing `src` stages nothing.
-pub fn copy_guest_trees(src: &Path, dst: &Path) -> Result<u64, SnapshotError> {
+/// `dst` with the safe walker; FIFOs, sockets and devices are added to
+/// `skipped` (named relative to `root`). A missing `src` stages nothing.
+pub fn copy_guest_trees(root: &Path, src: &Path, dst: &Path, skipped: &mut Vec<String>) -> Result<u64, SnapshotError> {
     let entries = match fs::read_dir(src) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -200,7 +210,9 @@ pub fn copy_guest_trees(src: &Path, dst: &Path) -> Result<u64, SnapshotError> {
             tracing::warn!(path = %from.display(), "not a service data directory; left out of the snapshot");
             continue;
         }
-        crate::tree::copy_tree(&from, &dst.join(e.file_name()))?;
+        for (path, kind) in crate::tree::copy_tree_reporting(&from, &dst.join(e.file_name()))? {
+            skipped.push(format!("{}/{}: a {kind} (never opened)", from.strip_prefix(root).unwrap_or(&from).display(), path.display()));
+        }
         n += 1;
     }
     Ok(n)
