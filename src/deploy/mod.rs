@@ -5,6 +5,8 @@ mod batch;
 pub mod desired;
 pub mod executor;
 pub mod journal;
+pub mod kept;
+pub mod migrate;
 pub mod model;
 pub mod observed;
 pub mod plan;
