@@ -209,10 +209,8 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig, store: Option<&Store>, 
             ));
             continue;
         };
-        let mut dir = src.dir.clone();
-        if sources.iter().any(|s| s.dir == dir) || stored.contains_key(&dir) {
-            dir = format!("{dir}@generation-{}", pin.generation);
-        }
+        // Messages name the generation: `distros/kv-store@generation-1/distro.toml`.
+        let dir = format!("{}@generation-{}", src.dir, pin.generation);
         sources.push(ManifestSource { dir: dir.clone(), text: src.manifest.clone() });
         stored.insert(dir, src);
         if !cfg2.system_services.enable.contains(&pin.package) {
