@@ -172,8 +172,9 @@ pub fn source(store: &Store, digest: &str) -> rusqlite::Result<Option<PackageSou
     text.map(|t| serde_json::from_str(&t).map_err(|e| bad("deploy_generation_sources.source", e))).transpose()
 }
 
-/// The blueprints of every generation not pruned: `Runtime::keep_blueprints`
-/// keeps them (with components and artifacts) beside the desired ones.
+/// The blueprints bound after each generation not pruned:
+/// `Runtime::keep_blueprints` keeps them (with components and artifacts)
+/// beside the desired ones.
 pub fn keep_set(store: &Store) -> rusqlite::Result<BTreeSet<BlueprintId>> {
     let conn = store.lock();
     if !has_tables(&conn)? {
@@ -183,7 +184,8 @@ pub fn keep_set(store: &Store) -> rusqlite::Result<BTreeSet<BlueprintId>> {
     let mut out = BTreeSet::new();
     for text in stmt.query_map([], |r| r.get::<_, String>(0))? {
         let rec: GenerationRecord = serde_json::from_str(&text?).map_err(|e| bad("deploy_generations.record", e))?;
-        out.extend(rec.packages.values().flat_map(|p| p.blueprints.iter().copied()));
+        // What was bound after the deployment: a blueprint a failed step
+        // only wanted is kept while it is desired, not for a rollback.
         out.extend(rec.aliases.values().filter_map(|a| a.blueprint_id));
     }
     Ok(out)
