@@ -303,3 +303,13 @@ pub fn print_pins(ctx: &Context) {
         Err(e) => println!("pins: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::time(1_796_000_000_123), "2026-11-30 00:53:20 UTC");
+        assert_eq!(super::time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -432,3 +432,51 @@ pub fn to_json(g: &Generation, prev: Option<&Generation>) -> Json {
         "plan": g.record.plan,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(version: &str, greeting: &str, secret: &str, service: &str) -> GenerationRecord {
+        let name = PackageName::new("kv").unwrap();
+        let config = BTreeMap::from([
+            ("greeting".to_string(), StoredValue::Plain { value: Json::from(greeting) }),
+            ("token".to_string(), StoredValue::Secret { secret_digest: secret_digest(&Json::from(secret)) }),
+        ]);
+        let package = PackageRecord { version: version.into(), source: Some(version.into()), config, blueprints: vec![], pinned: None };
+        let alias = AliasRecord {
+            package: name.clone(),
+            kind: "service".into(),
+            blueprint_id: None,
+            service_id: Some(ServiceId::try_from(service.to_string()).unwrap()),
+            script_hash: None,
+        };
+        GenerationRecord {
+            packages: BTreeMap::from([(name, package)]),
+            aliases: BTreeMap::from([(Alias::new("kv").unwrap(), alias)]),
+            plan: vec![],
+        }
+    }
+
+    /// What changed: versions, config keys (a secret only as "changed",
+    /// never its value or digest), replaced aliases; nothing for equal records.
+    #[test]
+    fn changes_name_versions_keys_and_aliases() {
+        let a = rec("1.0.0", "hello", "s1", "0123456789abcdef0123456789abcdef");
+        let b = rec("2.0.0", "hi", "s2", "fedcba9876543210fedcba9876543210");
+        assert_eq!(
+            changes(Some(&a), &b),
+            [
+                "package kv 1.0.0 → 2.0.0",
+                "config system_services.kv.greeting changed",
+                "secret config system_services.kv.token changed",
+                "service kv replaced"
+            ]
+        );
+        assert!(changes(Some(&a), &a).is_empty());
+        assert_eq!(changes(None, &a), ["package kv 1.0.0 added", "service kv installed"]);
+        // A secret's stored form is its digest, never the value.
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(!text.contains("s1"), "{text}");
+    }
+}

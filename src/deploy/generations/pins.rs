@@ -239,12 +239,18 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig, store: Option<&Store>, 
         view.version = Some(rec.version.clone());
         view.source = Some(digest.clone());
         if pin.restore_data {
+            // The service each alias had then, unless it is still the one
+            // bound (nothing was replaced: nothing to restore).
+            let bound = crate::deploy::journal::Journal::new(store.clone()).deployed()?;
             let from: BTreeMap<Alias, ServiceId> = gen
                 .record
                 .aliases
                 .iter()
                 .filter(|(_, a)| a.package == pin.package)
                 .filter_map(|(alias, a)| a.service_id.clone().map(|id| (alias.clone(), id)))
+                .filter(|(alias, id)| {
+                    !matches!(bound.get(alias).map(|e| &e.kind), Some(crate::deploy::DeployedKind::Service { service_id, .. }) if service_id == id)
+                })
                 .collect();
             view.restore_data_from = from.clone();
             restore.push((pin.package.clone(), from));

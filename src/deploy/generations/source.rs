@@ -184,6 +184,28 @@ impl PackageFiles for StoredFiles<'_> {
 mod tests {
     use super::*;
 
+    /// The embedded catalog's packages are captured from the binary and load
+    /// again, equal, from the stored bytes plus a component store.
+    #[test]
+    fn embedded_packages_are_captured_and_load_again() {
+        let catalog = crate::distro::embedded();
+        let captured = capture(catalog);
+        assert_eq!(captured.len(), catalog.packages.len(), "every embedded package is recorded");
+        let tmp = tempfile::tempdir().unwrap();
+        for p in &catalog.packages {
+            for c in p.services.iter().flat_map(|s| &s.components) {
+                std::fs::write(tmp.path().join(format!("{}.wasm", c.hash.to_hex())), &*c.bytes).unwrap();
+            }
+        }
+        let stored: BTreeMap<String, PackageSource> = captured.values().map(|s| (s.dir.clone(), s.clone())).collect();
+        let sources: Vec<ManifestSource> =
+            stored.values().map(|s| ManifestSource { dir: s.dir.clone(), text: s.manifest.clone() }).collect();
+        let files = StoredFiles { inner: None, stored, components_dir: tmp.path().to_path_buf() };
+        let (label, _, _) = crate::distro::embedded_sources();
+        let again = manifest::load(label, &sources, &files).unwrap();
+        assert_eq!(&again, catalog);
+    }
+
     #[test]
     fn dir_of_strips_label_and_manifest() {
         assert_eq!(dir_of("distros/kv-store/distro.toml", "distros"), "kv-store");
