@@ -148,6 +148,34 @@ pub enum Command {
         #[arg(value_name = "JSON-ARGS", default_value = "[]")]
         args: String,
     },
+    /// List the deployment generations, newest first: number, time, outcome
+    /// and what changed. Works while a node is running.
+    Generations {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin packages to an earlier generation: their desired state then comes
+    /// from that generation. Reloads a running node; a stopped one applies it
+    /// at its next boot. `sysdeploy unpin` returns to the embedded release.
+    Rollback {
+        /// The generation (default: the previous one that applied).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Only this package; repeatable (default: every package that differs).
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+        /// Start from the data kept when that generation's services were
+        /// replaced (snapshot_before_replace), not from the current data.
+        #[arg(long)]
+        restore_data: bool,
+    },
+    /// Remove pins (all, or --package P...) and reload a running node.
+    Unpin {
+        /// Only this package; repeatable.
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+    },
     /// Work with package folders (for package developers).
     #[command(subcommand)]
     Package(PackageCommand),
@@ -326,7 +354,11 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         None => crate::distro::embedded(),
         Some(dir) => match crate::distro::Catalog::load_dir(dir) {
             // One catalog per process: leaking it gives it the embedded one's lifetime.
-            Ok(c) => Box::leak(Box::new(c)),
+            Ok(c) => {
+                let c: &'static crate::distro::Catalog = Box::leak(Box::new(c));
+                crate::deploy::generations::register_dir(c, dir);
+                c
+            }
             Err(e) => {
                 report(cli.log_format, format!("--distros-dir {}: {e}", dir.display()));
                 return Exit::Invalid;
@@ -351,6 +383,9 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
         Command::Health { json } => cmd_health(&ctx, json),
         Command::Reload => cmd_reload(&ctx),
+        Command::Generations { json } => crate::pin_cli::cmd_generations(&ctx, json),
+        Command::Rollback { to, packages, restore_data } => crate::pin_cli::cmd_rollback(&ctx, to, &packages, restore_data),
+        Command::Unpin { packages } => crate::pin_cli::cmd_unpin(&ctx, &packages),
         Command::Package(_) => unreachable!("dispatched before the config is loaded"),
         Command::Snapshot(SnapshotCommand::Create { file, include_identity }) => {
             crate::snapshot::cli_create(ctx.state_dir(), &file, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
@@ -433,13 +468,15 @@ fn cmd_plan(ctx: &Context, json: bool) -> Exit {
         Err(e) => return ctx.fail(e.exit, e.message),
     };
     if json {
-        let doc = json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps });
+        let doc =
+            json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps, "pins": crate::pin_cli::pins_json(ctx) });
         println!("{}", serde_json::to_string_pretty(&doc).expect("plan serialises"));
     } else {
         if host.is_none() {
             println!("state directory {} is not initialised yet; the first `sysdeploy run` does this:", ctx.state_dir().display());
         }
         print!("{plan}");
+        crate::pin_cli::print_pins(ctx);
     }
     Exit::Ok
 }
@@ -582,6 +619,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             "services": d.services,
             "spells": d.spells,
             "deployment": d.last,
+            "pins": crate::pin_cli::pins_json(ctx),
         });
         println!("{doc}");
         return Exit::Ok;
@@ -639,6 +677,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             }
         }
     }
+    crate::pin_cli::print_pins(ctx);
     Exit::Ok
 }
 
