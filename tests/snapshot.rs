@@ -321,6 +321,8 @@ fn hostile_symlinks_and_fifos_are_never_followed_on_create() {
 fn a_non_empty_state_dir_is_refused() {
     let sb = Sandbox::new();
     let a = sb.converged("a");
+    std::fs::create_dir_all(a.join("kept/0123")).unwrap();
+    std::fs::write(a.join("kept/0123/data.txt"), "kept data").unwrap();
     let (file, o) = sb.create(&a, "a.snap", &[]);
     o.ok();
     let into = sb.path("restored");
@@ -331,11 +333,18 @@ fn a_non_empty_state_dir_is_refused() {
     assert_eq!(o.code, Some(2), "{o:#?}");
     assert!(o.stderr.contains("not empty") && o.stderr.contains("precious.txt"), "names what is there: {}", o.stderr);
     assert_eq!(sb.tree(), before);
-    // An empty dir is fine, and made private.
+    // An empty dir is fine, and made private; `-` reads the archive from stdin.
     std::fs::remove_file(into.join("precious.txt")).unwrap();
     std::fs::set_permissions(&into, std::fs::Permissions::from_mode(0o755)).unwrap();
-    sb.restore(&file, &into, &["--adopt"]).ok();
+    let o = sb
+        .cmd(&into, free_addr())
+        .args(["snapshot", "restore", "-", "--adopt"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::metadata(&into).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::read(into.join("kept/0123/data.txt")).unwrap(), b"kept data", "kept data dirs travel too");
     assert!(into.join("state.db").is_file());
 }
 
@@ -593,4 +602,46 @@ fn offline_create_refuses_a_running_node_and_a_missing_store() {
     assert!(o.stderr.contains("is running") && o.stderr.contains("stop it"), "{}", o.stderr);
     assert!(!sb.path("x.snap").exists());
     drop(node);
+}
+
+/// Artifacts compiled by another engine (another wasmtime, CPU or setting)
+/// are not restored: their records go, the next run recompiles, and the
+/// restored node converges as usual.
+#[test]
+fn artifacts_of_another_engine_are_dropped_and_recompiled() {
+    let sb = Sandbox::new();
+    let a = sb.converged("a");
+    let (file, o) = sb.create(&a, "a.snap", &[]);
+    o.ok();
+    let mut entries = read_entries(&file);
+    let mut header: Value = serde_json::from_slice(&entries[0].data).unwrap();
+    let real = header["engine_key"].as_str().unwrap().to_string();
+    let fake = "0123456789abcdef0123456789abcdef";
+    header["engine_key"] = json!(fake);
+    entries[0].data = serde_json::to_vec(&header).unwrap();
+    let db = sb.path("state.db.copy");
+    for e in entries.iter_mut() {
+        let p = String::from_utf8(e.path.clone()).unwrap();
+        if p.starts_with(&format!("cache/{real}")) {
+            e.path = p.replacen(&real, fake, 1).into_bytes();
+        }
+        if p == "state.db" {
+            std::fs::write(&db, &e.data).unwrap();
+            let n = rusqlite::Connection::open(&db).unwrap().execute("UPDATE rt_artifacts SET engine_key = ?1", [fake]).unwrap();
+            assert_eq!(n, 1, "the kv-store artifact is recorded");
+            e.data = std::fs::read(&db).unwrap();
+        }
+    }
+    let crafted = sb.path("other-engine.snap");
+    craft(&entries, &crafted);
+    let b = sb.path("b");
+    let o = sb.restore(&crafted, &b, &["--adopt"]).ok();
+    assert!(o.stdout.contains("artifacts: 1 compiled by another engine"), "{}", o.stdout);
+    assert!(!b.join("cache").join(fake).exists(), "foreign artifacts are not written");
+    let rows: i64 =
+        rusqlite::Connection::open(b.join("state.db")).unwrap().query_row("SELECT COUNT(*) FROM rt_artifacts", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0, "no record of an artifact that is not there");
+    let o = sb.run(&b, &["run", "--once"]).ok();
+    assert!(o.stderr.contains("compiled component"), "recompiled for this engine: {}", o.stderr);
+    assert_eq!(sb.json(&b, &["plan", "--json"])["no_changes"], true);
 }
