@@ -598,7 +598,7 @@ fn offline_create_refuses_a_running_node_and_a_missing_store() {
     let a = sb.path("a");
     let node = Node::start(&sb, &a);
     let o = sb.create(&a, "x.snap", &[]).1;
-    assert_eq!(o.code, Some(2), "{o:#?}");
+    assert_eq!(o.code, Some(3), "{o:#?}");
     assert!(o.stderr.contains("is running") && o.stderr.contains("stop it"), "{}", o.stderr);
     assert!(!sb.path("x.snap").exists());
     drop(node);

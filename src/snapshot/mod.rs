@@ -129,6 +129,9 @@ pub enum SnapshotError {
     /// The state directory cannot be used (locked, damaged identity). Exit 3.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// A node runs on the state directory (an offline snapshot needs it stopped). Exit 3.
+    #[error("{0}")]
+    NodeRunning(String),
     /// The store cannot be used. Exit 3.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -150,7 +153,7 @@ impl SnapshotError {
     pub fn exit(&self) -> Exit {
         match self {
             SnapshotError::BadArchive { .. } | SnapshotError::Refused(_) => Exit::Invalid,
-            SnapshotError::State(_) | SnapshotError::Store(_) => Exit::StoreUnusable,
+            SnapshotError::State(_) | SnapshotError::Store(_) | SnapshotError::NodeRunning(_) => Exit::StoreUnusable,
             SnapshotError::Tree(_) | SnapshotError::Io { .. } | SnapshotError::Other(_) => Exit::DeployFailed,
         }
     }
@@ -250,7 +253,7 @@ pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Resu
     let _failpoints = fail::FailScenario::setup();
     if let Some(n) = crate::state::running_node(state_dir) {
         let pid = n.pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
-        return Err(SnapshotError::Refused(format!(
+        return Err(SnapshotError::NodeRunning(format!(
             "a node is running on state directory {} ({pid}); an offline snapshot needs it stopped: stop it and run this again",
             state_dir.display()
         )));
