@@ -166,23 +166,21 @@ impl SnapshotError {
 /// Why an archive path is unacceptable, or `None`: relative, only normal
 /// components, under one of [`PARTS`] of the right kind.
 pub fn check_path(path: &str, kind: EntryKind) -> Option<String> {
-    let p = Path::new(path);
-    if path.is_empty() || p.is_absolute() {
+    if path.is_empty() || path.starts_with('/') {
         return Some("an absolute or empty path".into());
     }
-    let mut parts = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => parts.push(n),
-            Component::ParentDir => return Some("a path with `..`".into()),
-            Component::CurDir => return Some("a path with `.`".into()),
-            Component::RootDir | Component::Prefix(_) => return Some("an absolute path".into()),
+    // Split by hand: `Path::components` silently drops inner `.` segments.
+    let parts: Vec<&str> = path.split('/').collect();
+    for p in &parts {
+        match *p {
+            ".." => return Some("a path with `..`".into()),
+            "." => return Some("a path with `.`".into()),
+            "" => return Some("a path that is not in normal form".into()),
+            p if p.contains('\0') => return Some("a path with a NUL byte".into()),
+            _ => {}
         }
     }
-    if path.ends_with('/') || path.contains("//") {
-        return Some("a path that is not in normal form".into());
-    }
-    let top = parts[0].to_str().unwrap_or("");
+    let top = parts[0];
     let Some((_, part)) = PARTS.iter().find(|(n, _)| *n == top) else {
         return Some(format!(
             "a path outside the parts of a state directory ({})",
