@@ -323,6 +323,13 @@ fn a_non_empty_state_dir_is_refused() {
     let a = sb.converged("a");
     std::fs::create_dir_all(a.join("kept/0123")).unwrap();
     std::fs::write(a.join("kept/0123/data.txt"), "kept data").unwrap();
+    let before = sb.tree();
+    let o = sb.create(&a, "no-such-dir/a.snap", &[]).1;
+    assert_eq!(o.code, Some(2), "{o:#?}");
+    assert!(o.stderr.contains("no-such-dir") && o.stderr.contains("does not exist"), "{}", o.stderr);
+    let mut after = sb.tree();
+    after.insert("a/lock".into());
+    assert_eq!(after, before, "nothing staged or written");
     let (file, o) = sb.create(&a, "a.snap", &[]);
     o.ok();
     let into = sb.path("restored");
@@ -548,6 +555,11 @@ fn damaged_and_hostile_archives_are_refused_with_nothing_written() {
     craft(&e, &bad_file);
     assert_refused(&sb, &bad_file, "not an earlier directory entry", "a file below a symlink");
     assert!(!Path::new("/tmp/sysdeploy-snapshot-escaped").exists());
+    // A store that is not a database, with its right hash.
+    let mut e = entries.clone();
+    e.iter_mut().filter(|x| x.path == b"state.db").for_each(|x| x.data = b"not a database at all ".repeat(200));
+    craft(&e, &bad_file);
+    assert_refused(&sb, &bad_file, "state.db cannot be used", "a store that is not a database");
 }
 
 /// SIGKILL at `snapshot::restore::extracted` (verified, synced, not yet

@@ -256,6 +256,13 @@ pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Resu
             state_dir.display()
         )));
     }
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(SnapshotError::Refused(format!(
+            "{} does not exist: create it first, or write the snapshot elsewhere",
+            parent.display()
+        )));
+    }
     let started = std::time::Instant::now();
     let staged = stage::stage_offline(state_dir, &stage::staging_dir(state_dir), include_identity)?;
     let staging = started.elapsed();

@@ -420,7 +420,8 @@ fn extract(
 /// The store after extraction: migrations of an older schema, `--adopt`,
 /// artifact records consistent with this engine's files.
 fn fix_up(tmp: &Path, header: &Header, peer: &PeerId, opts: &RestoreOptions) -> Result<(Vec<(String, usize)>, u64), SnapshotError> {
-    let store = Store::open(&tmp.join(STORE_FILE))?;
+    // Its hashes matched, so a store that cannot be opened came so from its writer.
+    let store = Store::open(&tmp.join(STORE_FILE)).map_err(|e| bad(format!("its {STORE_FILE} cannot be used: {e}")))?;
     let engine_key = crate::runtime::current_engine_key().map_err(|e| SnapshotError::Other(e.to_string()))?;
     let sql = |e: rusqlite::Error| SnapshotError::Store(crate::store::StoreError::Sqlite { path: tmp.join(STORE_FILE), source: e });
     let mut conn = store.lock();
