@@ -657,3 +657,49 @@ fn artifacts_of_another_engine_are_dropped_and_recompiled() {
     assert!(o.stderr.contains("compiled component"), "recompiled for this engine: {}", o.stderr);
     assert_eq!(sb.json(&b, &["plan", "--json"])["no_changes"], true);
 }
+
+/// SIGINT (Ctrl-C) or SIGTERM during a create or a restore ends it through
+/// its cleanup: no staging dir, no temp file, no archive, no state dir.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stop_signal_ends_create_and_restore_with_nothing_left_behind() {
+    let sb = Sandbox::new();
+    let a = sb.converged("a");
+    let (file, o) = sb.create(&a, "a.snap", &[]);
+    o.ok();
+    let before = sb.tree();
+    let stopped = |args: &[&str], state: &Path, point: &str, started: &dyn Fn() -> bool, sig: i32| {
+        let mut child = sb
+            .cmd(state, free_addr())
+            .args(args)
+            .env("FAILPOINTS", format!("{point}=sleep(10000)"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !started() {
+            assert!(t.elapsed() < PATIENCE && child.try_wait().unwrap().is_none(), "{args:?} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    };
+    let staging = || std::fs::read_dir(&a).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".snapshot-stage-"));
+    let out = sb.path("b.snap");
+    stopped(&["snapshot", "create", out.to_str().unwrap()], &a, "snapshot::create::staged", &staging, libc::SIGINT);
+    let mut after = sb.tree();
+    after.insert("a/lock".into());
+    assert_eq!(after, before, "a stopped create leaves nothing (the lock file's pid aside)");
+
+    let into = sb.path("restored");
+    let temp = || sb.tree().iter().any(|p| p.starts_with("restored.restore-"));
+    stopped(&["snapshot", "restore", file.to_str().unwrap(), "--adopt"], &into, "snapshot::restore::extracted", &temp, libc::SIGTERM);
+    let mut after = sb.tree();
+    after.insert("a/lock".into());
+    assert_eq!(after, before, "a stopped restore leaves nothing");
+}

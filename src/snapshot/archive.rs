@@ -147,6 +147,7 @@ pub fn write_file(staged: &Path, file: &Path, progress: &mut dyn Progress) -> Re
         w.flush().map_err(SnapshotError::io("write", &tmp))?;
         drop(w);
         f.sync_all().map_err(SnapshotError::io("sync", &tmp))?;
+        super::check_interrupted().map_err(SnapshotError::io("write", file))?;
         fs::rename(&tmp, file).map_err(SnapshotError::io("rename into place", file))?;
         fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(SnapshotError::io("sync", &dir))?;
         Ok(summary)
@@ -302,6 +303,7 @@ struct HashRead<'p, R> {
 
 impl<R: Read> Read for HashRead<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        super::check_interrupted()?;
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.n += n as u64;

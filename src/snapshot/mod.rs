@@ -227,6 +227,32 @@ pub fn link_escapes(link: &Path, target: &Path) -> bool {
     false
 }
 
+/// Set by SIGINT/SIGTERM/SIGHUP while a snapshot command runs
+/// ([`stop_on_signals`]); long loops check it with [`check_interrupted`] so
+/// the command ends through its normal cleanup (temp files and dirs removed).
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP end a snapshot command cleanly instead
+/// of killing it mid-write (only the CLI calls this; a node has its own).
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// An error once a stop signal arrived.
+pub fn check_interrupted() -> std::io::Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other("interrupted by a signal"));
+    }
+    Ok(())
+}
+
 /// Unix seconds now.
 pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -249,6 +275,7 @@ pub fn mib(bytes: u64) -> String {
 pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Result<Exit, SnapshotError> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    stop_on_signals();
     if let Some(n) = crate::state::running_node(state_dir) {
         let pid = n.pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
         return Err(SnapshotError::NodeRunning(format!(
@@ -301,6 +328,7 @@ pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Resu
 pub fn cli_restore(file: &Path, state_dir: &Path, adopt: bool) -> Result<Exit, SnapshotError> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    stop_on_signals();
     let opts = restore::RestoreOptions { adopt };
     let mut progress = progress::stderr("snapshot restore");
     let r = if file == Path::new("-") {

@@ -82,6 +82,7 @@ pub fn restore(
     // cheaper than an fsync per file when a data dir holds many small files.
     sync_filesystem(&tmp).map_err(SnapshotError::io("sync the file system of", &tmp))?;
     crash_point!("snapshot::restore::extracted");
+    super::check_interrupted().map_err(SnapshotError::io("restore", state_dir))?;
     // Into place: over an empty dir, or where none was.
     fs::rename(&tmp, state_dir).map_err(|e| {
         SnapshotError::Other(format!(
@@ -344,6 +345,7 @@ fn extract(
                 let mut buf = vec![0u8; 1 << 16];
                 let mut n = 0u64;
                 loop {
+                    super::check_interrupted().map_err(SnapshotError::io("restore", tmp))?;
                     let k = entry.read(&mut buf).map_err(damaged)?;
                     if k == 0 {
                         break;
