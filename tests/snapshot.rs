@@ -225,6 +225,7 @@ fn round_trip_with_adopt_and_with_identity() {
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "the archive holds service data");
     assert!(o.stderr.contains("snapshot create:") && o.stderr.contains("100%"), "progress lines on a non-tty: {}", o.stderr);
     let bytes = std::fs::read(&file).unwrap();
+    assert!(o.stdout.contains(&blake3::hash(&bytes).to_hex().to_string()), "the printed blake3 is the file's (b3sum): {}", o.stdout);
     let key = std::fs::read(a.join("node.key")).unwrap();
     assert!(!contains(&bytes, &key), "node.key is archived only with --include-identity");
     assert!(sb.tree().iter().all(|p| !p.contains(".snapshot-stage-")), "staging dir removed");
