@@ -179,6 +179,35 @@ pub enum Command {
     /// Work with package folders (for package developers).
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Back up a node's state into one archive, or restore one (docs/operations.md, "Backup and restore").
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `sysdeploy snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write the state directory (store, components, artifacts, service data)
+    /// into FILE (mode 0600) with a manifest of blake3 hashes. The node must
+    /// be stopped. node.key and api.token only with --include-identity.
+    Create {
+        /// The archive to write (replaced atomically if it exists).
+        file: PathBuf,
+        /// Also archive node.key and api.token: the restored node is the same peer.
+        #[arg(long)]
+        include_identity: bool,
+    },
+    /// Restore FILE (`-`: stdin) into the state directory (--state-dir), which
+    /// must be absent or empty. Every hash is verified before anything is put
+    /// in place. Exit 2: the archive or the request is refused (nothing written).
+    Restore {
+        /// The archive to restore.
+        file: PathBuf,
+        /// The snapshot has no identity: make this node's new identity the
+        /// owner of what the snapshot's host owned (rewritten and logged).
+        #[arg(long)]
+        adopt: bool,
+    },
 }
 
 /// `sysdeploy package ...`
@@ -358,6 +387,12 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         Command::Rollback { to, packages, restore_data } => crate::pin_cli::cmd_rollback(&ctx, to, &packages, restore_data),
         Command::Unpin { packages } => crate::pin_cli::cmd_unpin(&ctx, &packages),
         Command::Package(_) => unreachable!("dispatched before the config is loaded"),
+        Command::Snapshot(SnapshotCommand::Create { file, include_identity }) => {
+            crate::snapshot::cli_create(ctx.state_dir(), &file, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file, adopt }) => {
+            crate::snapshot::cli_restore(&file, ctx.state_dir(), adopt).unwrap_or_else(|e| ctx.fail(e.exit(), e))
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod package_check;
 pub mod pin_cli;
 pub mod runtime;
 pub mod schema;
+pub mod snapshot;
 pub mod spell;
 pub mod state;
 pub mod store;

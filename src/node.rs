@@ -182,6 +182,7 @@ fn policy(cfg: &EffectiveConfig) -> ApplyPolicy {
             OnFailure::Continue => FailurePolicy::Continue,
         },
         call_ttl: Duration::from_millis(cfg.system_services.call_ttl_ms),
+        keep_generations: cfg.get("system_services.keep_generations").and_then(|v| v.value.as_u64()).map_or(3, |n| n as usize),
         ..ApplyPolicy::default()
     }
 }

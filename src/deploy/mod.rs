@@ -6,6 +6,8 @@ pub mod desired;
 pub mod executor;
 pub mod generations;
 pub mod journal;
+pub mod kept;
+pub mod migrate;
 pub mod model;
 pub mod observed;
 pub mod plan;
