@@ -357,6 +357,9 @@ pub fn record(store: &Store, d: &Deployment<'_>, keep: u64) -> rusqlite::Result<
         }
     }
     tx.commit()?;
+    // Recorded, report not yet saved, GC not yet run: the next boot's plan is
+    // empty and the generation stays (crash matrix, op `gc`).
+    crash_point!("deploy::generation::recorded");
     Ok(Some(number))
 }
 
