@@ -15,6 +15,7 @@ pub mod notify;
 pub mod package_check;
 pub mod runtime;
 pub mod schema;
+pub mod snapshot;
 pub mod spell;
 pub mod state;
 pub mod store;

@@ -317,6 +317,17 @@ impl Node {
         }
     }
 
+    /// Stages this running node for a snapshot while it serves
+    /// (`snapshot::online::stage`: deployments wait, each service's calls are
+    /// held while its data is copied).
+    pub async fn stage_snapshot(
+        &self,
+        include_identity: bool,
+    ) -> Result<crate::snapshot::online::StagedTree, crate::snapshot::online::OnlineError> {
+        let h = crate::snapshot::online::Handles { state_dir: self.state.path(), runtime: &self.runtime, deploying: &self.deploying };
+        crate::snapshot::online::stage(&h, include_identity).await
+    }
+
     /// Finishes or rolls back whatever a crash interrupted.
     pub async fn recover(&self) -> Result<Vec<String>, DeployFailure> {
         self.notifier.status("recovering: finishing or rolling back any interrupted deployment");
