@@ -148,9 +148,66 @@ pub enum Command {
         #[arg(value_name = "JSON-ARGS", default_value = "[]")]
         args: String,
     },
+    /// List the deployment generations, newest first: number, time, outcome
+    /// and what changed. Works while a node is running.
+    Generations {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin packages to an earlier generation: their desired state then comes
+    /// from that generation. Reloads a running node; a stopped one applies it
+    /// at its next boot. `sysdeploy unpin` returns to the embedded release.
+    Rollback {
+        /// The generation (default: the previous one that applied).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Only this package; repeatable (default: every package that differs).
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+        /// Start from the data kept when that generation's services were
+        /// replaced (snapshot_before_replace), not from the current data.
+        #[arg(long)]
+        restore_data: bool,
+    },
+    /// Remove pins (all, or --package P...) and reload a running node.
+    Unpin {
+        /// Only this package; repeatable.
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+    },
     /// Work with package folders (for package developers).
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Back up a node's state into one archive, or restore one (docs/operations.md, "Backup and restore").
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `sysdeploy snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write the state directory (store, components, artifacts, service data)
+    /// into FILE (mode 0600) with a manifest of blake3 hashes. The node must
+    /// be stopped. node.key and api.token only with --include-identity.
+    Create {
+        /// The archive to write (replaced atomically if it exists).
+        file: PathBuf,
+        /// Also archive node.key and api.token: the restored node is the same peer.
+        #[arg(long)]
+        include_identity: bool,
+    },
+    /// Restore FILE (`-`: stdin) into the state directory (--state-dir), which
+    /// must be absent or empty. Every hash is verified before anything is put
+    /// in place. Exit 2: the archive or the request is refused (nothing written).
+    Restore {
+        /// The archive to restore.
+        file: PathBuf,
+        /// The snapshot has no identity: make this node's new identity the
+        /// owner of what the snapshot's host owned (rewritten and logged).
+        #[arg(long)]
+        adopt: bool,
+    },
 }
 
 /// `sysdeploy package ...`
@@ -297,7 +354,11 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         None => crate::distro::embedded(),
         Some(dir) => match crate::distro::Catalog::load_dir(dir) {
             // One catalog per process: leaking it gives it the embedded one's lifetime.
-            Ok(c) => Box::leak(Box::new(c)),
+            Ok(c) => {
+                let c: &'static crate::distro::Catalog = Box::leak(Box::new(c));
+                crate::deploy::generations::register_dir(c, dir);
+                c
+            }
             Err(e) => {
                 report(cli.log_format, format!("--distros-dir {}: {e}", dir.display()));
                 return Exit::Invalid;
@@ -322,7 +383,16 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
         Command::Health { json } => cmd_health(&ctx, json),
         Command::Reload => cmd_reload(&ctx),
+        Command::Generations { json } => crate::pin_cli::cmd_generations(&ctx, json),
+        Command::Rollback { to, packages, restore_data } => crate::pin_cli::cmd_rollback(&ctx, to, &packages, restore_data),
+        Command::Unpin { packages } => crate::pin_cli::cmd_unpin(&ctx, &packages),
         Command::Package(_) => unreachable!("dispatched before the config is loaded"),
+        Command::Snapshot(SnapshotCommand::Create { file, include_identity }) => {
+            crate::snapshot::cli_create(ctx.state_dir(), &file, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file, adopt }) => {
+            crate::snapshot::cli_restore(&file, ctx.state_dir(), adopt).unwrap_or_else(|e| ctx.fail(e.exit(), e))
+        }
     }
 }
 
@@ -398,13 +468,15 @@ fn cmd_plan(ctx: &Context, json: bool) -> Exit {
         Err(e) => return ctx.fail(e.exit, e.message),
     };
     if json {
-        let doc = json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps });
+        let doc =
+            json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps, "pins": crate::pin_cli::pins_json(ctx) });
         println!("{}", serde_json::to_string_pretty(&doc).expect("plan serialises"));
     } else {
         if host.is_none() {
             println!("state directory {} is not initialised yet; the first `sysdeploy run` does this:", ctx.state_dir().display());
         }
         print!("{plan}");
+        crate::pin_cli::print_pins(ctx);
     }
     Exit::Ok
 }
@@ -547,6 +619,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             "services": d.services,
             "spells": d.spells,
             "deployment": d.last,
+            "pins": crate::pin_cli::pins_json(ctx),
         });
         println!("{doc}");
         return Exit::Ok;
@@ -604,6 +677,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             }
         }
     }
+    crate::pin_cli::print_pins(ctx);
     Exit::Ok
 }
 
