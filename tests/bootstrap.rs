@@ -528,7 +528,7 @@ fn a_bad_token_is_refused_and_nothing_is_written() {
 #[test]
 fn one_snapshot_at_a_time_and_never_the_identity() {
     let a = Sandbox::new();
-    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::staging=1*sleep(2000)")]);
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::staging=1*sleep(3000)")]);
     node.wait_ready();
     let token = a.token();
     let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), Some(b"{\"include_identity\": true}".to_vec()));
@@ -544,9 +544,21 @@ fn one_snapshot_at_a_time_and_never_the_identity() {
     node.wait_log("snapshot: staging the running node");
     let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), None);
     assert_eq!((r.status, r.error_code()), (503, "busy".to_string()), "{}", r.body);
+    // A reload asked while the node stages waits for the staging, then runs.
+    let t = token.clone();
+    let reload = std::thread::spawn(move || http(addr, "POST", "/v1/reload", Some(&t), None));
+    eventually("the control loop took the reload", || {
+        let r = http(addr, "GET", "/readyz", None, None);
+        r.body.contains("\"reloading\":true") || node.log().contains("reloading configuration")
+    });
     let (status, archive) = first.join().unwrap();
     assert_eq!(status, 200);
     assert!(!archive.is_empty());
+    let r = reload.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log = node.log();
+    let (staged, reloaded) = (log.find("snapshot: running node staged"), log.find("reloading configuration"));
+    assert!(staged.is_some() && staged < reloaded, "the reload ran while the node was staged:\n{log}");
     // Free again once the first is sent.
     eventually("a snapshot can be taken again", || {
         let (s, _) = http_bytes(addr, "GET", "/v1/snapshot", Some(&token), None);
