@@ -346,3 +346,42 @@ fn a_node_killed_during_the_rollback_deployment_converges_to_the_pin_at_next_boo
     let gens = env.generations();
     assert_eq!(gens[0]["packages"][KV]["pinned"], json!(1), "{gens:#?}");
 }
+
+/// Calls `function` on the (stopped) node's kv-store in process.
+async fn call_offline(state: &Path, function: &str, args: Value) -> Value {
+    let store = sysdeploy::store::Store::open(&state.join("state.db")).unwrap();
+    let rt = sysdeploy::runtime::Runtime::open(store, sysdeploy::runtime::RuntimeConfig::new(state)).unwrap();
+    rt.call(KV, function, args).await.unwrap_or_else(|e| panic!("{function}: {e}"))
+}
+
+/// With `snapshot_before_replace`, the upgrade keeps v1's data dir;
+/// `rollback --restore-data` deploys v1 from that kept data (what was there
+/// before the upgrade, not what v2 wrote), and `unpin` carries it forward.
+#[tokio::test]
+async fn rollback_restore_data_brings_the_pre_upgrade_data_back() {
+    let env = Env::new("[system_services]\nsnapshot_before_replace = true\n");
+    env.release("v1", "1.0.0", "");
+    env.ok(&["run", "--once"]);
+    call_offline(&env.state, "put", json!(["k", "before the upgrade"])).await;
+    env.release("v2", "2.0.0", "");
+    env.ok(&["run", "--once"]);
+    call_offline(&env.state, "put", json!(["k", "written by v2"])).await;
+    let v1_service = env.generations()[1]["aliases"][KV]["service_id"].as_str().unwrap().to_string();
+
+    env.ok(&["rollback", "--restore-data"]);
+    let plan = env.ok(&["plan"]);
+    assert!(plan.contains(&format!("restore data kept from service {v1_service}")), "{plan}");
+    env.ok(&["run", "--once"]);
+    assert_eq!(call_offline(&env.state, "version", json!([])).await, json!(1));
+    assert_eq!(call_offline(&env.state, "get", json!(["k"])).await, json!("before the upgrade"), "the pre-upgrade data is back");
+    assert_eq!(env.json(&["plan", "--json"])["no_changes"], json!(true));
+
+    env.ok(&["unpin"]);
+    env.ok(&["run", "--once"]);
+    assert_eq!(call_offline(&env.state, "version", json!([])).await, json!(2));
+    assert_eq!(
+        call_offline(&env.state, "get", json!(["k"])).await,
+        json!("before the upgrade"),
+        "data moves forward from the restored service"
+    );
+}
