@@ -102,6 +102,16 @@ pub enum Command {
         /// Deploy, print the report and exit instead of serving.
         #[arg(long)]
         once: bool,
+        /// Start a new node from a peer: when the state directory is empty or
+        /// absent, fetch GET URL/v1/snapshot (URL: the peer's API base, e.g.
+        /// http://10.0.0.5:7200), verify it, restore it with a new identity
+        /// (--adopt), then boot. Ignored once the state directory holds a node.
+        #[arg(long, value_name = "URL", env = "SYSDEPLOY_BOOTSTRAP_FROM", requires = "bootstrap_token_file")]
+        bootstrap_from: Option<String>,
+        /// File holding the peer's API token (its <state_dir>/api.token), mode
+        /// 0600 like every secret file; the token is never read from argv.
+        #[arg(long, value_name = "FILE", env = "SYSDEPLOY_BOOTSTRAP_TOKEN_FILE", requires = "bootstrap_from")]
+        bootstrap_token_file: Option<PathBuf>,
     },
     /// Show what `run` would change (install, replace, remove, ...) and why,
     /// without changing anything. Works while a node is running.
@@ -188,8 +198,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Write the state directory (store, components, artifacts, service data)
-    /// into FILE (mode 0600) with a manifest of blake3 hashes. The node must
-    /// be stopped. node.key and api.token only with --include-identity.
+    /// into FILE (mode 0600) with a manifest of blake3 hashes. node.key and
+    /// api.token only with --include-identity, which needs the node stopped;
+    /// a running node is snapshotted through its API without stopping it.
     Create {
         /// The archive to write (replaced atomically if it exists).
         file: PathBuf,
@@ -376,7 +387,15 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
     };
     let ctx = Context { config, catalog, load_opts: opts, schemas, log_format: cli.log_format };
     match cli.command {
-        Command::Run { once } => cmd_run(&ctx, once),
+        Command::Run { once, bootstrap_from, bootstrap_token_file } => {
+            if let (Some(url), Some(token_file)) = (bootstrap_from, bootstrap_token_file) {
+                let b = crate::snapshot::bootstrap::Bootstrap { url, token_file };
+                if let Err(e) = crate::snapshot::bootstrap::before_run(&b, &ctx.config, ctx.catalog) {
+                    return ctx.fail(e.exit(), e);
+                }
+            }
+            cmd_run(&ctx, once)
+        }
         Command::Plan { json } => cmd_plan(&ctx, json),
         Command::Status { json } => cmd_status(&ctx, json),
         Command::Config { json } => cmd_config(&ctx, json),
@@ -388,6 +407,12 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         Command::Unpin { packages } => crate::pin_cli::cmd_unpin(&ctx, &packages),
         Command::Package(_) => unreachable!("dispatched before the config is loaded"),
         Command::Snapshot(SnapshotCommand::Create { file, include_identity }) => {
+            // A running node takes its own snapshot (`POST /v1/snapshots`) without stopping.
+            if let Some(n) = crate::state::running_node(ctx.state_dir()) {
+                let addr = n.api.unwrap_or(ctx.config.node.api_listen);
+                return crate::snapshot::bootstrap::cli_create_online(ctx.state_dir(), addr, n.pid, &file, include_identity)
+                    .unwrap_or_else(|e| ctx.fail(e.exit(), e));
+            }
             crate::snapshot::cli_create(ctx.state_dir(), &file, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
         }
         Command::Snapshot(SnapshotCommand::Restore { file, adopt }) => {

@@ -320,6 +320,22 @@ impl Node {
         }
     }
 
+    /// Stages this running node for a snapshot while it serves
+    /// (`snapshot::online::stage`: deployments wait, each service's calls are
+    /// held while its data is copied).
+    pub async fn stage_snapshot(
+        &self,
+        include_identity: bool,
+    ) -> Result<crate::snapshot::online::StagedTree, crate::snapshot::online::OnlineError> {
+        let h = crate::snapshot::online::Handles {
+            state_dir: self.state.path(),
+            peer_id: self.state.peer_id(),
+            runtime: &self.runtime,
+            deploying: &self.deploying,
+        };
+        crate::snapshot::online::stage(&h, include_identity).await
+    }
+
     /// Finishes or rolls back whatever a crash interrupted.
     pub async fn recover(&self) -> Result<Vec<String>, DeployFailure> {
         self.notifier.status("recovering: finishing or rolling back any interrupted deployment");
@@ -605,6 +621,8 @@ struct NodeBackend {
     node: Arc<Node>,
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
     pings: tokio::sync::mpsc::Sender<Ping>,
+    /// One snapshot at a time (issue 17).
+    snapshots: crate::snapshot::online::Slot,
 }
 
 impl Backend for NodeBackend {
@@ -644,6 +662,22 @@ impl Backend for NodeBackend {
     }
     fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>> {
         Box::pin(ask_reload(&self.reloads))
+    }
+    fn snapshot(&self) -> BoxFuture<'_, Result<crate::snapshot::online::ByteStream, api::SnapshotRefused>> {
+        Box::pin(async move {
+            if self.health() == Health::Deploying {
+                return Err(api::SnapshotRefused::Booting);
+            }
+            let slot = self.snapshots.try_take().ok_or(api::SnapshotRefused::Busy)?;
+            let started = std::time::Instant::now();
+            match self.node.stage_snapshot(false).await {
+                Ok(staged) => Ok(crate::snapshot::online::stream(staged, slot, self.node.metrics.clone(), started)),
+                Err(e) => {
+                    self.node.metrics.snapshot("failed", 0, started.elapsed());
+                    Err(api::SnapshotRefused::Failed(e.to_string()))
+                }
+            }
+        })
     }
 }
 
@@ -782,7 +816,8 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             });
             _watching = Some(crate::watch::Running(w.spawn(paths, ask)));
         }
-        let backend: Arc<dyn Backend> = Arc::new(NodeBackend { node: node.clone(), reloads: reload_tx, pings: ping_tx });
+        let backend: Arc<dyn Backend> =
+            Arc::new(NodeBackend { node: node.clone(), reloads: reload_tx, pings: ping_tx, snapshots: Default::default() });
         api_task = Some(tokio::spawn(api::serve(listener, backend, node.metrics.clone(), ApiConfig::new(token, ttl), async move {
             let _ = rx.wait_for(|s| *s).await;
         })));

@@ -347,41 +347,47 @@ fn a_node_killed_during_the_rollback_deployment_converges_to_the_pin_at_next_boo
     assert_eq!(gens[0]["packages"][KV]["pinned"], json!(1), "{gens:#?}");
 }
 
-/// Calls `function` on the (stopped) node's kv-store in process.
-async fn call_offline(state: &Path, function: &str, args: Value) -> Value {
-    let store = sysdeploy::store::Store::open(&state.join("state.db")).unwrap();
-    let rt = sysdeploy::runtime::Runtime::open(store, sysdeploy::runtime::RuntimeConfig::new(state)).unwrap();
-    rt.call(KV, function, args).await.unwrap_or_else(|e| panic!("{function}: {e}"))
-}
-
-/// With `snapshot_before_replace`, the upgrade keeps v1's data dir;
-/// `rollback --restore-data` deploys v1 from that kept data (what was there
-/// before the upgrade, not what v2 wrote), and `unpin` carries it forward.
-#[tokio::test]
-async fn rollback_restore_data_brings_the_pre_upgrade_data_back() {
-    let env = Env::new("[system_services]\nsnapshot_before_replace = true\n");
+/// The whole upgrade story across generations and kept data, on a
+/// running node with `snapshot_before_replace`: v1 → v2 carries the data
+/// forward; `rollback` serves v1 with the data written since; `unpin` serves
+/// v2 again; `rollback --to 1 --restore-data` serves v1 with the data as it
+/// was before the upgrade (what v2 wrote is gone from the serving service);
+/// a final `unpin` carries the restored data forward into v2. (Generation 1
+/// is the fifth back when it is asked for, hence `keep_generations = 5`.)
+#[test]
+fn rollback_with_restore_data_brings_back_the_pre_upgrade_data() {
+    let env = Env::new("[system_services]\nsnapshot_before_replace = true\nkeep_generations = 5\n");
     env.release("v1", "1.0.0", "");
-    env.ok(&["run", "--once"]);
-    call_offline(&env.state, "put", json!(["k", "before the upgrade"])).await;
-    env.release("v2", "2.0.0", "");
-    env.ok(&["run", "--once"]);
-    call_offline(&env.state, "put", json!(["k", "written by v2"])).await;
-    let v1_service = env.generations()[1]["aliases"][KV]["service_id"].as_str().unwrap().to_string();
+    let node = env.start(&[]);
+    env.call("put", json!(["k", "before the upgrade"]));
+    env.stop(node);
 
-    env.ok(&["rollback", "--restore-data"]);
-    let plan = env.ok(&["plan"]);
-    assert!(plan.contains(&format!("restore data kept from service {v1_service}")), "{plan}");
-    env.ok(&["run", "--once"]);
-    assert_eq!(call_offline(&env.state, "version", json!([])).await, json!(1));
-    assert_eq!(call_offline(&env.state, "get", json!(["k"])).await, json!("before the upgrade"), "the pre-upgrade data is back");
-    assert_eq!(env.json(&["plan", "--json"])["no_changes"], json!(true));
+    env.release("v2", "2.0.0", "");
+    let node = env.start(&[]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "the upgrade carries the data forward");
+    env.call("put", json!(["k", "after the upgrade"]));
+    env.call("put", json!(["v2-only", "yes"]));
+
+    env.ok(&["rollback"]);
+    assert_eq!(env.call("version", json!([])), json!(1));
+    assert_eq!(env.call("get", json!(["k"])), json!("after the upgrade"), "a plain rollback keeps the data written since");
 
     env.ok(&["unpin"]);
-    env.ok(&["run", "--once"]);
-    assert_eq!(call_offline(&env.state, "version", json!([])).await, json!(2));
-    assert_eq!(
-        call_offline(&env.state, "get", json!(["k"])).await,
-        json!("before the upgrade"),
-        "data moves forward from the restored service"
-    );
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("after the upgrade"));
+
+    let plan_before = env.ok(&["plan"]);
+    let out = env.ok(&["rollback", "--to", "1", "--restore-data"]);
+    assert!(out.contains("restoring its kept data"), "{out}\n(plan before: {plan_before})");
+    assert_eq!(env.call("version", json!([])), json!(1));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "--restore-data brings back the data kept at the upgrade");
+    assert_eq!(env.call("get", json!(["v2-only"])), json!(null), "what was written after the upgrade is not in the restored data");
+    let plan = env.json(&["plan", "--json"]);
+    assert_eq!(plan["no_changes"], json!(true), "the restore converged: {plan:#}");
+
+    env.ok(&["unpin"]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "unpin carries the restored data forward");
+    env.stop(node);
 }

@@ -465,6 +465,22 @@ async fn replaced_data_is_kept_restored_and_retained() {
         assert_eq!(tree(&kept_v1), v1_data, "the kept dir stays for a second rollback");
         let (_, again) = plan_of(&d, want.clone()).await;
         assert!(again.unwrap().is_noop(), "a restored deployment converges");
+
+        // An install may start from kept data too (the package was removed
+        // in between), migrating it from the kept data's version.
+        let (none, p) = plan_of(&d, desired(vec![])).await;
+        assert_eq!(d.apply(&none, &p.unwrap()).await.outcome, Outcome::Ok);
+        assert!(o.runtime.alias(&Alias::new(KV).unwrap()).is_none());
+        let (want, p) = plan_of(&d, desired(vec![service("migrate", "3.0.0", Some(v1_id.clone()))])).await;
+        let p = p.unwrap();
+        let step = p.changes().next().unwrap();
+        assert_eq!(step.kind(), "install");
+        assert!(step.reason().unwrap().contains(&format!("restore data kept from service {v1_id}; migrate from 1.0.0")), "{step:?}");
+        d.prepare(&want, Arc::new(Builds)).await.unwrap();
+        let report = d.apply(&want, &p).await;
+        assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+        assert_eq!(o.call("get", json!(["k"])).await, json!("written by v1"), "the install started from the kept data");
+        assert_eq!(o.call("migrated-from", json!([])).await, json!("1.0.0"));
     }
 
     // Retention: the config key keeps the next replaced dir; with

@@ -225,6 +225,7 @@ fn round_trip_with_adopt_and_with_identity() {
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "the archive holds service data");
     assert!(o.stderr.contains("snapshot create:") && o.stderr.contains("100%"), "progress lines on a non-tty: {}", o.stderr);
     let bytes = std::fs::read(&file).unwrap();
+    assert!(o.stdout.contains(&blake3::hash(&bytes).to_hex().to_string()), "the printed blake3 is the file's (b3sum): {}", o.stdout);
     let key = std::fs::read(a.join("node.key")).unwrap();
     assert!(!contains(&bytes, &key), "node.key is archived only with --include-identity");
     assert!(sb.tree().iter().all(|p| !p.contains(".snapshot-stage-")), "staging dir removed");
@@ -321,6 +322,15 @@ fn hostile_symlinks_and_fifos_are_never_followed_on_create() {
 fn a_non_empty_state_dir_is_refused() {
     let sb = Sandbox::new();
     let a = sb.converged("a");
+    std::fs::create_dir_all(a.join("kept/0123")).unwrap();
+    std::fs::write(a.join("kept/0123/data.txt"), "kept data").unwrap();
+    let before = sb.tree();
+    let o = sb.create(&a, "no-such-dir/a.snap", &[]).1;
+    assert_eq!(o.code, Some(2), "{o:#?}");
+    assert!(o.stderr.contains("no-such-dir") && o.stderr.contains("does not exist"), "{}", o.stderr);
+    let mut after = sb.tree();
+    after.insert("a/lock".into());
+    assert_eq!(after, before, "nothing staged or written");
     let (file, o) = sb.create(&a, "a.snap", &[]);
     o.ok();
     let into = sb.path("restored");
@@ -331,11 +341,18 @@ fn a_non_empty_state_dir_is_refused() {
     assert_eq!(o.code, Some(2), "{o:#?}");
     assert!(o.stderr.contains("not empty") && o.stderr.contains("precious.txt"), "names what is there: {}", o.stderr);
     assert_eq!(sb.tree(), before);
-    // An empty dir is fine, and made private.
+    // An empty dir is fine, and made private; `-` reads the archive from stdin.
     std::fs::remove_file(into.join("precious.txt")).unwrap();
     std::fs::set_permissions(&into, std::fs::Permissions::from_mode(0o755)).unwrap();
-    sb.restore(&file, &into, &["--adopt"]).ok();
+    let o = sb
+        .cmd(&into, free_addr())
+        .args(["snapshot", "restore", "-", "--adopt"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::metadata(&into).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::read(into.join("kept/0123/data.txt")).unwrap(), b"kept data", "kept data dirs travel too");
     assert!(into.join("state.db").is_file());
 }
 
@@ -539,6 +556,11 @@ fn damaged_and_hostile_archives_are_refused_with_nothing_written() {
     craft(&e, &bad_file);
     assert_refused(&sb, &bad_file, "not an earlier directory entry", "a file below a symlink");
     assert!(!Path::new("/tmp/sysdeploy-snapshot-escaped").exists());
+    // A store that is not a database, with its right hash.
+    let mut e = entries.clone();
+    e.iter_mut().filter(|x| x.path == b"state.db").for_each(|x| x.data = b"not a database at all ".repeat(200));
+    craft(&e, &bad_file);
+    assert_refused(&sb, &bad_file, "state.db cannot be used", "a store that is not a database");
 }
 
 /// SIGKILL at `snapshot::restore::extracted` (verified, synced, not yet
@@ -588,9 +610,99 @@ fn offline_create_refuses_a_running_node_and_a_missing_store() {
     assert!(!sb.path("none").exists() && !sb.path("x.snap").exists());
     let a = sb.path("a");
     let node = Node::start(&sb, &a);
-    let o = sb.create(&a, "x.snap", &[]).1;
+    // Without --include-identity a running node is snapshotted through its
+    // api instead (tests/bootstrap.rs); the identity needs it stopped.
+    let o = sb.create(&a, "x.snap", &["--include-identity"]).1;
     assert_eq!(o.code, Some(2), "{o:#?}");
     assert!(o.stderr.contains("is running") && o.stderr.contains("stop it"), "{}", o.stderr);
     assert!(!sb.path("x.snap").exists());
     drop(node);
+}
+
+/// Artifacts compiled by another engine (another wasmtime, CPU or setting)
+/// are not restored: their records go, the next run recompiles, and the
+/// restored node converges as usual.
+#[test]
+fn artifacts_of_another_engine_are_dropped_and_recompiled() {
+    let sb = Sandbox::new();
+    let a = sb.converged("a");
+    let (file, o) = sb.create(&a, "a.snap", &[]);
+    o.ok();
+    let mut entries = read_entries(&file);
+    let mut header: Value = serde_json::from_slice(&entries[0].data).unwrap();
+    let real = header["engine_key"].as_str().unwrap().to_string();
+    let fake = "0123456789abcdef0123456789abcdef";
+    header["engine_key"] = json!(fake);
+    entries[0].data = serde_json::to_vec(&header).unwrap();
+    let db = sb.path("state.db.copy");
+    for e in entries.iter_mut() {
+        let p = String::from_utf8(e.path.clone()).unwrap();
+        if p.starts_with(&format!("cache/{real}")) {
+            e.path = p.replacen(&real, fake, 1).into_bytes();
+        }
+        if p == "state.db" {
+            std::fs::write(&db, &e.data).unwrap();
+            let n = rusqlite::Connection::open(&db).unwrap().execute("UPDATE rt_artifacts SET engine_key = ?1", [fake]).unwrap();
+            assert_eq!(n, 1, "the kv-store artifact is recorded");
+            e.data = std::fs::read(&db).unwrap();
+        }
+    }
+    let crafted = sb.path("other-engine.snap");
+    craft(&entries, &crafted);
+    let b = sb.path("b");
+    let o = sb.restore(&crafted, &b, &["--adopt"]).ok();
+    assert!(o.stdout.contains("artifacts: 1 compiled by another engine"), "{}", o.stdout);
+    assert!(!b.join("cache").join(fake).exists(), "foreign artifacts are not written");
+    let rows: i64 =
+        rusqlite::Connection::open(b.join("state.db")).unwrap().query_row("SELECT COUNT(*) FROM rt_artifacts", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0, "no record of an artifact that is not there");
+    let o = sb.run(&b, &["run", "--once"]).ok();
+    assert!(o.stderr.contains("compiled component"), "recompiled for this engine: {}", o.stderr);
+    assert_eq!(sb.json(&b, &["plan", "--json"])["no_changes"], true);
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM during a create or a restore ends it through
+/// its cleanup: no staging dir, no temp file, no archive, no state dir.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stop_signal_ends_create_and_restore_with_nothing_left_behind() {
+    let sb = Sandbox::new();
+    let a = sb.converged("a");
+    let (file, o) = sb.create(&a, "a.snap", &[]);
+    o.ok();
+    let before = sb.tree();
+    let stopped = |args: &[&str], state: &Path, point: &str, started: &dyn Fn() -> bool, sig: i32| {
+        let mut child = sb
+            .cmd(state, free_addr())
+            .args(args)
+            .env("FAILPOINTS", format!("{point}=sleep(10000)"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !started() {
+            assert!(t.elapsed() < PATIENCE && child.try_wait().unwrap().is_none(), "{args:?} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    };
+    let staging = || std::fs::read_dir(&a).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".snapshot-stage-"));
+    let out = sb.path("b.snap");
+    stopped(&["snapshot", "create", out.to_str().unwrap()], &a, "snapshot::create::staged", &staging, libc::SIGINT);
+    let mut after = sb.tree();
+    after.insert("a/lock".into());
+    assert_eq!(after, before, "a stopped create leaves nothing (the lock file's pid aside)");
+
+    let into = sb.path("restored");
+    let temp = || sb.tree().iter().any(|p| p.starts_with("restored.restore-"));
+    stopped(&["snapshot", "restore", file.to_str().unwrap(), "--adopt"], &into, "snapshot::restore::extracted", &temp, libc::SIGTERM);
+    let mut after = sb.tree();
+    after.insert("a/lock".into());
+    assert_eq!(after, before, "a stopped restore leaves nothing");
 }

@@ -387,12 +387,19 @@ fn plan_service_main(s: &DesiredService, current: &Index, host: &PeerId, sigs: O
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
-    let restore = |id: &ServiceId| format!("; restore data kept from service {id}");
+    let restore = |id: &ServiceId| {
+        let from = current.kept.get(id).and_then(|k| super::migrate::from_version(&k.version, &s.version, sigs));
+        format!("; restore data kept from service {id}{}", from.map(|v| format!("; migrate from {v}")).unwrap_or_default())
+    };
     let install = |reason: String| Step::Install {
         alias: s.alias.clone(),
         package: s.package.clone(),
         blueprint_id: s.blueprint_id,
-        reason: format!("{reason}{}{}", s.restore_data_from.as_ref().map(restore).unwrap_or_default(), init_note(s, false)),
+        reason: format!(
+            "{reason}{}{}",
+            s.restore_data_from.as_ref().map(restore).unwrap_or_default(),
+            init_note(s, s.restore_data_from.is_some())
+        ),
     };
     let bound = current.aliases.get(&s.alias);
     let Some(d) = current.deployed.get(&s.alias) else {
@@ -432,10 +439,12 @@ fn plan_service_main(s: &DesiredService, current: &Index, host: &PeerId, sigs: O
         None => Some(d.version.as_str()),
     };
     let migrate_from = data_version.filter(|_| carried).and_then(|v| super::migrate::from_version(v, &s.version, sigs)).map(str::to_string);
-    let mut data_note = s.restore_data_from.as_ref().map(restore).unwrap_or_default();
-    if let Some(v) = &migrate_from {
-        data_note.push_str(&format!("; migrate from {v}"));
-    }
+    // (`restore` names the migration of restored data itself.)
+    let data_note = match (&s.restore_data_from, &migrate_from) {
+        (Some(id), _) => restore(id),
+        (None, Some(v)) => format!("; migrate from {v}"),
+        (None, None) => String::new(),
+    };
     let replace = |reason: String| Step::Replace {
         alias: s.alias.clone(),
         package: s.package.clone(),

@@ -44,7 +44,7 @@ pub fn write(staged: &Path, out: &mut dyn Write, progress: &mut dyn Progress) ->
     walk(staged, &mut |item| {
         match item {
             Item::Skip(why) => skipped.push(why),
-            Item::Entry(e, _) => entries.push(e),
+            Item::Entry(e, ..) => entries.push(e),
         }
         Ok(())
     })?;
@@ -60,16 +60,16 @@ pub fn write(staged: &Path, out: &mut dyn Write, progress: &mut dyn Progress) ->
     // Second pass: stream, hashing each file as it is read.
     let mut written = Vec::with_capacity(entries.len());
     let r = walk(staged, &mut |item| {
-        let Item::Entry(mut e, file) = item else { return Ok(()) };
+        let Item::Entry(mut e, file, mtime) = item else { return Ok(()) };
         let mut h = tar::Header::new_gnu();
         h.set_mode(e.mode);
         h.set_uid(0);
         h.set_gid(0);
+        h.set_mtime(mtime.max(0) as u64);
         match e.kind {
             EntryKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                h.set_mtime(file.map_or(0, |(_, m)| m).max(0) as u64);
                 tar.append_data(&mut h, &e.path, io::empty())?;
             }
             EntryKind::Symlink => {
@@ -78,10 +78,9 @@ pub fn write(staged: &Path, out: &mut dyn Write, progress: &mut dyn Progress) ->
                 tar.append_link(&mut h, &e.path, e.target.as_deref().unwrap_or_default())?;
             }
             EntryKind::File => {
-                let (file, mtime) = file.expect("files come with their fd");
+                let file = file.expect("files come with their fd");
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(e.size);
-                h.set_mtime(mtime.max(0) as u64);
                 let mut r = HashRead { inner: (&file).take(e.size), hasher: blake3::Hasher::new(), n: 0, progress: &mut *progress };
                 tar.append_data(&mut h, &e.path, &mut r)?;
                 if r.n != e.size {
@@ -148,6 +147,7 @@ pub fn write_file(staged: &Path, file: &Path, progress: &mut dyn Progress) -> Re
         w.flush().map_err(SnapshotError::io("write", &tmp))?;
         drop(w);
         f.sync_all().map_err(SnapshotError::io("sync", &tmp))?;
+        super::check_interrupted().map_err(SnapshotError::io("write", file))?;
         fs::rename(&tmp, file).map_err(SnapshotError::io("rename into place", file))?;
         fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(SnapshotError::io("sync", &dir))?;
         Ok(summary)
@@ -186,10 +186,10 @@ fn append_json<W: Write>(tar: &mut tar::Builder<W>, name: &str, value: &impl ser
     tar.append_data(&mut h, name, &bytes[..]).map_err(write_err)
 }
 
-/// One thing the walk met: an entry to archive (files with their open fd
-/// and mtime, hash not yet known), or something left out and why.
+/// One thing the walk met: an entry to archive (files with their open fd;
+/// the hash not yet known) with its mtime, or something left out and why.
 enum Item {
-    Entry(Entry, Option<(fs::File, i64)>),
+    Entry(Entry, Option<fs::File>, i64),
     Skip(String),
 }
 
@@ -219,7 +219,7 @@ fn walk(staged: &Path, f: &mut dyn FnMut(Item) -> io::Result<()>) -> Result<(), 
                     blake3: None,
                     target: None,
                 };
-                f(Item::Entry(e, Some((file, m.mtime())))).map_err(write_err)?;
+                f(Item::Entry(e, Some(file), m.mtime())).map_err(write_err)?;
             }
             PartKind::Dir => {
                 if !meta.is_dir() {
@@ -228,7 +228,7 @@ fn walk(staged: &Path, f: &mut dyn FnMut(Item) -> io::Result<()>) -> Result<(), 
                 }
                 let e =
                     Entry { path: name.to_string(), kind: EntryKind::Dir, mode: meta.mode() & 0o7777, size: 0, blake3: None, target: None };
-                f(Item::Entry(e, None)).map_err(write_err)?;
+                f(Item::Entry(e, None, meta.mtime())).map_err(write_err)?;
                 crate::tree::visit(&p, &mut |found| f(item(name, found)))?;
             }
         }
@@ -246,12 +246,12 @@ fn item(part: &str, found: Found<'_>) -> Item {
     };
     let entry = |path, kind, mode, size, target| Entry { path, kind, mode, size, blake3: None, target };
     match found {
-        Found::Dir { path, mode, .. } => match rel(path) {
-            Ok(p) => Item::Entry(entry(p, EntryKind::Dir, mode, 0, None), None),
+        Found::Dir { path, mode, mtime } => match rel(path) {
+            Ok(p) => Item::Entry(entry(p, EntryKind::Dir, mode, 0, None), None, mtime),
             Err(skip) => skip,
         },
         Found::File { path, file, mode, size, mtime } => match rel(path) {
-            Ok(p) => Item::Entry(entry(p, EntryKind::File, mode, size, None), Some((file, mtime))),
+            Ok(p) => Item::Entry(entry(p, EntryKind::File, mode, size, None), Some(file), mtime),
             Err(skip) => skip,
         },
         Found::Symlink { path, target } => {
@@ -268,7 +268,7 @@ fn item(part: &str, found: Found<'_>) -> Item {
             if super::link_escapes(Path::new(&p), Path::new(t)) {
                 return Item::Skip(format!("{p}: a symlink to {t:?}, outside the state directory (never followed)"));
             }
-            Item::Entry(entry(p, EntryKind::Symlink, 0o777, 0, Some(t.to_string())), None)
+            Item::Entry(entry(p, EntryKind::Symlink, 0o777, 0, Some(t.to_string())), None, 0)
         }
         Found::Other { path, kind } => Item::Skip(format!("{}/{}: a {kind} (never opened)", part, path.display())),
     }
@@ -303,6 +303,7 @@ struct HashRead<'p, R> {
 
 impl<R: Read> Read for HashRead<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        super::check_interrupted()?;
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.n += n as u64;

@@ -19,6 +19,8 @@
 //! flipped byte anywhere is refused.
 
 pub mod archive;
+pub mod bootstrap;
+pub mod online;
 pub mod progress;
 pub mod restore;
 pub mod stage;
@@ -129,6 +131,9 @@ pub enum SnapshotError {
     /// The state directory cannot be used (locked, damaged identity). Exit 3.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// A node runs on the state directory (an offline snapshot needs it stopped). Exit 3.
+    #[error("{0}")]
+    NodeRunning(String),
     /// The store cannot be used. Exit 3.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -150,7 +155,7 @@ impl SnapshotError {
     pub fn exit(&self) -> Exit {
         match self {
             SnapshotError::BadArchive { .. } | SnapshotError::Refused(_) => Exit::Invalid,
-            SnapshotError::State(_) | SnapshotError::Store(_) => Exit::StoreUnusable,
+            SnapshotError::State(_) | SnapshotError::Store(_) | SnapshotError::NodeRunning(_) => Exit::StoreUnusable,
             SnapshotError::Tree(_) | SnapshotError::Io { .. } | SnapshotError::Other(_) => Exit::DeployFailed,
         }
     }
@@ -163,23 +168,21 @@ impl SnapshotError {
 /// Why an archive path is unacceptable, or `None`: relative, only normal
 /// components, under one of [`PARTS`] of the right kind.
 pub fn check_path(path: &str, kind: EntryKind) -> Option<String> {
-    let p = Path::new(path);
-    if path.is_empty() || p.is_absolute() {
+    if path.is_empty() || path.starts_with('/') {
         return Some("an absolute or empty path".into());
     }
-    let mut parts = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => parts.push(n),
-            Component::ParentDir => return Some("a path with `..`".into()),
-            Component::CurDir => return Some("a path with `.`".into()),
-            Component::RootDir | Component::Prefix(_) => return Some("an absolute path".into()),
+    // Split by hand: `Path::components` silently drops inner `.` segments.
+    let parts: Vec<&str> = path.split('/').collect();
+    for p in &parts {
+        match *p {
+            ".." => return Some("a path with `..`".into()),
+            "." => return Some("a path with `.`".into()),
+            "" => return Some("a path that is not in normal form".into()),
+            p if p.contains('\0') => return Some("a path with a NUL byte".into()),
+            _ => {}
         }
     }
-    if path.ends_with('/') || path.contains("//") {
-        return Some("a path that is not in normal form".into());
-    }
-    let top = parts[0].to_str().unwrap_or("");
+    let top = parts[0];
     let Some((_, part)) = PARTS.iter().find(|(n, _)| *n == top) else {
         return Some(format!(
             "a path outside the parts of a state directory ({})",
@@ -226,6 +229,32 @@ pub fn link_escapes(link: &Path, target: &Path) -> bool {
     false
 }
 
+/// Set by SIGINT/SIGTERM/SIGHUP while a snapshot command runs
+/// ([`stop_on_signals`]); long loops check it with [`check_interrupted`] so
+/// the command ends through its normal cleanup (temp files and dirs removed).
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP end a snapshot command cleanly instead
+/// of killing it mid-write (only the CLI calls this; a node has its own).
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// An error once a stop signal arrived.
+pub fn check_interrupted() -> std::io::Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other("interrupted by a signal"));
+    }
+    Ok(())
+}
+
 /// Unix seconds now.
 pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -248,11 +277,19 @@ pub fn mib(bytes: u64) -> String {
 pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Result<Exit, SnapshotError> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    stop_on_signals();
     if let Some(n) = crate::state::running_node(state_dir) {
         let pid = n.pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
-        return Err(SnapshotError::Refused(format!(
+        return Err(SnapshotError::NodeRunning(format!(
             "a node is running on state directory {} ({pid}); an offline snapshot needs it stopped: stop it and run this again",
             state_dir.display()
+        )));
+    }
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(SnapshotError::Refused(format!(
+            "{} does not exist: create it first, or write the snapshot elsewhere",
+            parent.display()
         )));
     }
     let started = std::time::Instant::now();
@@ -293,6 +330,7 @@ pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Resu
 pub fn cli_restore(file: &Path, state_dir: &Path, adopt: bool) -> Result<Exit, SnapshotError> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    stop_on_signals();
     let opts = restore::RestoreOptions { adopt };
     let mut progress = progress::stderr("snapshot restore");
     let r = if file == Path::new("-") {
