@@ -685,3 +685,31 @@ fn a_client_that_goes_away_ends_the_snapshot_and_frees_the_slot() {
     let archive = node.snapshot(&token);
     assert!(archive.len() > 20 << 20, "{} bytes", archive.len());
 }
+
+/// A node killed while it stages a snapshot leaves the staged tree (a copy
+/// of the services' data); the next boot removes it.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_node_killed_while_staging_a_snapshot_removes_the_staged_tree_at_its_next_boot() {
+    let a = Sandbox::new();
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=sleep(600000)")]);
+    node.wait_ready();
+    let token = a.token();
+    assert!(node.put(&token, "k", "v"));
+    let addr = node.addr;
+    let t = token.clone();
+    std::thread::spawn(move || try_http(addr, "GET", "/v1/snapshot", Some(&t), None));
+    node.wait_log("snapshot: calls held while the service's data is copied");
+    node.child.kill().unwrap();
+    node.wait_exit();
+    let staging = || {
+        std::fs::read_dir(a.state())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".snapshot-stage-"))
+            .count()
+    };
+    assert_eq!(staging(), 1, "the killed snapshot left its staged tree");
+    let node = Node::ready(&a, &[]);
+    assert_eq!(staging(), 0, "the boot removed it");
+    assert_eq!(node.get(&token, "k"), json!("v"));
+}

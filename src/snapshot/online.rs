@@ -277,6 +277,15 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// At boot, with the state-dir lock held: removes staged trees a snapshot
+/// left when the node was killed while taking it (they hold a copy of every
+/// service's data). A failure is logged; the next snapshot tries again.
+pub fn remove_leftovers(state_dir: &Path) {
+    if let Err(e) = stage::remove_leftovers(state_dir) {
+        tracing::warn!("removing what an interrupted snapshot left in {}: {e}; the next snapshot tries again", state_dir.display());
+    }
+}
+
 /// Copies the store at `src` to a new single file `dst` in one backup step
 /// (one read transaction: the store as of one instant; no `-wal` left);
 /// returns its schema version.
