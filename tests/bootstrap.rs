@@ -528,7 +528,14 @@ fn a_bad_token_is_refused_and_nothing_is_written() {
 #[test]
 fn one_snapshot_at_a_time_and_never_the_identity() {
     let a = Sandbox::new();
-    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::staging=1*sleep(3000)")]);
+    let failpoints = "deploy::install::created=1*sleep(3000);snapshot::online::staging=1*sleep(3000)";
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", failpoints)]);
+    // While the first deployment runs there is nothing consistent to take.
+    eventually("the api answers while the node deploys", || {
+        try_http(node.addr, "GET", "/health", None, None).is_some_and(|r| r.status == 503 && r.body.contains("deploying"))
+    });
+    let r = http(node.addr, "GET", "/v1/snapshot", Some(&a.token()), None);
+    assert_eq!((r.status, r.error_code()), (503, "booting".to_string()), "{}", r.body);
     node.wait_ready();
     let token = a.token();
     let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), Some(b"{\"include_identity\": true}".to_vec()));
