@@ -720,3 +720,35 @@ fn a_node_killed_while_staging_a_snapshot_removes_the_staged_tree_at_its_next_bo
     assert_eq!(staging(), 0, "the boot removed it");
     assert_eq!(node.get(&token, "k"), json!("v"));
 }
+
+/// `snapshot create FILE` through a node that dies mid-stream exits non-zero
+/// and leaves neither FILE nor its temp file.
+#[cfg(feature = "failpoints")]
+#[test]
+fn snapshot_create_through_a_node_that_dies_mid_stream_leaves_no_file() {
+    let a = Sandbox::new();
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::streaming=sleep(600000)")]);
+    node.wait_ready();
+    let file = a.dir.path().join("cut.snapshot");
+    let create = a
+        .cmd(free_addr())
+        .args(["snapshot", "create", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    node.wait_log("snapshot: streaming the archive");
+    node.child.kill().unwrap();
+    node.wait_exit();
+    let o = create.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/v1/snapshots"), "the error names what was fetched: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(a.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cut.snapshot"))
+        .collect();
+    assert!(left.is_empty(), "nothing left under the file's name or a temp name: {left:?}");
+}

@@ -258,6 +258,11 @@ impl ChannelWriter {
             self.gone = true;
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"));
         }
+        if self.sent == 0 {
+            tracing::info!("snapshot: streaming the archive");
+            // Tests stop a stream here, after its first chunk.
+            fail::fail_point!("snapshot::online::streaming");
+        }
         self.sent += n;
         Ok(())
     }
