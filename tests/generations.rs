@@ -346,3 +346,48 @@ fn a_node_killed_during_the_rollback_deployment_converges_to_the_pin_at_next_boo
     let gens = env.generations();
     assert_eq!(gens[0]["packages"][KV]["pinned"], json!(1), "{gens:#?}");
 }
+
+/// The whole upgrade story across generations and kept data, on a
+/// running node with `snapshot_before_replace`: v1 → v2 carries the data
+/// forward; `rollback` serves v1 with the data written since; `unpin` serves
+/// v2 again; `rollback --to 1 --restore-data` serves v1 with the data as it
+/// was before the upgrade (what v2 wrote is gone from the serving service);
+/// a final `unpin` carries the restored data forward into v2. (Generation 1
+/// is the fifth back when it is asked for, hence `keep_generations = 5`.)
+#[test]
+fn rollback_with_restore_data_brings_back_the_pre_upgrade_data() {
+    let env = Env::new("[system_services]\nsnapshot_before_replace = true\nkeep_generations = 5\n");
+    env.release("v1", "1.0.0", "");
+    let node = env.start(&[]);
+    env.call("put", json!(["k", "before the upgrade"]));
+    env.stop(node);
+
+    env.release("v2", "2.0.0", "");
+    let node = env.start(&[]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "the upgrade carries the data forward");
+    env.call("put", json!(["k", "after the upgrade"]));
+    env.call("put", json!(["v2-only", "yes"]));
+
+    env.ok(&["rollback"]);
+    assert_eq!(env.call("version", json!([])), json!(1));
+    assert_eq!(env.call("get", json!(["k"])), json!("after the upgrade"), "a plain rollback keeps the data written since");
+
+    env.ok(&["unpin"]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("after the upgrade"));
+
+    let plan_before = env.ok(&["plan"]);
+    let out = env.ok(&["rollback", "--to", "1", "--restore-data"]);
+    assert!(out.contains("restoring its kept data"), "{out}\n(plan before: {plan_before})");
+    assert_eq!(env.call("version", json!([])), json!(1));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "--restore-data brings back the data kept at the upgrade");
+    assert_eq!(env.call("get", json!(["v2-only"])), json!(null), "what was written after the upgrade is not in the restored data");
+    let plan = env.json(&["plan", "--json"]);
+    assert_eq!(plan["no_changes"], json!(true), "the restore converged: {plan:#}");
+
+    env.ok(&["unpin"]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "unpin carries the restored data forward");
+    env.stop(node);
+}
