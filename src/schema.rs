@@ -44,6 +44,6 @@ mod tests {
     #[test]
     fn migration_names_are_in_shipping_order() {
         let names: Vec<&str> = super::SCHEMA.iter().flat_map(|l| l.iter().map(|m| m.name)).collect();
-        assert_eq!(names, ["001-meta", "002-runtime", "003-deploy", "spell-001-spells", "deploy-kept-001"]);
+        assert_eq!(names, ["001-meta", "002-runtime", "003-deploy", "spell-001-spells", "deploy-kept-001", "deploy-kept-002-restores"]);
     }
 }

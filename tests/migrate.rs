@@ -466,11 +466,25 @@ async fn replaced_data_is_kept_restored_and_retained() {
         let (_, again) = plan_of(&d, want.clone()).await;
         assert!(again.unwrap().is_noop(), "a restored deployment converges");
 
+        // A later replace under the same request carries the data the
+        // service has now: the restore happened once.
+        o.call("put", json!(["k", "written after the restore"])).await;
+        let (want, p) = plan_of(&d, desired(vec![service("v2", "1.0.0", Some(v1_id.clone()))])).await;
+        let p = p.unwrap();
+        let reason = p.changes().next().unwrap().reason().unwrap().to_string();
+        assert!(!reason.contains("restore"), "{reason}");
+        d.prepare(&want, Arc::new(Builds)).await.unwrap();
+        assert_eq!(d.apply(&want, &p).await.outcome, Outcome::Ok);
+        assert_eq!(o.call("get", json!(["k"])).await, json!("written after the restore"), "the data was restored twice");
+
         // An install may start from kept data too (the package was removed
-        // in between), migrating it from the kept data's version.
+        // in between, which ends the request: the restore happens again),
+        // migrating it from the kept data's version.
+        assert_eq!(sysdeploy::deploy::kept::restored(&o.store).unwrap().get(&Alias::new(KV).unwrap()), Some(&v1_id));
         let (none, p) = plan_of(&d, desired(vec![])).await;
         assert_eq!(d.apply(&none, &p.unwrap()).await.outcome, Outcome::Ok);
         assert!(o.runtime.alias(&Alias::new(KV).unwrap()).is_none());
+        assert!(sysdeploy::deploy::kept::restored(&o.store).unwrap().is_empty(), "the request ended with the removal");
         let (want, p) = plan_of(&d, desired(vec![service("migrate", "3.0.0", Some(v1_id.clone()))])).await;
         let p = p.unwrap();
         let step = p.changes().next().unwrap();

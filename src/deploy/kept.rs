@@ -14,7 +14,7 @@
 //! only looks at `services/`, never sees `kept/`.
 
 use super::executor::{Deployer, StepFailure};
-use super::model::{Deployed, DeployedKind, KeptData};
+use super::model::{Deployed, DeployedKind, Desired, DesiredService, KeptData};
 use super::steps::fail;
 use crate::ids::{Alias, BlueprintId, PackageName, ServiceId};
 use crate::runtime::AliasTarget;
@@ -24,8 +24,24 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The kept-data migration, handed to the store (`crate::schema`).
-pub const MIGRATIONS: &[crate::store::migrations::Migration] =
-    &[crate::store::migrations::Migration { name: "deploy-kept-001", sql: MIGRATION_SQL }];
+pub const MIGRATIONS: &[crate::store::migrations::Migration] = &[
+    crate::store::migrations::Migration { name: "deploy-kept-001", sql: MIGRATION_SQL },
+    crate::store::migrations::Migration { name: "deploy-kept-002-restores", sql: RESTORES_SQL },
+];
+
+/// Which kept dir each alias was last restored from while its desired state
+/// asks for it: a restore happens once per request, so a later replace under
+/// the same request (a config change, a changed limit) carries the data the
+/// service has now instead of restoring the old data again. Cleared when the
+/// desired state stops asking (`unpin`), so a later rollback to the same
+/// data restores it again.
+const RESTORES_SQL: &str = "
+CREATE TABLE deploy_kept_restores (
+    alias           TEXT PRIMARY KEY,
+    kept_service_id TEXT NOT NULL,
+    restored_at     INTEGER NOT NULL  -- unix seconds
+) STRICT;
+";
 
 const MIGRATION_SQL: &str = "
 CREATE TABLE deploy_kept_data (
@@ -50,9 +66,7 @@ pub fn path(state_dir: &Path, id: &ServiceId) -> PathBuf {
 /// the table (read-only `plan` on an older state dir) has none.
 pub fn list(store: &Store) -> rusqlite::Result<Vec<Kept>> {
     let conn = store.lock();
-    let exists: Option<String> =
-        conn.query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'deploy_kept_data'", [], |r| r.get(0)).optional()?;
-    if exists.is_none() {
+    if !has_table(&conn, "deploy_kept_data")? {
         return Ok(Vec::new());
     }
     let mut stmt =
@@ -95,6 +109,57 @@ pub fn by_id(store: &Store) -> rusqlite::Result<BTreeMap<ServiceId, Kept>> {
     Ok(list(store)?.into_iter().map(|k| (k.service_id.clone(), k)).collect())
 }
 
+fn has_table(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [name], |_| Ok(())).optional().map(|o| o.is_some())
+}
+
+/// Per alias, the kept dir it was last restored from (see `RESTORES_SQL`).
+pub fn restored(store: &Store) -> rusqlite::Result<BTreeMap<Alias, ServiceId>> {
+    let conn = store.lock();
+    if !has_table(&conn, "deploy_kept_restores")? {
+        return Ok(BTreeMap::new());
+    }
+    let mut stmt = conn.prepare("SELECT alias, kept_service_id FROM deploy_kept_restores")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (alias, id) = row?;
+        // A row this binary cannot read restores nothing again.
+        if let (Ok(a), Ok(i)) = (Alias::new(&alias), ServiceId::try_from(id)) {
+            out.insert(a, i);
+        }
+    }
+    Ok(out)
+}
+
+/// The kept dir a replace or install of `s` starts from: `restore_data_from`,
+/// unless that restore already happened (`restored` names it for the alias).
+pub fn pending_restore<'a>(s: &'a DesiredService, restored: &BTreeMap<Alias, ServiceId>) -> Option<&'a ServiceId> {
+    s.restore_data_from.as_ref().filter(|k| restored.get(&s.alias) != Some(*k))
+}
+
+/// Records that `alias` now runs on data restored from kept dir `id`.
+pub(super) fn mark_restored(store: &Store, alias: &Alias, id: &ServiceId) -> rusqlite::Result<()> {
+    store.lock().execute(
+        "INSERT INTO deploy_kept_restores(alias, kept_service_id, restored_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(alias) DO UPDATE SET kept_service_id = excluded.kept_service_id, restored_at = excluded.restored_at",
+        params![alias.as_str(), id.as_str(), crate::runtime::records::now_secs()],
+    )?;
+    Ok(())
+}
+
+/// At the end of a deployment: the marks of aliases the desired state no
+/// longer asks to restore (unpinned, removed) go; nothing is written when
+/// there are none.
+pub(super) fn clear_restored(store: &Store, desired: &Desired) -> rusqlite::Result<()> {
+    let asked: std::collections::BTreeSet<&Alias> =
+        desired.packages.iter().flat_map(|p| &p.services).filter(|s| s.restore_data_from.is_some()).map(|s| &s.alias).collect();
+    for alias in restored(store)?.keys().filter(|a| !asked.contains(a)) {
+        store.lock().execute("DELETE FROM deploy_kept_restores WHERE alias = ?1", [alias.as_str()])?;
+    }
+    Ok(())
+}
+
 fn record(store: &Store, k: &Kept) -> rusqlite::Result<()> {
     store.lock().execute(
         "INSERT INTO deploy_kept_data(service_id, alias, package, version, blueprint_id, kept_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -130,6 +195,23 @@ impl Deployer {
     fn state_dir(&self) -> PathBuf {
         let probe = self.runtime.data_dir(&ServiceId::random());
         probe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// The kept dir a replace or install of `s` starts from now (`pending_restore`).
+    pub(super) fn pending_restore(&self, s: &DesiredService) -> Result<Option<ServiceId>, StepFailure> {
+        let marks = restored(self.journal.store()).map_err(fail)?;
+        Ok(pending_restore(s, &marks).cloned())
+    }
+
+    /// After an install of `s` is bound: the restore it did is done.
+    pub(super) fn restore_done(&self, s: &DesiredService) {
+        let r = self.pending_restore(s).and_then(|k| match k {
+            Some(k) => mark_restored(self.journal.store(), &s.alias, &k).map_err(fail),
+            None => Ok(()),
+        });
+        if let Err(f) = r {
+            tracing::warn!(alias = %s.alias, "recording the restore: {}", f.message);
+        }
     }
 
     /// Where the data of replaced service `id` is kept on this node.
