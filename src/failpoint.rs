@@ -45,6 +45,11 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("runtime::cache::artifact-written", "cache-write"),
     ("runtime::gc::blueprint-removed", "gc"),
     ("runtime::gc::component-files-removed", "gc"),
+    // After a generation is recorded, before GC and the report (issue 17).
+    ("deploy::generation::recorded", "gc"),
+    // Not deployment steps: the crash matrix skips these; tests/snapshot.rs kills them.
+    ("snapshot::create::staged", "snapshot"),
+    ("snapshot::restore::extracted", "snapshot"),
 ];
 
 /// An in-process record of the order of durability-relevant events (data

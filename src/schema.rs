@@ -14,6 +14,8 @@ pub const SCHEMA: &[&[Migration]] = &[
     crate::deploy::journal::MIGRATIONS,
     crate::spell::MIGRATIONS,
     crate::deploy::kept::MIGRATIONS,
+    crate::deploy::generations::MIGRATIONS,
+    crate::deploy::kept::RESTORES_MIGRATIONS,
 ];
 
 /// How many migrations this binary knows.
@@ -44,6 +46,17 @@ mod tests {
     #[test]
     fn migration_names_are_in_shipping_order() {
         let names: Vec<&str> = super::SCHEMA.iter().flat_map(|l| l.iter().map(|m| m.name)).collect();
-        assert_eq!(names, ["001-meta", "002-runtime", "003-deploy", "spell-001-spells", "deploy-kept-001", "deploy-kept-002-restores"]);
+        assert_eq!(
+            names,
+            [
+                "001-meta",
+                "002-runtime",
+                "003-deploy",
+                "spell-001-spells",
+                "deploy-kept-001",
+                "gen-001-generations",
+                "deploy-kept-002-restores"
+            ]
+        );
     }
 }

@@ -52,6 +52,12 @@ pub struct Usage {
 /// Copies the tree at `src` into `dst` (created if absent; existing entries
 /// of the same name are replaced). Safe while a guest rewrites `src`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
+    copy_tree_reporting(src, dst).map(|_| ())
+}
+
+/// [`copy_tree`], returning what was not copied: each FIFO, socket or
+/// device, by its path relative to `src` and its kind.
+pub fn copy_tree_reporting(src: &Path, dst: &Path) -> Result<Vec<(PathBuf, &'static str)>, TreeError> {
     // `dst` is the host's own path (a new service's data dir), not the guest's.
     std::fs::create_dir_all(dst).map_err(|e| io_err(dst, "creating", String::new(), e))?;
     let root = open_dir(CWD, dst).map_err(|e| io_err(dst, "opening", String::new(), e))?;
@@ -62,10 +68,11 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
         here: 0,
         links: HashMap::new(),
         root_fd: root,
+        skipped: Vec::new(),
     };
     match walk(src, &mut copy) {
-        Err(TreeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && !src.exists() => Ok(()),
-        r => r,
+        Err(TreeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && !src.exists() => Ok(Vec::new()),
+        r => r.map(|()| copy.skipped),
     }
 }
 
@@ -208,6 +215,116 @@ pub fn usage(path: &Path) -> Result<Usage, TreeError> {
     Ok(c.usage)
 }
 
+/// One entry met by [`visit`], named by its path relative to the walk's root
+/// (never the root itself). A directory is met before its entries.
+#[derive(Debug)]
+pub enum Found<'a> {
+    Dir {
+        path: &'a Path,
+        mode: u32,
+        mtime: i64,
+    },
+    /// `file` is the entry itself, opened without following; `size` is its
+    /// length when opened (read at most that much: a guest may append).
+    File {
+        path: &'a Path,
+        file: std::fs::File,
+        mode: u32,
+        size: u64,
+        mtime: i64,
+    },
+    /// The link's target as stored; never followed.
+    Symlink {
+        path: &'a Path,
+        target: &'a OsStr,
+    },
+    /// A FIFO, socket or device: never opened. `kind` names it.
+    Other {
+        path: &'a Path,
+        kind: &'static str,
+    },
+}
+
+/// Walks the tree at `root` read-only with the same safety as the rest of
+/// this module (fd-relative, `O_NOFOLLOW`, checked `..`), handing each entry
+/// to `f`. An error from `f` stops the walk and is returned as the walk's.
+pub fn visit(root: &Path, f: &mut dyn FnMut(Found<'_>) -> std::io::Result<()>) -> Result<(), TreeError> {
+    struct Visitor<'f> {
+        path: PathBuf,
+        f: &'f mut dyn FnMut(Found<'_>) -> std::io::Result<()>,
+        /// The callback's own error, kept whole (the walk only carries an errno).
+        failed: Option<std::io::Error>,
+    }
+    impl Visitor<'_> {
+        /// The callback's result; its error is kept whole, the walk gets its errno.
+        fn done(&mut self, r: std::io::Result<()>) -> rustix::io::Result<()> {
+            r.map_err(|e| {
+                let errno = e.raw_os_error().map(Errno::from_raw_os_error).unwrap_or(Errno::IO);
+                self.failed = Some(e);
+                errno
+            })
+        }
+    }
+    fn child(v: &mut Visitor<'_>, name: &CStr) {
+        v.path.push(OsStr::from_bytes(name.to_bytes()));
+    }
+    impl Visit for Visitor<'_> {
+        fn enter(&mut self, name: &CStr, st: &Stat) -> rustix::io::Result<()> {
+            child(self, name);
+            let (mode, mtime) = (st.st_mode & 0o7777, st.st_mtime as i64);
+            let r = (self.f)(Found::Dir { path: &self.path, mode, mtime });
+            self.done(r)
+        }
+        fn leave(&mut self, _: BorrowedFd<'_>, _: &Stat, root: bool) -> Result<(), Up> {
+            if !root {
+                self.path.pop();
+            }
+            Ok(())
+        }
+        fn file(&mut self, name: &CStr, fd: OwnedFd, st: &Stat) -> rustix::io::Result<()> {
+            child(self, name);
+            let (mode, size, mtime) = (st.st_mode & 0o7777, st.st_size as u64, st.st_mtime as i64);
+            let r = (self.f)(Found::File { path: &self.path, file: std::fs::File::from(fd), mode, size, mtime });
+            let r = self.done(r);
+            self.path.pop();
+            r
+        }
+        fn symlink(&mut self, name: &CStr, target: &CStr, _: &Stat) -> rustix::io::Result<()> {
+            child(self, name);
+            let target = OsStr::from_bytes(target.to_bytes());
+            let r = (self.f)(Found::Symlink { path: &self.path, target });
+            let r = self.done(r);
+            self.path.pop();
+            r
+        }
+        fn other(&mut self, name: &CStr, kind: FileType) -> rustix::io::Result<()> {
+            child(self, name);
+            let kind = kind_name(kind);
+            let r = (self.f)(Found::Other { path: &self.path, kind });
+            let r = self.done(r);
+            self.path.pop();
+            r
+        }
+    }
+    let mut v = Visitor { path: PathBuf::new(), f, failed: None };
+    let walked = walk(root, &mut v);
+    match v.failed {
+        Some(e) => Err(TreeError::Io { root: root.into(), at: String::new(), op: "visiting", source: e }),
+        None => walked,
+    }
+}
+
+/// What a FIFO, socket or device is called in messages.
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        _ => "special file",
+    }
+}
+
 /// What a walk does with what it finds. Names are single components of the
 /// directory the walk is in; `enter`/`leave` bracket a subdirectory.
 trait Visit {
@@ -222,6 +339,10 @@ trait Visit {
         Ok(())
     }
     fn symlink(&mut self, _name: &CStr, _target: &CStr, _st: &Stat) -> rustix::io::Result<()> {
+        Ok(())
+    }
+    /// A FIFO, socket or device: never opened.
+    fn other(&mut self, _name: &CStr, _kind: FileType) -> rustix::io::Result<()> {
         Ok(())
     }
 }
@@ -264,7 +385,7 @@ enum Opened {
     File(OwnedFd, Stat),
     Symlink(CString, Stat),
     /// A FIFO, socket or device: never opened, never copied.
-    Other,
+    Other(FileType),
     /// Deleted between the listing and the open.
     Gone,
 }
@@ -297,7 +418,8 @@ fn walk(root: &Path, v: &mut impl Visit) -> Result<(), TreeError> {
                 }
                 Opened::File(fd, st) => v.file(&entry.name, fd, &st).map_err(|e| err(&names, "copying", e))?,
                 Opened::Symlink(target, st) => v.symlink(&entry.name, &target, &st).map_err(|e| err(&names, "copying symlink", e))?,
-                Opened::Other | Opened::Gone => {}
+                Opened::Other(kind) => v.other(&entry.name, kind).map_err(|e| err(&names, "visiting", e))?,
+                Opened::Gone => {}
             }
             names.pop();
             continue;
@@ -346,7 +468,7 @@ fn open_entry(dir: &OwnedFd, entry: &Entry) -> Result<Opened, Option<Errno>> {
                 (kind, ino) = (FileType::Unknown, None);
                 continue;
             }
-            _ => return Ok(Opened::Other),
+            other => return Ok(Opened::Other(other)),
         };
         match rustix::fs::openat(dir, entry.name.as_c_str(), flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
             Ok(fd) => {
@@ -381,11 +503,24 @@ struct Copier {
     /// Source inodes with more than one link → where their first copy is.
     links: HashMap<(u64, u64), (usize, CString)>,
     root_fd: OwnedFd,
+    /// FIFOs, sockets and devices met (never copied): path below the root, kind.
+    skipped: Vec<(PathBuf, &'static str)>,
 }
 
 impl Copier {
     fn dst(&self) -> BorrowedFd<'_> {
         self.dst.as_ref().unwrap_or(&self.root_fd).as_fd()
+    }
+
+    /// The path below the root of `name` in destination directory `index`.
+    fn path_of(&self, index: usize, name: &CStr) -> PathBuf {
+        let mut chain = vec![name];
+        let mut i = index;
+        while i != 0 {
+            chain.push(&self.dirs[i].1);
+            i = self.dirs[i].0;
+        }
+        chain.iter().rev().map(|n| OsStr::from_bytes(n.to_bytes())).collect()
     }
 
     /// Opens destination directory `index` by walking down from the root.
@@ -453,6 +588,11 @@ impl Visit for Copier {
         if st.st_nlink > 1 {
             self.links.insert(key, (self.here, name.to_owned()));
         }
+        Ok(())
+    }
+
+    fn other(&mut self, name: &CStr, kind: FileType) -> rustix::io::Result<()> {
+        self.skipped.push((self.path_of(self.here, name), kind_name(kind)));
         Ok(())
     }
 

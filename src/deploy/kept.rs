@@ -24,10 +24,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The kept-data migration, handed to the store (`crate::schema`).
-pub const MIGRATIONS: &[crate::store::migrations::Migration] = &[
-    crate::store::migrations::Migration { name: "deploy-kept-001", sql: MIGRATION_SQL },
-    crate::store::migrations::Migration { name: "deploy-kept-002-restores", sql: RESTORES_SQL },
-];
+pub const MIGRATIONS: &[crate::store::migrations::Migration] =
+    &[crate::store::migrations::Migration { name: "deploy-kept-001", sql: MIGRATION_SQL }];
+
+/// The restore marks' migration: its own layer, shipped after the
+/// generations' (`crate::schema` never reorders).
+pub const RESTORES_MIGRATIONS: &[crate::store::migrations::Migration] =
+    &[crate::store::migrations::Migration { name: "deploy-kept-002-restores", sql: RESTORES_SQL }];
 
 /// Which kept dir each alias was last restored from while its desired state
 /// asks for it: a restore happens once per request, so a later replace under

@@ -4,6 +4,7 @@ pub mod access;
 mod batch;
 pub mod desired;
 pub mod executor;
+pub mod generations;
 pub mod journal;
 pub mod kept;
 pub mod migrate;

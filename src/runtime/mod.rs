@@ -405,7 +405,17 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The artifact cache key (`cache/<key>`) of the engine this build makes:
+/// what a snapshot records so a restore knows whether its artifacts load here.
+pub fn current_engine_key() -> Result<String, RuntimeError> {
+    Ok(engine_key(&new_engine()?))
+}
+
 fn engine(_cfg: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+    new_engine()
+}
+
+fn new_engine() -> Result<Engine, RuntimeError> {
     let mut c = wasmtime::Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);

@@ -306,6 +306,11 @@ fixed = "never changes"
             args.extend(["--set".into(), "system_services.snapshot_before_replace=true".into()]);
         }
         args.extend([
+            // Only the newest generation's blueprints stay (issue 17): the
+            // converged-state check expects nothing but what is used, and
+            // older generations' retention is tests/generations.rs's.
+            "--set".into(),
+            "system_services.keep_generations=1".into(),
             "--set".into(),
             format!("system_services.kv_store.greeting={}", want.greeting),
             "--set".into(),
