@@ -336,6 +336,46 @@ fn migrate_is_private() {
 
 // ------------------------------------------------------------ kept data
 
+/// The whole procedure through the binary (gen's `rollback` and `unpin`):
+/// upgrade v1 → v2 keeping the old data, `rollback --restore-data` brings
+/// the pre-upgrade data back (once: the next boot changes nothing), `unpin`
+/// returns to v2 carrying the data forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restore_data_brings_the_pre_upgrade_data_back_and_unpin_returns_to_v2() {
+    let sb = Sandbox::new();
+    let snap = ["--set", "system_services.snapshot_before_replace=true"];
+    sb.converge("v1", &V1, &snap);
+    sb.open().call("put", json!(["k", "before the upgrade"])).await;
+    sb.converge("v2", &V2, &snap);
+    {
+        let o = sb.open();
+        assert_eq!(o.call("version", json!([])).await, json!(2));
+        o.call("put", json!(["k", "after the upgrade"])).await;
+    }
+    let release = sb.distros("v2", &V2);
+    for cmd in [&["rollback", "--restore-data"][..], &["run", "--once"][..]] {
+        let out = sb.run(cmd, &release, &snap);
+        assert_eq!(out.code, Some(0), "{cmd:?}: {out:?}");
+    }
+    {
+        let o = sb.open();
+        assert_eq!(o.call("version", json!([])).await, json!(1), "rolled back to v1");
+        assert_eq!(o.call("get", json!(["k"])).await, json!("before the upgrade"), "the pre-upgrade data is back");
+        o.call("put", json!(["k2", "written after the rollback"])).await;
+    }
+    let out = sb.run(&["run", "--once"], &release, &snap);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(sb.open().call("get", json!(["k2"])).await, json!("written after the rollback"), "the restore ran once");
+    for cmd in [&["unpin"][..], &["run", "--once"][..]] {
+        let out = sb.run(cmd, &release, &snap);
+        assert_eq!(out.code, Some(0), "{cmd:?}: {out:?}");
+    }
+    let o = sb.open();
+    assert_eq!(o.call("version", json!([])).await, json!(2), "unpin returns to v2");
+    assert_eq!(o.call("get", json!(["k"])).await, json!("before the upgrade"), "data moves forward");
+    assert_eq!(o.call("get", json!(["k2"])).await, json!("written after the rollback"));
+}
+
 /// The kv-store service of a committed build, as the executor wants it.
 fn service(build: &str, version: &str, restore: Option<ServiceId>) -> DesiredService {
     let hash = ComponentHash::of(&wasm(build));
