@@ -353,10 +353,25 @@ async fn rollback_restore_data_brings_the_pre_upgrade_data_back_and_unpin_return
         o.call("put", json!(["k", "after the upgrade"])).await;
     }
     let release = sb.distros("v2", &V2);
-    for cmd in [&["rollback", "--restore-data"][..], &["run", "--once"][..]] {
+    let out = sb.run(&["rollback", "--restore-data"], &release, &snap);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Without its kept dir the restore is refused before anything is touched.
+    let kept = names(&sb.root().join("kept"));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let v1_id = kept.iter().next().unwrap().clone();
+    let (dir, aside) = (sb.root().join("kept").join(&v1_id), sb.dir.path().join("aside"));
+    fs::rename(&dir, &aside).unwrap();
+    let before = state_tree(&sb.root());
+    for cmd in [&["plan"][..], &["run", "--once"][..]] {
         let out = sb.run(cmd, &release, &snap);
-        assert_eq!(out.code, Some(0), "{cmd:?}: {out:?}");
+        assert_eq!(out.code, Some(2), "{cmd:?}: {out:?}");
+        let want = format!("package kv-store, service kv-store: the data to restore was kept from service {v1_id}, but this node keeps no data of that service");
+        assert!(out.stderr.contains(&want), "{cmd:?}: {out:?}");
+        assert_eq!(state_tree(&sb.root()), before, "{cmd:?} changed the state dir");
     }
+    fs::rename(&aside, &dir).unwrap();
+    let out = sb.run(&["run", "--once"], &release, &snap);
+    assert_eq!(out.code, Some(0), "{out:?}");
     {
         let o = sb.open();
         assert_eq!(o.call("version", json!([])).await, json!(1), "rolled back to v1");

@@ -107,9 +107,16 @@ pub fn get(store: &Store, id: &ServiceId) -> rusqlite::Result<Option<Kept>> {
     Ok(list(store)?.into_iter().find(|k| k.service_id == *id))
 }
 
-/// Every kept data dir by service id, for the observed state.
+/// Every kept data dir by service id, for the observed state: those recorded
+/// whose dir is there (next to the store's file; an in-memory store has no
+/// dirs to look at, so all recorded ones).
 pub fn by_id(store: &Store) -> rusqlite::Result<BTreeMap<ServiceId, Kept>> {
-    Ok(list(store)?.into_iter().map(|k| (k.service_id.clone(), k)).collect())
+    let state_dir = Some(store.path()).filter(|p| p.is_file()).and_then(Path::parent);
+    Ok(list(store)?
+        .into_iter()
+        .filter(|k| state_dir.is_none_or(|d| path(d, &k.service_id).is_dir()))
+        .map(|k| (k.service_id.clone(), k))
+        .collect())
 }
 
 fn has_table(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<bool> {
@@ -281,8 +288,8 @@ impl Deployer {
     }
 
     /// Recovery, before any intent is resolved: finishes every kept-data move
-    /// a crash interrupted (row written, dir still in `services/`), drops rows
-    /// whose data is gone, and removes dirs under `kept/` no row records.
+    /// a crash interrupted (row written, dir still in `services/`), warns about
+    /// rows whose data is missing, and removes dirs under `kept/` no row records.
     pub(super) async fn settle_kept(&self) -> Result<Vec<String>, String> {
         let store = self.journal.store();
         let rows = list(store).map_err(|e| e.to_string())?;
@@ -300,9 +307,10 @@ impl Deployer {
             }
             let src = self.runtime.data_dir(id);
             if !src.is_dir() {
-                forget(store, id).map_err(|e| e.to_string())?;
-                tracing::warn!(alias = %k.alias, "the data kept from service {id} is gone; its record is dropped");
-                done.push(format!("dropped the record of kept data {id} (no data dir)"));
+                // Gone (or moved away by hand): the record stays, so the dir
+                // counts again if it is put back; `plan` treats it as not
+                // kept meanwhile, and retention drops the record in time.
+                tracing::warn!(alias = %k.alias, "the data kept from service {id} is missing ({})", path(&self.state_dir(), id).display());
                 continue;
             }
             if self.referenced(id, &entries) {
