@@ -219,8 +219,11 @@ async fn v1_with_data() -> (Sandbox, ServiceId, BTreeMap<String, String>) {
     let o = sb.open();
     o.call("put", json!(["k", "written by v1"])).await;
     let id = o.service_id();
+    // A guest may leave symlinks in its data: they are carried, kept and
+    // restored as symlinks, never followed.
+    std::os::unix::fs::symlink("/etc/passwd", o.runtime.data_dir(&id).join("escape")).unwrap();
     let data = tree(&o.runtime.data_dir(&id));
-    assert!(data.len() >= 3, "v1's data dir holds the greeting and the key: {data:?}");
+    assert!(data.len() >= 4, "v1's data dir holds the greeting, the key and the link: {data:?}");
     (sb, id, data)
 }
 
@@ -516,6 +519,8 @@ async fn replaced_data_is_kept_restored_and_retained() {
         let report = d.apply(&want, &p).await;
         assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
         assert_eq!(o.call("get", json!(["k"])).await, json!("written by v1"), "the kept data came back");
+        let restored_dir = tree(&o.runtime.data_dir(&o.service_id()));
+        assert_eq!(restored_dir.get("escape").map(String::as_str), Some("link -> /etc/passwd"), "{restored_dir:?}");
         assert_eq!(o.call("version", json!([])).await, json!(1));
         assert_eq!(tree(&kept_v1), v1_data, "the kept dir stays for a second rollback");
         let (_, again) = plan_of(&d, want.clone()).await;
