@@ -15,6 +15,7 @@ pub const SCHEMA: &[&[Migration]] = &[
     crate::spell::MIGRATIONS,
     crate::deploy::kept::MIGRATIONS,
     crate::deploy::generations::MIGRATIONS,
+    crate::deploy::kept::RESTORES_MIGRATIONS,
 ];
 
 /// How many migrations this binary knows.
@@ -45,6 +46,17 @@ mod tests {
     #[test]
     fn migration_names_are_in_shipping_order() {
         let names: Vec<&str> = super::SCHEMA.iter().flat_map(|l| l.iter().map(|m| m.name)).collect();
-        assert_eq!(names, ["001-meta", "002-runtime", "003-deploy", "spell-001-spells", "deploy-kept-001", "gen-001-generations"]);
+        assert_eq!(
+            names,
+            [
+                "001-meta",
+                "002-runtime",
+                "003-deploy",
+                "spell-001-spells",
+                "deploy-kept-001",
+                "gen-001-generations",
+                "deploy-kept-002-restores"
+            ]
+        );
     }
 }

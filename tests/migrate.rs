@@ -219,8 +219,11 @@ async fn v1_with_data() -> (Sandbox, ServiceId, BTreeMap<String, String>) {
     let o = sb.open();
     o.call("put", json!(["k", "written by v1"])).await;
     let id = o.service_id();
+    // A guest may leave symlinks in its data: they are carried, kept and
+    // restored as symlinks, never followed.
+    std::os::unix::fs::symlink("/etc/passwd", o.runtime.data_dir(&id).join("escape")).unwrap();
     let data = tree(&o.runtime.data_dir(&id));
-    assert!(data.len() >= 3, "v1's data dir holds the greeting and the key: {data:?}");
+    assert!(data.len() >= 4, "v1's data dir holds the greeting, the key and the link: {data:?}");
     (sb, id, data)
 }
 
@@ -335,6 +338,61 @@ fn migrate_is_private() {
 }
 
 // ------------------------------------------------------------ kept data
+
+/// The whole procedure through the binary (gen's `rollback` and `unpin`):
+/// upgrade v1 → v2 keeping the old data, `rollback --restore-data` brings
+/// the pre-upgrade data back (once: the next boot changes nothing), `unpin`
+/// returns to v2 carrying the data forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restore_data_brings_the_pre_upgrade_data_back_and_unpin_returns_to_v2() {
+    let sb = Sandbox::new();
+    let snap = ["--set", "system_services.snapshot_before_replace=true"];
+    sb.converge("v1", &V1, &snap);
+    sb.open().call("put", json!(["k", "before the upgrade"])).await;
+    sb.converge("v2", &V2, &snap);
+    {
+        let o = sb.open();
+        assert_eq!(o.call("version", json!([])).await, json!(2));
+        o.call("put", json!(["k", "after the upgrade"])).await;
+    }
+    let release = sb.distros("v2", &V2);
+    let out = sb.run(&["rollback", "--restore-data"], &release, &snap);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Without its kept dir the restore is refused before anything is touched.
+    let kept = names(&sb.root().join("kept"));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let v1_id = kept.iter().next().unwrap().clone();
+    let (dir, aside) = (sb.root().join("kept").join(&v1_id), sb.dir.path().join("aside"));
+    fs::rename(&dir, &aside).unwrap();
+    let before = state_tree(&sb.root());
+    for cmd in [&["plan"][..], &["run", "--once"][..]] {
+        let out = sb.run(cmd, &release, &snap);
+        assert_eq!(out.code, Some(2), "{cmd:?}: {out:?}");
+        let want = format!("package kv-store, service kv-store: the data to restore was kept from service {v1_id}, but this node keeps no data of that service");
+        assert!(out.stderr.contains(&want), "{cmd:?}: {out:?}");
+        assert_eq!(state_tree(&sb.root()), before, "{cmd:?} changed the state dir");
+    }
+    fs::rename(&aside, &dir).unwrap();
+    let out = sb.run(&["run", "--once"], &release, &snap);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    {
+        let o = sb.open();
+        assert_eq!(o.call("version", json!([])).await, json!(1), "rolled back to v1");
+        assert_eq!(o.call("get", json!(["k"])).await, json!("before the upgrade"), "the pre-upgrade data is back");
+        o.call("put", json!(["k2", "written after the rollback"])).await;
+    }
+    let out = sb.run(&["run", "--once"], &release, &snap);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(sb.open().call("get", json!(["k2"])).await, json!("written after the rollback"), "the restore ran once");
+    for cmd in [&["unpin"][..], &["run", "--once"][..]] {
+        let out = sb.run(cmd, &release, &snap);
+        assert_eq!(out.code, Some(0), "{cmd:?}: {out:?}");
+    }
+    let o = sb.open();
+    assert_eq!(o.call("version", json!([])).await, json!(2), "unpin returns to v2");
+    assert_eq!(o.call("get", json!(["k"])).await, json!("before the upgrade"), "data moves forward");
+    assert_eq!(o.call("get", json!(["k2"])).await, json!("written after the rollback"));
+}
 
 /// The kv-store service of a committed build, as the executor wants it.
 fn service(build: &str, version: &str, restore: Option<ServiceId>) -> DesiredService {
@@ -461,16 +519,32 @@ async fn replaced_data_is_kept_restored_and_retained() {
         let report = d.apply(&want, &p).await;
         assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
         assert_eq!(o.call("get", json!(["k"])).await, json!("written by v1"), "the kept data came back");
+        let restored_dir = tree(&o.runtime.data_dir(&o.service_id()));
+        assert_eq!(restored_dir.get("escape").map(String::as_str), Some("link -> /etc/passwd"), "{restored_dir:?}");
         assert_eq!(o.call("version", json!([])).await, json!(1));
         assert_eq!(tree(&kept_v1), v1_data, "the kept dir stays for a second rollback");
         let (_, again) = plan_of(&d, want.clone()).await;
         assert!(again.unwrap().is_noop(), "a restored deployment converges");
 
+        // A later replace under the same request carries the data the
+        // service has now: the restore happened once.
+        o.call("put", json!(["k", "written after the restore"])).await;
+        let (want, p) = plan_of(&d, desired(vec![service("v2", "1.0.0", Some(v1_id.clone()))])).await;
+        let p = p.unwrap();
+        let reason = p.changes().next().unwrap().reason().unwrap().to_string();
+        assert!(!reason.contains("restore"), "{reason}");
+        d.prepare(&want, Arc::new(Builds)).await.unwrap();
+        assert_eq!(d.apply(&want, &p).await.outcome, Outcome::Ok);
+        assert_eq!(o.call("get", json!(["k"])).await, json!("written after the restore"), "the data was restored twice");
+
         // An install may start from kept data too (the package was removed
-        // in between), migrating it from the kept data's version.
+        // in between, which ends the request: the restore happens again),
+        // migrating it from the kept data's version.
+        assert_eq!(sysdeploy::deploy::kept::restored(&o.store).unwrap().get(&Alias::new(KV).unwrap()), Some(&v1_id));
         let (none, p) = plan_of(&d, desired(vec![])).await;
         assert_eq!(d.apply(&none, &p.unwrap()).await.outcome, Outcome::Ok);
         assert!(o.runtime.alias(&Alias::new(KV).unwrap()).is_none());
+        assert!(sysdeploy::deploy::kept::restored(&o.store).unwrap().is_empty(), "the request ended with the removal");
         let (want, p) = plan_of(&d, desired(vec![service("migrate", "3.0.0", Some(v1_id.clone()))])).await;
         let p = p.unwrap();
         let step = p.changes().next().unwrap();

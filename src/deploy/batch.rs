@@ -160,6 +160,9 @@ impl Deployer {
                 crate::failpoint::trace::event(|| format!("bound {alias} -> {target:?}"));
             }
             crash_point!("deploy::install::bound");
+            for &i in &free {
+                self.restore_done(steps[i].1);
+            }
         }
         let mut results: Vec<Option<Result<u32, StepFailure>>> = (0..n).map(|_| None).collect();
         for &i in &free {
@@ -168,7 +171,10 @@ impl Deployer {
         for &i in &held {
             let it = &intents[i];
             let r = match self.take_alias(&it.alias, AliasTarget::Service(new_id(it).clone())).await {
-                Ok(()) => self.journal.complete(&it.alias, it.entry.as_ref()).map(|_| attempts[i]).map_err(fail),
+                Ok(()) => {
+                    self.restore_done(steps[i].1);
+                    self.journal.complete(&it.alias, it.entry.as_ref()).map(|_| attempts[i]).map_err(fail)
+                }
                 Err(f) => {
                     self.roll_back(std::slice::from_ref(it)).await;
                     Err(f)
@@ -194,9 +200,9 @@ impl Deployer {
     /// and only the on-change init calls run, as on a replace carrying data);
     /// otherwise every init call on the empty data dir.
     async fn start_from_data(&self, s: &DesiredService, id: &ServiceId) -> Result<u32, StepFailure> {
-        let Some(kept) = &s.restore_data_from else { return self.run_init(s, id, false).await };
-        self.restore_kept(kept, id).await?;
-        if let Some(from) = self.migrate_from_of(s, id)? {
+        let Some(kept) = self.pending_restore(s)? else { return self.run_init(s, id, false).await };
+        self.restore_kept(&kept, id).await?;
+        if let Some(from) = self.migrate_from_of(s, Some(&kept), id)? {
             self.run_migrate(s, id, &from).await?;
         }
         self.run_init(s, id, true).await

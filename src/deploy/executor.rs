@@ -339,6 +339,9 @@ impl Deployer {
 
         // Kept data dirs beyond the newest `keep_generations` per alias go.
         self.retain_kept(self.policy.keep_generations);
+        if let Err(e) = super::kept::clear_restored(self.journal.store(), desired) {
+            tracing::warn!("clearing the marks of finished restores: {e}");
+        }
 
         let outcome = if failed_packages.is_empty() && reports.iter().all(|r| r.outcome != StepOutcome::Failed) {
             Outcome::Ok

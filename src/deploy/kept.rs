@@ -14,7 +14,7 @@
 //! only looks at `services/`, never sees `kept/`.
 
 use super::executor::{Deployer, StepFailure};
-use super::model::{Deployed, DeployedKind, KeptData};
+use super::model::{Deployed, DeployedKind, Desired, DesiredService, KeptData};
 use super::steps::fail;
 use crate::ids::{Alias, BlueprintId, PackageName, ServiceId};
 use crate::runtime::AliasTarget;
@@ -26,6 +26,25 @@ use std::path::{Path, PathBuf};
 /// The kept-data migration, handed to the store (`crate::schema`).
 pub const MIGRATIONS: &[crate::store::migrations::Migration] =
     &[crate::store::migrations::Migration { name: "deploy-kept-001", sql: MIGRATION_SQL }];
+
+/// The restore marks' migration: its own layer, shipped after the
+/// generations' (`crate::schema` never reorders).
+pub const RESTORES_MIGRATIONS: &[crate::store::migrations::Migration] =
+    &[crate::store::migrations::Migration { name: "deploy-kept-002-restores", sql: RESTORES_SQL }];
+
+/// Which kept dir each alias was last restored from while its desired state
+/// asks for it: a restore happens once per request, so a later replace under
+/// the same request (a config change, a changed limit) carries the data the
+/// service has now instead of restoring the old data again. Cleared when the
+/// desired state stops asking (`unpin`), so a later rollback to the same
+/// data restores it again.
+const RESTORES_SQL: &str = "
+CREATE TABLE deploy_kept_restores (
+    alias           TEXT PRIMARY KEY,
+    kept_service_id TEXT NOT NULL,
+    restored_at     INTEGER NOT NULL  -- unix seconds
+) STRICT;
+";
 
 const MIGRATION_SQL: &str = "
 CREATE TABLE deploy_kept_data (
@@ -50,9 +69,7 @@ pub fn path(state_dir: &Path, id: &ServiceId) -> PathBuf {
 /// the table (read-only `plan` on an older state dir) has none.
 pub fn list(store: &Store) -> rusqlite::Result<Vec<Kept>> {
     let conn = store.lock();
-    let exists: Option<String> =
-        conn.query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'deploy_kept_data'", [], |r| r.get(0)).optional()?;
-    if exists.is_none() {
+    if !has_table(&conn, "deploy_kept_data")? {
         return Ok(Vec::new());
     }
     let mut stmt =
@@ -90,9 +107,67 @@ pub fn get(store: &Store, id: &ServiceId) -> rusqlite::Result<Option<Kept>> {
     Ok(list(store)?.into_iter().find(|k| k.service_id == *id))
 }
 
-/// Every kept data dir by service id, for the observed state.
+/// Every kept data dir by service id, for the observed state: those recorded
+/// whose dir is there (next to the store's file; an in-memory store has no
+/// dirs to look at, so all recorded ones).
 pub fn by_id(store: &Store) -> rusqlite::Result<BTreeMap<ServiceId, Kept>> {
-    Ok(list(store)?.into_iter().map(|k| (k.service_id.clone(), k)).collect())
+    let state_dir = Some(store.path()).filter(|p| p.is_file()).and_then(Path::parent);
+    Ok(list(store)?
+        .into_iter()
+        .filter(|k| state_dir.is_none_or(|d| path(d, &k.service_id).is_dir()))
+        .map(|k| (k.service_id.clone(), k))
+        .collect())
+}
+
+fn has_table(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [name], |_| Ok(())).optional().map(|o| o.is_some())
+}
+
+/// Per alias, the kept dir it was last restored from (see `RESTORES_SQL`).
+pub fn restored(store: &Store) -> rusqlite::Result<BTreeMap<Alias, ServiceId>> {
+    let conn = store.lock();
+    if !has_table(&conn, "deploy_kept_restores")? {
+        return Ok(BTreeMap::new());
+    }
+    let mut stmt = conn.prepare("SELECT alias, kept_service_id FROM deploy_kept_restores")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (alias, id) = row?;
+        // A row this binary cannot read restores nothing again.
+        if let (Ok(a), Ok(i)) = (Alias::new(&alias), ServiceId::try_from(id)) {
+            out.insert(a, i);
+        }
+    }
+    Ok(out)
+}
+
+/// The kept dir a replace or install of `s` starts from: `restore_data_from`,
+/// unless that restore already happened (`restored` names it for the alias).
+pub fn pending_restore<'a>(s: &'a DesiredService, restored: &BTreeMap<Alias, ServiceId>) -> Option<&'a ServiceId> {
+    s.restore_data_from.as_ref().filter(|k| restored.get(&s.alias) != Some(*k))
+}
+
+/// Records that `alias` now runs on data restored from kept dir `id`.
+pub(super) fn mark_restored(store: &Store, alias: &Alias, id: &ServiceId) -> rusqlite::Result<()> {
+    store.lock().execute(
+        "INSERT INTO deploy_kept_restores(alias, kept_service_id, restored_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(alias) DO UPDATE SET kept_service_id = excluded.kept_service_id, restored_at = excluded.restored_at",
+        params![alias.as_str(), id.as_str(), crate::runtime::records::now_secs()],
+    )?;
+    Ok(())
+}
+
+/// At the end of a deployment: the marks of aliases the desired state no
+/// longer asks to restore (unpinned, removed) go; nothing is written when
+/// there are none.
+pub(super) fn clear_restored(store: &Store, desired: &Desired) -> rusqlite::Result<()> {
+    let asked: std::collections::BTreeSet<&Alias> =
+        desired.packages.iter().flat_map(|p| &p.services).filter(|s| s.restore_data_from.is_some()).map(|s| &s.alias).collect();
+    for alias in restored(store)?.keys().filter(|a| !asked.contains(a)) {
+        store.lock().execute("DELETE FROM deploy_kept_restores WHERE alias = ?1", [alias.as_str()])?;
+    }
+    Ok(())
 }
 
 fn record(store: &Store, k: &Kept) -> rusqlite::Result<()> {
@@ -130,6 +205,23 @@ impl Deployer {
     fn state_dir(&self) -> PathBuf {
         let probe = self.runtime.data_dir(&ServiceId::random());
         probe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// The kept dir a replace or install of `s` starts from now (`pending_restore`).
+    pub(super) fn pending_restore(&self, s: &DesiredService) -> Result<Option<ServiceId>, StepFailure> {
+        let marks = restored(self.journal.store()).map_err(fail)?;
+        Ok(pending_restore(s, &marks).cloned())
+    }
+
+    /// After an install of `s` is bound: the restore it did is done.
+    pub(super) fn restore_done(&self, s: &DesiredService) {
+        let r = self.pending_restore(s).and_then(|k| match k {
+            Some(k) => mark_restored(self.journal.store(), &s.alias, &k).map_err(fail),
+            None => Ok(()),
+        });
+        if let Err(f) = r {
+            tracing::warn!(alias = %s.alias, "recording the restore: {}", f.message);
+        }
     }
 
     /// Where the data of replaced service `id` is kept on this node.
@@ -196,8 +288,8 @@ impl Deployer {
     }
 
     /// Recovery, before any intent is resolved: finishes every kept-data move
-    /// a crash interrupted (row written, dir still in `services/`), drops rows
-    /// whose data is gone, and removes dirs under `kept/` no row records.
+    /// a crash interrupted (row written, dir still in `services/`), warns about
+    /// rows whose data is missing, and removes dirs under `kept/` no row records.
     pub(super) async fn settle_kept(&self) -> Result<Vec<String>, String> {
         let store = self.journal.store();
         let rows = list(store).map_err(|e| e.to_string())?;
@@ -215,9 +307,10 @@ impl Deployer {
             }
             let src = self.runtime.data_dir(id);
             if !src.is_dir() {
-                forget(store, id).map_err(|e| e.to_string())?;
-                tracing::warn!(alias = %k.alias, "the data kept from service {id} is gone; its record is dropped");
-                done.push(format!("dropped the record of kept data {id} (no data dir)"));
+                // Gone (or moved away by hand): the record stays, so the dir
+                // counts again if it is put back; `plan` treats it as not
+                // kept meanwhile, and retention drops the record in time.
+                tracing::warn!(alias = %k.alias, "the data kept from service {id} is missing ({})", path(&self.state_dir(), id).display());
                 continue;
             }
             if self.referenced(id, &entries) {

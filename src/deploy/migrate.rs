@@ -105,8 +105,13 @@ impl Deployer {
 
     /// The version to migrate from for a replace of `s` onto new service `id`,
     /// read from the store (the entry, or the kept dir's record).
-    pub(super) fn migrate_from_of(&self, s: &DesiredService, id: &ServiceId) -> Result<Option<String>, StepFailure> {
-        let data_version = match &s.restore_data_from {
+    pub(super) fn migrate_from_of(
+        &self,
+        s: &DesiredService,
+        restore: Option<&ServiceId>,
+        id: &ServiceId,
+    ) -> Result<Option<String>, StepFailure> {
+        let data_version = match restore {
             Some(kept) => super::kept::get(self.journal.store(), kept).map_err(super::steps::fail)?.map(|k| k.version),
             None => self.journal.deployed().map_err(super::steps::fail)?.remove(&s.alias).and_then(|d| match d.kind {
                 DeployedKind::Service { .. } => Some(d.version),

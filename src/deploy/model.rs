@@ -265,6 +265,10 @@ pub struct Current {
     /// the id of the service they belonged to.
     #[serde(default)]
     pub kept: BTreeMap<ServiceId, KeptData>,
+    /// Per alias, the kept dir its data was last restored from while the
+    /// desired state asks for it (a restore happens once per request).
+    #[serde(default)]
+    pub restored: BTreeMap<Alias, ServiceId>,
 }
 
 /// A data dir kept when its service was replaced (`snapshot_before_replace`).

@@ -37,7 +37,8 @@ pub fn observe(store: &Store, host: Option<&PeerId>) -> Result<Current, ObserveE
         .map(|s| (s.alias.clone(), ObservedSpell { id: s.id.as_str().to_string(), owner: s.owner }))
         .collect();
     let kept = super::kept::by_id(store)?;
-    Ok(Current { host: host.cloned(), deployed, aliases, services, spells, kept })
+    let restored = super::kept::restored(store)?;
+    Ok(Current { host: host.cloned(), deployed, aliases, services, spells, kept, restored })
 }
 
 /// Who holds each bound alias, as the planner sees it.

@@ -314,6 +314,15 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
     let index = Index::of(current);
     for p in &desired.packages {
         for s in &p.services {
+            // A restore already done under this request is not done again.
+            let done;
+            let s = match &s.restore_data_from {
+                Some(_) if super::kept::pending_restore(s, &current.restored).is_none() => {
+                    done = DesiredService { restore_data_from: None, ..s.clone() };
+                    &done
+                }
+                _ => s,
+            };
             let planned = plan_service(s, &index, host, desired.exports.get(&s.blueprint_id).map(Vec::as_slice));
             // Data to restore must still be kept when the step would use it.
             if let Some(id) = &s.restore_data_from {

@@ -347,3 +347,84 @@ fn plan_is_deterministic() {
     let c = Current::default();
     assert_eq!(plan(&d, &c, &host()).unwrap(), plan(&d, &c, &host()).unwrap());
 }
+
+/// Issue 17: a `migrate` export with the expected signature makes a replace
+/// that carries data from another version say `migrate from X`; the gap
+/// error compares by semantic version (a pre-release is older than its
+/// release); a restore from a kept dir that is not there is an error only
+/// when a step would use it, and a restore already done is not done again.
+mod issue17 {
+    use super::*;
+
+    fn migrate_sig() -> FunctionSig {
+        FunctionSig {
+            name: "migrate".into(),
+            params: vec![("from-version".into(), WitType::String)],
+            results: vec![WitType::Result { ok: None, err: Some(Box::new(WitType::String)) }],
+        }
+    }
+
+    fn kept(id: &ServiceId, version: &str) -> KeptData {
+        KeptData { service_id: id.clone(), alias: a("kv"), package: pkg("p"), version: version.into(), blueprint_id: bp(1), kept_at: 0 }
+    }
+
+    #[test]
+    fn replaces_say_migrate_from_and_gaps_compare_by_semver() {
+        let before = desired(vec![("p", vec![service("kv", "p", 1)], vec![])]);
+        let current = deployed_from(&before);
+        let mut v2 = service("kv", "p", 2);
+        v2.version = "2.0.0".into();
+        let mut after = desired(vec![("p", vec![v2.clone()], vec![])]);
+        after.exports.insert(bp(2), vec![migrate_sig()]);
+        let steps = plan(&after, &current, &host()).unwrap().steps;
+        assert!(
+            matches!(&steps[0], Step::Replace { migrate_from: Some(v), reason, .. } if v == "1.0.0" && reason.contains("migrate from 1.0.0")),
+            "{steps:?}"
+        );
+        // Without keep_data nothing is carried, so nothing is migrated.
+        let mut empty = after.clone();
+        empty.packages[0].services[0].keep_data = false;
+        assert!(matches!(&plan(&empty, &current, &host()).unwrap().steps[0], Step::Replace { migrate_from: None, .. }));
+        // migrates_from: 1.0.0 is older than 1.0.1 and newer than 1.0.0-rc.1.
+        for (oldest, gap) in [("1.0.1", true), ("1.0.0", false), ("1.0.0-rc.1", false)] {
+            let mut d = after.clone();
+            d.packages[0].migrates_from = Some(oldest.into());
+            let r = plan(&d, &current, &host());
+            assert_eq!(r.is_err(), gap, "{oldest}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(e.0, vec![PlanError::MigrationGap { package: pkg("p"), deployed: "1.0.0".into(), oldest: oldest.into() }]);
+            }
+        }
+        // The wrong signature is refused whatever the step.
+        let mut bad = after.clone();
+        bad.exports.insert(bp(2), vec![FunctionSig { params: vec![("v".into(), WitType::U32)], ..migrate_sig() }]);
+        let e = plan(&bad, &current, &host()).unwrap_err();
+        assert!(matches!(&e.0[..], [PlanError::MigrateSignature { .. }]), "{e}");
+    }
+
+    #[test]
+    fn a_restore_needs_its_kept_data_only_when_a_step_uses_it_and_happens_once() {
+        let before = desired(vec![("p", vec![service("kv", "p", 1)], vec![])]);
+        let mut current = deployed_from(&before);
+        let k = ServiceId::random();
+        // Same blueprint: a keep; the kept data is not needed.
+        let mut same = before.clone();
+        same.packages[0].services[0].restore_data_from = Some(k.clone());
+        assert!(plan(&same, &current, &host()).unwrap().is_noop());
+        // A replace would use it: missing is an error naming alias and service.
+        let mut other = desired(vec![("p", vec![service("kv", "p", 2)], vec![])]);
+        other.packages[0].services[0].restore_data_from = Some(k.clone());
+        let e = plan(&other, &current, &host()).unwrap_err();
+        assert!(matches!(&e.0[..], [PlanError::KeptDataMissing { alias, service, .. }] if *alias == a("kv") && *service == k), "{e}");
+        // Kept: the replace restores it (and would migrate it from its version).
+        current.kept.insert(k.clone(), kept(&k, "0.9.0"));
+        let steps = plan(&other, &current, &host()).unwrap().steps;
+        assert!(matches!(&steps[0], Step::Replace { reason, .. } if reason.contains(&format!("restore data kept from service {k}"))));
+        // Done once already under this request: a replace carries the data instead.
+        current.restored.insert(a("kv"), k.clone());
+        let steps = plan(&other, &current, &host()).unwrap().steps;
+        assert!(matches!(&steps[0], Step::Replace { reason, .. } if !reason.contains("restore")), "{steps:?}");
+        current.kept.clear();
+        assert!(plan(&other, &current, &host()).is_ok(), "a restore already done does not need its kept data");
+    }
+}

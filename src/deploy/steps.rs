@@ -146,14 +146,18 @@ impl Deployer {
         // service wait: what it would write after the copy would be lost.
         // Data kept from an earlier service (`restore_data_from`) replaces the
         // old service's; the hold is the same.
-        let carried = s.keep_data || s.restore_data_from.is_some();
+        let restore = match self.pending_restore(s) {
+            Ok(r) => r,
+            Err(f) => return Err(tx.roll_back(f).await),
+        };
+        let carried = s.keep_data || restore.is_some();
         let mut hold = None;
         if carried {
             hold = match self.runtime.hold_calls(old).await {
                 Ok(h) => Some(h),
                 Err(e) => return Err(tx.roll_back(fail(format!("holding the calls of {old}: {e}"))).await),
             };
-            let copied = match &s.restore_data_from {
+            let copied = match &restore {
                 Some(kept) => self.restore_kept(kept, &id).await,
                 None => self.runtime.copy_data(old, &id).await.map_err(|e| fail(format!("carrying data over from {old}: {e}"))),
             };
@@ -164,7 +168,7 @@ impl Deployer {
             crash_point!("deploy::replace::copied");
             // The new service converts the carried data (issue 17): after the
             // copy, before the init calls; a failure rolls the replace back.
-            let from = match self.migrate_from_of(s, &id) {
+            let from = match self.migrate_from_of(s, restore.as_ref(), &id) {
                 Ok(f) => f,
                 Err(f) => return Err(tx.roll_back(f).await),
             };
@@ -198,6 +202,9 @@ impl Deployer {
         crash_point!("deploy::replace::swapped");
         tx.advance(Phase::Swapped).await?;
         self.journal.upsert(tx.entry()).map_err(fail)?;
+        if let Some(kept) = &restore {
+            super::kept::mark_restored(self.journal.store(), &s.alias, kept).map_err(fail)?;
+        }
         crash_point!("deploy::replace::recorded");
         match (&old_entry, s.snapshot_before_replace) {
             // Keep the old data dir (`kept.rs`); a failure leaves the old
