@@ -361,7 +361,8 @@ fn extract(
                     return Err(at("truncated"));
                 }
                 if let Some(o) = out {
-                    let perm = mode & 0o777 | 0o600;
+                    // The store and the identity stay owner-only whatever the header says.
+                    let perm = if path.contains('/') { mode & 0o777 | 0o600 } else { 0o600 };
                     if perm != 0o600 {
                         o.set_permissions(fs::Permissions::from_mode(perm)).map_err(SnapshotError::io("set the mode of", &dest))?;
                     }
