@@ -378,6 +378,7 @@ async fn hold(reps: usize, keys: usize) -> Value {
                 name: s.package.clone(),
                 version: s.version.clone(),
                 depends_on: vec![],
+                migrates_from: None,
                 services: vec![s],
                 spells: vec![],
             }],

@@ -102,6 +102,16 @@ pub enum Command {
         /// Deploy, print the report and exit instead of serving.
         #[arg(long)]
         once: bool,
+        /// Start a new node from a peer: when the state directory is empty or
+        /// absent, fetch GET URL/v1/snapshot (URL: the peer's API base, e.g.
+        /// http://10.0.0.5:7200), verify it, restore it with a new identity
+        /// (--adopt), then boot. Ignored once the state directory holds a node.
+        #[arg(long, value_name = "URL", env = "SYSDEPLOY_BOOTSTRAP_FROM", requires = "bootstrap_token_file")]
+        bootstrap_from: Option<String>,
+        /// File holding the peer's API token (its <state_dir>/api.token), mode
+        /// 0600 like every secret file; the token is never read from argv.
+        #[arg(long, value_name = "FILE", env = "SYSDEPLOY_BOOTSTRAP_TOKEN_FILE", requires = "bootstrap_from")]
+        bootstrap_token_file: Option<PathBuf>,
     },
     /// Show what `run` would change (install, replace, remove, ...) and why,
     /// without changing anything. Works while a node is running.
@@ -148,6 +158,34 @@ pub enum Command {
         #[arg(value_name = "JSON-ARGS", default_value = "[]")]
         args: String,
     },
+    /// List the deployment generations, newest first: number, time, outcome
+    /// and what changed. Works while a node is running.
+    Generations {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin packages to an earlier generation: their desired state then comes
+    /// from that generation. Reloads a running node; a stopped one applies it
+    /// at its next boot. `sysdeploy unpin` returns to the embedded release.
+    Rollback {
+        /// The generation (default: the previous one that applied).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Only this package; repeatable (default: every package that differs).
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+        /// Start from the data kept when that generation's services were
+        /// replaced (snapshot_before_replace), not from the current data.
+        #[arg(long)]
+        restore_data: bool,
+    },
+    /// Remove pins (all, or --package P...) and reload a running node.
+    Unpin {
+        /// Only this package; repeatable.
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+    },
     /// Work with package folders (for package developers).
     #[command(subcommand)]
     Package(PackageCommand),
@@ -160,8 +198,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Write the state directory (store, components, artifacts, service data)
-    /// into FILE (mode 0600) with a manifest of blake3 hashes. The node must
-    /// be stopped. node.key and api.token only with --include-identity.
+    /// into FILE (mode 0600) with a manifest of blake3 hashes. node.key and
+    /// api.token only with --include-identity, which needs the node stopped;
+    /// a running node is snapshotted through its API without stopping it.
     Create {
         /// The archive to write (replaced atomically if it exists).
         file: PathBuf,
@@ -326,7 +365,11 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
         None => crate::distro::embedded(),
         Some(dir) => match crate::distro::Catalog::load_dir(dir) {
             // One catalog per process: leaking it gives it the embedded one's lifetime.
-            Ok(c) => Box::leak(Box::new(c)),
+            Ok(c) => {
+                let c: &'static crate::distro::Catalog = Box::leak(Box::new(c));
+                crate::deploy::generations::register_dir(c, dir);
+                c
+            }
             Err(e) => {
                 report(cli.log_format, format!("--distros-dir {}: {e}", dir.display()));
                 return Exit::Invalid;
@@ -344,15 +387,32 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
     };
     let ctx = Context { config, catalog, load_opts: opts, schemas, log_format: cli.log_format };
     match cli.command {
-        Command::Run { once } => cmd_run(&ctx, once),
+        Command::Run { once, bootstrap_from, bootstrap_token_file } => {
+            if let (Some(url), Some(token_file)) = (bootstrap_from, bootstrap_token_file) {
+                let b = crate::snapshot::bootstrap::Bootstrap { url, token_file };
+                if let Err(e) = crate::snapshot::bootstrap::before_run(&b, &ctx.config, ctx.catalog) {
+                    return ctx.fail(e.exit(), e);
+                }
+            }
+            cmd_run(&ctx, once)
+        }
         Command::Plan { json } => cmd_plan(&ctx, json),
         Command::Status { json } => cmd_status(&ctx, json),
         Command::Config { json } => cmd_config(&ctx, json),
         Command::Call { alias, function, args } => cmd_call(&ctx, &alias, &function, &args),
         Command::Health { json } => cmd_health(&ctx, json),
         Command::Reload => cmd_reload(&ctx),
+        Command::Generations { json } => crate::pin_cli::cmd_generations(&ctx, json),
+        Command::Rollback { to, packages, restore_data } => crate::pin_cli::cmd_rollback(&ctx, to, &packages, restore_data),
+        Command::Unpin { packages } => crate::pin_cli::cmd_unpin(&ctx, &packages),
         Command::Package(_) => unreachable!("dispatched before the config is loaded"),
         Command::Snapshot(SnapshotCommand::Create { file, include_identity }) => {
+            // A running node takes its own snapshot (`POST /v1/snapshots`) without stopping.
+            if let Some(n) = crate::state::running_node(ctx.state_dir()) {
+                let addr = n.api.unwrap_or(ctx.config.node.api_listen);
+                return crate::snapshot::bootstrap::cli_create_online(ctx.state_dir(), addr, n.pid, &file, include_identity)
+                    .unwrap_or_else(|e| ctx.fail(e.exit(), e));
+            }
             crate::snapshot::cli_create(ctx.state_dir(), &file, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
         }
         Command::Snapshot(SnapshotCommand::Restore { file, adopt }) => {
@@ -433,13 +493,15 @@ fn cmd_plan(ctx: &Context, json: bool) -> Exit {
         Err(e) => return ctx.fail(e.exit, e.message),
     };
     if json {
-        let doc = json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps });
+        let doc =
+            json!({ "host_peer_id": host, "no_changes": plan.is_noop(), "steps": plan.steps, "pins": crate::pin_cli::pins_json(ctx) });
         println!("{}", serde_json::to_string_pretty(&doc).expect("plan serialises"));
     } else {
         if host.is_none() {
             println!("state directory {} is not initialised yet; the first `sysdeploy run` does this:", ctx.state_dir().display());
         }
         print!("{plan}");
+        crate::pin_cli::print_pins(ctx);
     }
     Exit::Ok
 }
@@ -582,6 +644,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             "services": d.services,
             "spells": d.spells,
             "deployment": d.last,
+            "pins": crate::pin_cli::pins_json(ctx),
         });
         println!("{doc}");
         return Exit::Ok;
@@ -639,6 +702,7 @@ fn cmd_status(ctx: &Context, json: bool) -> Exit {
             }
         }
     }
+    crate::pin_cli::print_pins(ctx);
     Exit::Ok
 }
 

@@ -25,6 +25,9 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("deploy::replace::swapped", "replace"),
     ("deploy::replace::recorded", "replace"),
     ("deploy::replace::old-removed", "replace"),
+    ("deploy::replace::migrated", "migrate"),
+    ("deploy::replace::kept-recorded", "keep-data"),
+    ("deploy::replace::kept-moved", "keep-data"),
     ("deploy::reinit::started", "reinit"),
     ("deploy::reinit::called", "reinit"),
     ("deploy::remove::started", "remove"),
@@ -42,6 +45,8 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("runtime::cache::artifact-written", "cache-write"),
     ("runtime::gc::blueprint-removed", "gc"),
     ("runtime::gc::component-files-removed", "gc"),
+    // After a generation is recorded, before GC and the report (issue 17).
+    ("deploy::generation::recorded", "gc"),
     // Not deployment steps: the crash matrix skips these; tests/snapshot.rs kills them.
     ("snapshot::create::staged", "snapshot"),
     ("snapshot::restore::extracted", "snapshot"),

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod node;
 pub mod notify;
 pub mod package_check;
+pub mod pin_cli;
 pub mod runtime;
 pub mod schema;
 pub mod snapshot;

@@ -57,6 +57,8 @@ struct Validated {
     plan: deploy::Plan,
     source: Arc<CatalogComponents>,
     misses_before: crate::runtime::CacheStats,
+    /// Pins applied and the config used (generations, issue 17).
+    resolved: deploy::generations::Resolved,
 }
 
 impl DeployFailure {
@@ -180,6 +182,7 @@ fn policy(cfg: &EffectiveConfig) -> ApplyPolicy {
             OnFailure::Continue => FailurePolicy::Continue,
         },
         call_ttl: Duration::from_millis(cfg.system_services.call_ttl_ms),
+        keep_generations: cfg.get("system_services.keep_generations").and_then(|v| v.value.as_u64()).map_or(3, |n| n as usize),
         ..ApplyPolicy::default()
     }
 }
@@ -317,6 +320,22 @@ impl Node {
         }
     }
 
+    /// Stages this running node for a snapshot while it serves
+    /// (`snapshot::online::stage`: deployments wait, each service's calls are
+    /// held while its data is copied).
+    pub async fn stage_snapshot(
+        &self,
+        include_identity: bool,
+    ) -> Result<crate::snapshot::online::StagedTree, crate::snapshot::online::OnlineError> {
+        let h = crate::snapshot::online::Handles {
+            state_dir: self.state.path(),
+            peer_id: self.state.peer_id(),
+            runtime: &self.runtime,
+            deploying: &self.deploying,
+        };
+        crate::snapshot::online::stage(&h, include_identity).await
+    }
+
     /// Finishes or rolls back whatever a crash interrupted.
     pub async fn recover(&self) -> Result<Vec<String>, DeployFailure> {
         self.notifier.status("recovering: finishing or rolling back any interrupted deployment");
@@ -348,9 +367,10 @@ impl Node {
     /// Resolves, type-checks and plans `cfg` against the store; touches
     /// nothing (components are compiled in memory, kept pending).
     async fn validate(&self, cfg: &EffectiveConfig) -> Result<Validated, DeployFailure> {
-        let mut desired = desired::resolve(self.catalog, cfg).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
-        self.runtime.keep_blueprints(blueprint_ids(&desired));
-        let source = Arc::new(CatalogComponents::new(self.catalog));
+        let mut resolved = self.resolve(cfg)?;
+        let mut desired = std::mem::take(&mut resolved.desired);
+        self.runtime.keep_blueprints(self.wanted(&desired));
+        let source = resolved.components.clone();
         let misses_before = self.runtime.cache_stats();
         // Type-check the plan before anything is stored: a bad init argument
         // is invalid input and must leave the state as it was.
@@ -361,12 +381,50 @@ impl Node {
         })?;
         let current = self.deployer.current().map_err(|e| DeployFailure::new(Exit::StoreUnusable, e))?;
         let plan = deploy::plan(&desired, &current, self.state.peer_id()).map_err(|e| DeployFailure::new(Exit::Invalid, e))?;
-        Ok(Validated { desired, plan, source, misses_before })
+        Ok(Validated { desired, plan, source, misses_before, resolved })
+    }
+
+    /// The desired state of `cfg`, pinned packages from their generations.
+    fn resolve(&self, cfg: &EffectiveConfig) -> Result<deploy::generations::Resolved, DeployFailure> {
+        deploy::generations::resolve(self.catalog, cfg, Some(self.deployer.journal.store()), self.state.path())
+            .map_err(|e| DeployFailure::new(e.exit(), e))
+    }
+
+    /// What GC keeps: the desired blueprints and those of the generations kept.
+    fn wanted(&self, desired: &deploy::Desired) -> Vec<crate::ids::BlueprintId> {
+        let mut ids = blueprint_ids(desired);
+        match deploy::generations::keep_set(self.deployer.journal.store()) {
+            Ok(kept) => ids.extend(kept),
+            Err(e) => tracing::warn!("reading the generations to keep: {e}"),
+        }
+        ids
+    }
+
+    /// Records the deployment's generation (when it changed something) and
+    /// sets the GC keep-set from the generations now kept.
+    fn record_generation(
+        &self,
+        cfg: &EffectiveConfig,
+        v: (&deploy::generations::Resolved, &deploy::Desired, &deploy::Plan),
+        report: &Report,
+    ) {
+        let (resolved, desired, plan) = v;
+        let current = match self.deployer.current() {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!("recording the generation: {e}"),
+        };
+        let d = deploy::generations::Deployment { catalog: self.catalog, resolved, config: cfg, desired, plan, report, current: &current };
+        match deploy::generations::record(self.deployer.journal.store(), &d, deploy::generations::keep_generations(cfg)) {
+            Ok(Some(n)) => tracing::info!(generation = n, "recorded generation {n}"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("recording the generation failed: {e}"),
+        }
+        self.runtime.keep_blueprints(self.wanted(desired));
     }
 
     /// Stores the components, applies the plan, collects garbage, writes the report.
     async fn apply_validated(&self, cfg: &EffectiveConfig, v: Validated, recovered: Vec<String>) -> Result<Report, DeployFailure> {
-        let Validated { desired, plan, source, misses_before } = v;
+        let Validated { desired, plan, source, misses_before, resolved } = v;
         self.deployer.prepare(&desired, source).await.map_err(|e| DeployFailure::new(Exit::DeployFailed, e))?;
         for s in plan.changes() {
             tracing::info!(action = s.kind(), alias = %s.alias(), package = %s.package(), "plan: {}", s.reason().unwrap_or(""));
@@ -377,6 +435,9 @@ impl Node {
             d.apply(&desired, &plan).await
         };
         report.recovered = recovered;
+        if !plan.is_noop() || !report.recovered.is_empty() {
+            self.record_generation(cfg, (&resolved, &desired, &plan), &report);
+        }
         // Replaced and removed services leave blueprints, components and
         // artifacts behind; collect them now instead of at the next boot, so a
         // converged node holds nothing it does not use.
@@ -469,6 +530,30 @@ impl Node {
         Ok(Reloaded { report, needs_restart })
     }
 
+    /// The access table and GC keep-set of the boot with pins applied and
+    /// kept generations added (the unpinned ones when resolving fails: the
+    /// deployment then reports why).
+    fn pinned_boot(
+        &self,
+        access: crate::runtime::AccessTable,
+        wanted: Vec<crate::ids::BlueprintId>,
+    ) -> (crate::runtime::AccessTable, Vec<crate::ids::BlueprintId>) {
+        let pinned = deploy::generations::pins::pins(self.deployer.journal.store()).is_ok_and(|p| !p.is_empty());
+        let resolved = if pinned {
+            let cfg = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+            self.resolve(&cfg).ok()
+        } else {
+            None
+        };
+        let (access, desired_ids) = match resolved {
+            Some(r) => (deploy::access::table(&r.desired), blueprint_ids(&r.desired)),
+            None => (access, wanted),
+        };
+        let mut ids = desired_ids;
+        ids.extend(deploy::generations::keep_set(self.deployer.journal.store()).unwrap_or_default());
+        (access, ids)
+    }
+
     fn services_json(&self) -> Value {
         let current = match self.deployer.current() {
             Ok(c) => c,
@@ -536,6 +621,8 @@ struct NodeBackend {
     node: Arc<Node>,
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
     pings: tokio::sync::mpsc::Sender<Ping>,
+    /// One snapshot at a time (issue 17).
+    snapshots: crate::snapshot::online::Slot,
 }
 
 impl Backend for NodeBackend {
@@ -575,6 +662,22 @@ impl Backend for NodeBackend {
     }
     fn reload(&self) -> BoxFuture<'_, Result<Value, ReloadError>> {
         Box::pin(ask_reload(&self.reloads))
+    }
+    fn snapshot(&self) -> BoxFuture<'_, Result<crate::snapshot::online::ByteStream, api::SnapshotRefused>> {
+        Box::pin(async move {
+            if self.health() == Health::Deploying {
+                return Err(api::SnapshotRefused::Booting);
+            }
+            let slot = self.snapshots.try_take().ok_or(api::SnapshotRefused::Busy)?;
+            let started = std::time::Instant::now();
+            match self.node.stage_snapshot(false).await {
+                Ok(staged) => Ok(crate::snapshot::online::stream(staged, slot, self.node.metrics.clone(), started)),
+                Err(e) => {
+                    self.node.metrics.snapshot("failed", 0, started.elapsed());
+                    Err(api::SnapshotRefused::Failed(e.to_string()))
+                }
+            }
+        })
     }
 }
 
@@ -649,6 +752,8 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             return e.exit;
         }
     };
+    // Pinned packages (issue 17) come from their generations.
+    let (access, wanted) = node.pinned_boot(access, wanted);
     // Private functions are private from the first request on (issue 16).
     node.runtime.set_access(access);
     // Recovery's GC keeps what this boot will deploy (e.g. the artifact of
@@ -711,7 +816,8 @@ async fn run_async(config: EffectiveConfig, load_opts: LoadOptions, catalog: &'s
             });
             _watching = Some(crate::watch::Running(w.spawn(paths, ask)));
         }
-        let backend: Arc<dyn Backend> = Arc::new(NodeBackend { node: node.clone(), reloads: reload_tx, pings: ping_tx });
+        let backend: Arc<dyn Backend> =
+            Arc::new(NodeBackend { node: node.clone(), reloads: reload_tx, pings: ping_tx, snapshots: Default::default() });
         api_task = Some(tokio::spawn(api::serve(listener, backend, node.metrics.clone(), ApiConfig::new(token, ttl), async move {
             let _ = rx.wait_for(|s| *s).await;
         })));
@@ -954,7 +1060,15 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
     } else {
         (None, deploy::Current::default())
     };
-    let source = CatalogComponents::new(catalog);
+    // Pinned packages (issue 17) come from their generations.
+    let mut source = Arc::new(CatalogComponents::new(catalog));
+    if let Some(s) = &store {
+        if deploy::generations::pins::pins(s).is_ok_and(|p| !p.is_empty()) {
+            let r = deploy::generations::resolve(catalog, config, Some(s), dir).map_err(|e| DeployFailure::new(e.exit(), e))?;
+            (desired, source) = (r.desired, r.components);
+        }
+    }
+    let source = &*source;
     let linked: std::collections::BTreeSet<crate::ids::BlueprintId> = match &store {
         Some(s) => crate::runtime::records::blueprints(s).map(|b| b.into_iter().map(|(id, _)| id).collect()).unwrap_or_default(),
         None => Default::default(),
@@ -965,7 +1079,7 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
                 continue;
             }
             let facade = s.blueprint.components.last().expect("validated: at least one component");
-            let bytes = deploy::ComponentSource::bytes(&source, &facade.hash)
+            let bytes = deploy::ComponentSource::bytes(source, &facade.hash)
                 .ok_or_else(|| DeployFailure::new(Exit::Invalid, format!("package {}: component {} missing", p.name, facade.name)))?;
             let sigs = crate::runtime::inspect_exports(dir, store.as_ref(), &facade.hash, &bytes)
                 .map_err(|e| DeployFailure::new(Exit::Invalid, format!("package {}, service {}: {e}", p.name, s.alias)))?;
@@ -976,7 +1090,7 @@ pub fn plan_readonly(config: &EffectiveConfig, catalog: &Catalog) -> Result<(dep
             if linked.contains(&s.blueprint_id) {
                 continue;
             }
-            let lookup = |h: &crate::ids::ComponentHash| deploy::ComponentSource::bytes(&source, h);
+            let lookup = |h: &crate::ids::ComponentHash| deploy::ComponentSource::bytes(source, h);
             crate::runtime::check_links_offline(&s.blueprint, &lookup).map_err(|e| {
                 let e = deploy::executor::unlinkable(&p.name, &s.alias, e);
                 DeployFailure::new(if e.is_invalid_input() { Exit::Invalid } else { Exit::DeployFailed }, e)

@@ -8,8 +8,14 @@ use crate::store::{Store, StoreError};
 use std::path::Path;
 
 /// Store, runtime, deployer, spells: never reorder, only append.
-pub const SCHEMA: &[&[Migration]] =
-    &[crate::store::migrations::STORE, crate::runtime::records::MIGRATIONS, crate::deploy::journal::MIGRATIONS, crate::spell::MIGRATIONS];
+pub const SCHEMA: &[&[Migration]] = &[
+    crate::store::migrations::STORE,
+    crate::runtime::records::MIGRATIONS,
+    crate::deploy::journal::MIGRATIONS,
+    crate::spell::MIGRATIONS,
+    crate::deploy::kept::MIGRATIONS,
+    crate::deploy::generations::MIGRATIONS,
+];
 
 /// How many migrations this binary knows.
 pub fn known() -> usize {
@@ -39,6 +45,6 @@ mod tests {
     #[test]
     fn migration_names_are_in_shipping_order() {
         let names: Vec<&str> = super::SCHEMA.iter().flat_map(|l| l.iter().map(|m| m.name)).collect();
-        assert_eq!(names, ["001-meta", "002-runtime", "003-deploy", "spell-001-spells"]);
+        assert_eq!(names, ["001-meta", "002-runtime", "003-deploy", "spell-001-spells", "deploy-kept-001", "gen-001-generations"]);
     }
 }

@@ -557,6 +557,25 @@ fn every_env_var_the_help_documents_works() {
                 assert!(!run(&[]).contains("DEBUG"));
                 assert!(run(&[(var, "debug")]).contains("DEBUG"), "RUST_LOG=debug shows debug records");
             }
+            "SYSDEPLOY_BOOTSTRAP_FROM" | "SYSDEPLOY_BOOTSTRAP_TOKEN_FILE" => {
+                // Both from env (tests/bootstrap.rs has the real peers): a
+                // peer that does not answer is named from the env's URL.
+                use std::os::unix::fs::OpenOptionsExt;
+                let tf = dir.join("peer.token");
+                let _ = std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&tf).and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(b"0000")
+                });
+                let url = format!("http://{}", free_addr());
+                let state = dir.join("bootstrap-state");
+                let mut c = Command::new(BIN);
+                clean_env(&mut c);
+                c.args(["--state-dir", state.to_str().unwrap(), "run", "--once"]);
+                let o = out(c.env("SYSDEPLOY_BOOTSTRAP_FROM", &url).env("SYSDEPLOY_BOOTSTRAP_TOKEN_FILE", &tf));
+                assert_eq!(o.code, Some(1), "{o:?}");
+                assert!(o.stderr.contains(&url), "{o:?}");
+                assert!(!state.exists(), "nothing written: {o:?}");
+            }
             other => panic!("`--help` documents {other}, which this test does not know how to try: add it here"),
         }
     }

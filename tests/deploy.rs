@@ -124,6 +124,7 @@ fn desired(services: Vec<DesiredService>) -> Desired {
                 name: s.package.clone(),
                 version: s.version.clone(),
                 depends_on: vec![],
+                migrates_from: None,
                 services: vec![s],
                 spells: vec![],
             }),

@@ -421,7 +421,8 @@ fn a_retry_after_a_failed_init_loads_the_artifact_instead_of_compiling() {
 
     // Once nothing wants the component any more, GC removes it.
     env.package(&kv_store("v1"), GREETING, SET_GREETING);
-    std::fs::write(&env.config, "").unwrap();
+    // Only the newest generation is kept for rollback (issue 17).
+    std::fs::write(&env.config, "[system_services]\nkeep_generations = 1\n").unwrap();
     let out = env.cmd(&["run", "--once"], false);
     assert!(out.status.success(), "{}", text(&out));
     let after = env.artifacts();

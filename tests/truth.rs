@@ -219,7 +219,14 @@ fn desired(services: Vec<DesiredService>, spells: Vec<DesiredSpell>) -> Desired 
         if let Some(i) = packages.iter().position(|p| p.name == *name) {
             return i;
         }
-        packages.push(DesiredPackage { name: name.clone(), version: "1.0.0".into(), depends_on: vec![], services: vec![], spells: vec![] });
+        packages.push(DesiredPackage {
+            name: name.clone(),
+            version: "1.0.0".into(),
+            depends_on: vec![],
+            migrates_from: None,
+            services: vec![],
+            spells: vec![],
+        });
         packages.len() - 1
     };
     let mut out_services = Vec::new();

@@ -17,7 +17,7 @@ pub enum ApiError {
     #[error("invalid bearer token: use the token from <state_dir>/api.token of the running node")]
     BadToken,
     /// 404; no route matches the path.
-    #[error("no endpoint {method} {path}; endpoints: GET /health, GET /livez, GET /readyz, GET /metrics, GET /v1/services, GET /v1/spells, GET /v1/spells/{{alias}}/kv, GET /v1/deployments/last, POST /v1/services/{{alias}}/call/{{function}}, POST /v1/reload")]
+    #[error("no endpoint {method} {path}; endpoints: GET /health, GET /livez, GET /readyz, GET /metrics, GET /v1/services, GET /v1/spells, GET /v1/spells/{{alias}}/kv, GET /v1/deployments/last, POST /v1/services/{{alias}}/call/{{function}}, POST /v1/reload, POST /v1/snapshots, GET /v1/snapshot")]
     NoRoute { method: String, path: String },
     /// 405; the path exists with other methods.
     #[error("{method} is not allowed on {path}")]
@@ -55,6 +55,18 @@ pub enum ApiError {
     /// 503; the node is stopping.
     #[error("the node is shutting down: {0}")]
     ShuttingDown(String),
+    /// 503 `busy`; a snapshot of this node is being taken already (issue 17).
+    #[error("a snapshot of this node is being taken already (one at a time); try again when it has finished")]
+    SnapshotBusy,
+    /// 503 `booting`; the first deployment runs, there is nothing consistent to snapshot yet.
+    #[error("the node is still booting (its first deployment runs); take the snapshot once GET /health answers ready")]
+    SnapshotBooting,
+    /// 400; `include_identity: true`: the API never serves `node.key` and `api.token`.
+    #[error("the api does not serve the node's identity (include_identity must be false): whoever holds the api token could take over node.key; on the node's host, stop it and run `sysdeploy snapshot create FILE --include-identity`")]
+    IdentityNotServed,
+    /// 500; staging the running node failed.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
     /// 400; the reloaded config, a package or the plan was refused; nothing changed.
     #[error("reload refused, nothing was changed and the node keeps serving: {0}")]
     InvalidConfig(String),
@@ -108,6 +120,9 @@ impl ApiError {
             ApiError::BadBody(_) | ApiError::BadJson(_) | ApiError::NotAnArray { .. } => StatusCode::BAD_REQUEST,
             ApiError::Reload(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Booting | ApiError::ReloadBusy | ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SnapshotBusy | ApiError::SnapshotBooting => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::IdentityNotServed => StatusCode::BAD_REQUEST,
+            ApiError::Snapshot(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::InvalidConfig(_) => StatusCode::BAD_REQUEST,
             ApiError::Call(e) => match e {
                 CallError::UnknownTarget { .. } | CallError::UnknownFunction { .. } => StatusCode::NOT_FOUND,
@@ -139,6 +154,10 @@ impl ApiError {
             ApiError::ReloadBusy => "busy",
             ApiError::ShuttingDown(_) => "shutting_down",
             ApiError::InvalidConfig(_) => "invalid_config",
+            ApiError::SnapshotBusy => "busy",
+            ApiError::SnapshotBooting => "booting",
+            ApiError::IdentityNotServed => "identity_not_served",
+            ApiError::Snapshot(_) => "snapshot_failed",
             ApiError::Call(e) => call_error_code(e),
         }
     }

@@ -92,6 +92,9 @@ struct Inner {
     health: Family<StatusLabels, Gauge>,
     ready: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
+    snapshots: Family<OutcomeLabels, Counter>,
+    snapshot_bytes: Gauge,
+    snapshot_duration: Histogram,
     process: ProcessMetrics,
     /// Serialises the read-modify-write of the process series at render.
     process_update: Mutex<()>,
@@ -208,6 +211,23 @@ impl Metrics {
         for status in HEALTH_STATUSES {
             health.get_or_create(&StatusLabels { status: (*status).into() }).set(i64::from(*status == "deploying"));
         }
+        let snapshots = Family::<OutcomeLabels, Counter>::default();
+        let snapshot_bytes = Gauge::default();
+        let snapshot_duration = step_histogram();
+        registry.register(
+            "snapshots",
+            "Snapshots of the running node through the api (POST /v1/snapshots, GET /v1/snapshot), by outcome: ok, failed, aborted (client went away)",
+            snapshots.clone(),
+        );
+        registry.register("snapshot_bytes", "Size of the last snapshot archive sent, in bytes", snapshot_bytes.clone());
+        registry.register(
+            "snapshot_duration_seconds",
+            "Duration of snapshots of the running node, staging and streaming",
+            snapshot_duration.clone(),
+        );
+        for outcome in SNAPSHOT_OUTCOMES {
+            let _ = snapshots.get_or_create(&OutcomeLabels { outcome: (*outcome).into() });
+        }
         for outcome in RELOAD_OUTCOMES {
             let _ = reloads.get_or_create(&OutcomeLabels { outcome: (*outcome).into() });
         }
@@ -284,6 +304,9 @@ impl Metrics {
                 health,
                 ready,
                 reloads,
+                snapshots,
+                snapshot_bytes,
+                snapshot_duration,
                 process,
                 process_update: Mutex::new(()),
             }),
@@ -320,6 +343,16 @@ impl Metrics {
     /// `refused` (the new config was invalid; nothing changed).
     pub fn reload(&self, outcome: &str) {
         self.inner.reloads.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+    }
+
+    /// Records one snapshot of the running node: `ok` (then `bytes` is the
+    /// archive's size), `failed` or `aborted` (the client went away).
+    pub fn snapshot(&self, outcome: &str, bytes: u64, dur: Duration) {
+        self.inner.snapshots.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+        if outcome == "ok" {
+            self.inner.snapshot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        self.inner.snapshot_duration.observe(dur.as_secs_f64());
     }
 
     /// Records one deployment step of `action` with its `outcome`; `keep`
@@ -409,6 +442,8 @@ impl Metrics {
 const HEALTH_STATUSES: &[&str] = &["ready", "deploying", "degraded", "failed"];
 /// Every outcome `sysdeploy_reloads_total` has a series for from the start.
 const RELOAD_OUTCOMES: &[&str] = &["ok", "degraded", "failed", "refused"];
+/// Outcomes of `sysdeploy_snapshots_total`, created at 0 so rates exist before the first.
+const SNAPSHOT_OUTCOMES: &[&str] = &["ok", "failed", "aborted"];
 /// The wasmtime the binary embeds (its major version is the API version).
 const WASMTIME_VERSION: &str = "48.0.8";
 

@@ -95,6 +95,11 @@ pub trait Backend: Send + Sync + 'static {
     fn reloading(&self) -> bool {
         false
     }
+    /// Stages the running node and streams its snapshot archive (issue 17);
+    /// identity is never included.
+    fn snapshot(&self) -> BoxFuture<'_, Result<crate::snapshot::online::ByteStream, SnapshotRefused>> {
+        Box::pin(async { Err(SnapshotRefused::Failed("this node does not take snapshots".into())) })
+    }
     /// Resolves to `true` when the node's control loop answered; `/livez`
     /// bounds the wait.
     fn alive(&self) -> BoxFuture<'_, bool> {
@@ -133,6 +138,17 @@ impl From<&str> for ReloadError {
     fn from(message: &str) -> Self {
         ReloadError::Failed(message.to_string())
     }
+}
+
+/// Why `POST /v1/snapshots` / `GET /v1/snapshot` did not start streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotRefused {
+    /// 503 `booting`: the first deployment runs.
+    Booting,
+    /// 503 `busy`: another snapshot is being taken.
+    Busy,
+    /// 500 `snapshot_failed`: staging failed.
+    Failed(String),
 }
 
 /// Settings of the API server.
@@ -272,6 +288,8 @@ pub(crate) fn router(backend: Arc<dyn Backend>, metrics: Metrics, cfg: &ApiConfi
         .route("/v1/deployments/last", get(last_deployment))
         .route("/v1/services/{alias}/call/{function}", post(call))
         .route("/v1/reload", post(reload))
+        .route("/v1/snapshots", post(create_snapshot))
+        .route("/v1/snapshot", get(get_snapshot))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Router::layer wraps the fallback too, so unknown `/v1` paths answer
@@ -437,6 +455,44 @@ async fn reload(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
         ReloadError::Invalid(m) => ApiError::InvalidConfig(m),
         ReloadError::Failed(m) => ApiError::Reload(m),
     })
+}
+
+/// `POST /v1/snapshots` body; every field optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    #[serde(default)]
+    include_identity: bool,
+}
+
+/// `POST /v1/snapshots`: a snapshot of the running node, streamed (issue 17).
+/// `{"include_identity": true}` is refused: the API never serves the identity.
+async fn create_snapshot(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|rej| ApiError::BadBody(rej.body_text()))?;
+    let req: SnapshotRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SnapshotRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?
+    };
+    if req.include_identity {
+        return Err(ApiError::IdentityNotServed);
+    }
+    get_snapshot(State(st)).await
+}
+
+/// `GET /v1/snapshot`: staged first (errors are statuses), then streamed as
+/// the client reads; a transfer that breaks off ends without the final chunk.
+async fn get_snapshot(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let stream = st.backend.snapshot().await.map_err(|e| match e {
+        SnapshotRefused::Booting => ApiError::SnapshotBooting,
+        SnapshotRefused::Busy => ApiError::SnapshotBusy,
+        SnapshotRefused::Failed(m) => ApiError::Snapshot(m),
+    })?;
+    let mut resp = Response::new(axum::body::Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::snapshot::online::CONTENT_TYPE));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -23,7 +23,8 @@ pub const ENV_CONFIG_SECTION: &str = "SYSDEPLOY_CONFIG_SECTION";
 /// `SYSDEPLOY_` env vars the CLI owns: the env layer skips them instead of
 /// reading them as config keys (`cli` checks that every `env =` of its
 /// arguments is listed here).
-pub const CLI_ENV: &[&str] = &[ENV_CONFIG, ENV_DISTROS_DIR, ENV_CONFIG_SECTION];
+pub const CLI_ENV: &[&str] =
+    &[ENV_CONFIG, ENV_DISTROS_DIR, ENV_CONFIG_SECTION, "SYSDEPLOY_BOOTSTRAP_FROM", "SYSDEPLOY_BOOTSTRAP_TOKEN_FILE"];
 /// Pseudo-key of a [`super::FlagValue`] that selects section mode
 /// (`--config-section`); read by the file layer, not a config key.
 pub const SECTION_KEY: &str = "config_section";

@@ -11,6 +11,8 @@ mod layers;
 mod problem;
 pub mod schema;
 mod secrets;
+/// Reads a secret file with the rules of every secret file (issue 17: `--bootstrap-token-file`).
+pub(crate) use secrets::read as read_secret_file;
 
 pub use catalog::SERVICE_CEILING_KEYS;
 pub use catalog::{

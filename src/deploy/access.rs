@@ -13,11 +13,16 @@ pub fn table(desired: &Desired) -> AccessTable {
     for p in &desired.packages {
         for s in &p.services {
             let sigs = desired.exports.get(&s.blueprint_id);
-            let private = s
+            let mut private: std::collections::BTreeSet<String> = s
                 .private
                 .iter()
                 .map(|f| sigs.and_then(|sigs| find_export(sigs, f)).map_or_else(|| f.clone(), |sig| sig.name.clone()))
                 .collect();
+            // `migrate` is the deployer's (issue 17): never callable through the API.
+            private.insert(
+                sigs.and_then(|sigs| super::migrate::find(sigs))
+                    .map_or_else(|| super::migrate::FUNCTION.to_string(), |sig| sig.name.clone()),
+            );
             t.services.insert(s.alias.clone(), ServiceAccess { package: s.package.clone(), private });
         }
         for sp in &p.spells {

@@ -96,7 +96,7 @@ impl Deployer {
         let mut ran = upto;
         for i in 0..upto {
             let t = Instant::now();
-            let r = self.run_init(steps[i].1, new_id(&intents[i]), false).await;
+            let r = self.start_from_data(steps[i].1, new_id(&intents[i])).await;
             own[i] = t.elapsed();
             match r {
                 Ok(a) => attempts[i] = a,
@@ -187,6 +187,19 @@ impl Deployer {
         }
         let shared = t0.elapsed().saturating_sub(own.iter().sum()) / n.max(1) as u32;
         results.into_iter().enumerate().map_while(|(i, r)| r.map(|r| (r, own[i] + shared))).collect()
+    }
+
+    /// A new service's data and init: data kept from an earlier service when
+    /// `restore_data_from` says so (then migrated when its version differs,
+    /// and only the on-change init calls run, as on a replace carrying data);
+    /// otherwise every init call on the empty data dir.
+    async fn start_from_data(&self, s: &DesiredService, id: &ServiceId) -> Result<u32, StepFailure> {
+        let Some(kept) = &s.restore_data_from else { return self.run_init(s, id, false).await };
+        self.restore_kept(kept, id).await?;
+        if let Some(from) = self.migrate_from_of(s, id)? {
+            self.run_migrate(s, id, &from).await?;
+        }
+        self.run_init(s, id, true).await
     }
 
     /// Rolls the whole batch back: the services of `intents[..created]`

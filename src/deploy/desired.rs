@@ -77,6 +77,8 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
             errors.push(DesiredError::UnknownPackage { package: name.clone() });
         }
     }
+    // `system_services.snapshot_before_replace`: keep every replaced data dir.
+    let snapshot_all = cfg.get("system_services.snapshot_before_replace").and_then(|v| v.value.as_bool()).unwrap_or(false);
     let mut packages = Vec::new();
     for pkg in catalog.packages.iter().filter(|p| enabled.contains(&p.name)) {
         for dep in &pkg.depends_on {
@@ -145,7 +147,7 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
                 },
                 init,
                 private: s.private.clone(),
-                snapshot_before_replace: false,
+                snapshot_before_replace: s.snapshot_before_replace || snapshot_all,
                 restore_data_from: None,
             });
         }
@@ -237,6 +239,7 @@ pub fn resolve(catalog: &Catalog, cfg: &EffectiveConfig) -> Result<Desired, Desi
             name: pkg.name.clone(),
             version: pkg.version.clone(),
             depends_on: pkg.depends_on.clone(),
+            migrates_from: pkg.migrates_from.clone(),
             services,
             spells,
         });

@@ -50,11 +50,19 @@ pub struct ApplyPolicy {
     /// Attempts for transient failures (busy, timeout) of one init call.
     pub attempts: u32,
     pub backoff: Duration,
+    /// Kept data dirs per alias that stay (`system_services.keep_generations`).
+    pub keep_generations: usize,
 }
 
 impl Default for ApplyPolicy {
     fn default() -> Self {
-        Self { on_failure: FailurePolicy::Stop, call_ttl: Duration::from_secs(60), attempts: 3, backoff: Duration::from_millis(100) }
+        Self {
+            on_failure: FailurePolicy::Stop,
+            call_ttl: Duration::from_secs(60),
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            keep_generations: 3,
+        }
     }
 }
 
@@ -328,6 +336,9 @@ impl Deployer {
                 reports.extend(out);
             }
         }
+
+        // Kept data dirs beyond the newest `keep_generations` per alias go.
+        self.retain_kept(self.policy.keep_generations);
 
         let outcome = if failed_packages.is_empty() && reports.iter().all(|r| r.outcome != StepOutcome::Failed) {
             Outcome::Ok

@@ -167,6 +167,10 @@ pub struct DesiredPackage {
     pub name: PackageName,
     pub version: String,
     pub depends_on: Vec<PackageName>,
+    /// The oldest deployed version this release migrates from (`migrates_from`
+    /// in `distro.toml`, issue 17): an older deployed version is a plan error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrates_from: Option<String>,
     pub services: Vec<DesiredService>,
     pub spells: Vec<DesiredSpell>,
 }
@@ -257,6 +261,23 @@ pub struct Current {
     pub services: BTreeMap<ServiceId, ObservedService>,
     /// Every spell, by alias.
     pub spells: BTreeMap<Alias, ObservedSpell>,
+    /// Data dirs kept from replaced services (`deploy::kept`, issue 17), by
+    /// the id of the service they belonged to.
+    #[serde(default)]
+    pub kept: BTreeMap<ServiceId, KeptData>,
+}
+
+/// A data dir kept when its service was replaced (`snapshot_before_replace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptData {
+    pub service_id: ServiceId,
+    pub alias: Alias,
+    pub package: PackageName,
+    /// The package version the data was written by.
+    pub version: String,
+    pub blueprint_id: BlueprintId,
+    /// Unix seconds.
+    pub kept_at: i64,
 }
 
 impl Current {

@@ -36,7 +36,8 @@ pub fn observe(store: &Store, host: Option<&PeerId>) -> Result<Current, ObserveE
         .into_iter()
         .map(|s| (s.alias.clone(), ObservedSpell { id: s.id.as_str().to_string(), owner: s.owner }))
         .collect();
-    Ok(Current { host: host.cloned(), deployed, aliases, services, spells })
+    let kept = super::kept::by_id(store)?;
+    Ok(Current { host: host.cloned(), deployed, aliases, services, spells, kept })
 }
 
 /// Who holds each bound alias, as the planner sees it.

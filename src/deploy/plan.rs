@@ -42,6 +42,10 @@ pub enum Step {
         old_service_id: ServiceId,
         blueprint_id: BlueprintId,
         keep_data: bool,
+        /// The version the new service's `migrate` export is called with
+        /// (issue 17); `None` when it is not called.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migrate_from: Option<String>,
         reason: String,
     },
     /// What is observed disagrees with what was recorded (an alias unbound
@@ -223,6 +227,12 @@ pub enum PlanError {
     UnknownPrivateFunction { package: PackageName, alias: Alias, function: String, available: String },
     #[error("package {package}, spell {spell}, line {line}: call({alias:?}, {function:?}): {problem}")]
     SpellCall { package: PackageName, spell: Alias, line: usize, alias: String, function: String, problem: String },
+    #[error("package {package}, service {alias}: export {found} has the reserved name migrate but not its signature; expected migrate: {expected}", expected = super::migrate::SIGNATURE)]
+    MigrateSignature { package: PackageName, alias: Alias, function: String, found: String },
+    #[error("package {package}: deployed version {deployed} is older than the oldest version this release migrates from ({oldest}); upgrade through an intermediate release first")]
+    MigrationGap { package: PackageName, deployed: String, oldest: String },
+    #[error("package {package}, service {alias}: the data to restore was kept from service {service}, but this node keeps no data of that service (kept: {kept}); choose a generation whose data is still kept, or roll back without restoring data")]
+    KeptDataMissing { package: PackageName, alias: Alias, service: ServiceId, kept: String },
 }
 
 /// All problems found while planning.
@@ -263,6 +273,7 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
         }
     }
     super::spell_calls::check(desired, current, host, &mut errors);
+    super::migrate::check(desired, current, &mut errors);
     if !errors.is_empty() {
         return Err(PlanErrors(errors));
     }
@@ -303,11 +314,28 @@ pub fn plan(desired: &Desired, current: &Current, host: &PeerId) -> Result<Plan,
     let index = Index::of(current);
     for p in &desired.packages {
         for s in &p.services {
-            steps.extend(plan_service(s, &index, host));
+            let planned = plan_service(s, &index, host, desired.exports.get(&s.blueprint_id).map(Vec::as_slice));
+            // Data to restore must still be kept when the step would use it.
+            if let Some(id) = &s.restore_data_from {
+                let uses = planned.iter().any(|st| matches!(st, Step::Replace { .. } | Step::Install { .. }));
+                if uses && !current.kept.contains_key(id) {
+                    let kept = current.kept.keys().map(ServiceId::to_string).collect::<Vec<_>>();
+                    errors.push(PlanError::KeptDataMissing {
+                        package: s.package.clone(),
+                        alias: s.alias.clone(),
+                        service: id.clone(),
+                        kept: if kept.is_empty() { "none".into() } else { kept.join(", ") },
+                    });
+                }
+            }
+            steps.extend(planned);
         }
         for s in &p.spells {
             steps.extend(plan_spell(s, &index, host));
         }
+    }
+    if !errors.is_empty() {
+        return Err(PlanErrors(errors));
     }
     Ok(Plan { steps })
 }
@@ -320,6 +348,7 @@ struct Index<'a> {
     aliases: HashMap<&'a Alias, &'a AliasHolder>,
     services: HashMap<&'a ServiceId, &'a ObservedService>,
     spells: HashMap<&'a Alias, &'a ObservedSpell>,
+    kept: &'a BTreeMap<ServiceId, KeptData>,
 }
 
 impl<'a> Index<'a> {
@@ -329,6 +358,7 @@ impl<'a> Index<'a> {
             aliases: current.aliases.iter().collect(),
             services: current.services.iter().collect(),
             spells: current.spells.iter().collect(),
+            kept: &current.kept,
         }
     }
 }
@@ -346,22 +376,30 @@ fn conflict(alias: &Alias, package: &PackageName, current: &Index, host: &PeerId
 
 /// The steps of one desired service: one, or a repair of its alias followed
 /// by what its config asks for.
-fn plan_service(s: &DesiredService, current: &Index, host: &PeerId) -> Vec<Step> {
+fn plan_service(s: &DesiredService, current: &Index, host: &PeerId, sigs: Option<&[FunctionSig]>) -> Vec<Step> {
     let mut out = Vec::new();
-    let main = plan_service_main(s, current, host, &mut out);
+    let main = plan_service_main(s, current, host, sigs, &mut out);
     out.push(main);
     out
 }
 
-fn plan_service_main(s: &DesiredService, current: &Index, host: &PeerId, repairs: &mut Vec<Step>) -> Step {
+fn plan_service_main(s: &DesiredService, current: &Index, host: &PeerId, sigs: Option<&[FunctionSig]>, repairs: &mut Vec<Step>) -> Step {
     if let Some(c) = conflict(&s.alias, &s.package, current, host) {
         return c;
     }
+    let restore = |id: &ServiceId| {
+        let from = current.kept.get(id).and_then(|k| super::migrate::from_version(&k.version, &s.version, sigs));
+        format!("; restore data kept from service {id}{}", from.map(|v| format!("; migrate from {v}")).unwrap_or_default())
+    };
     let install = |reason: String| Step::Install {
         alias: s.alias.clone(),
         package: s.package.clone(),
         blueprint_id: s.blueprint_id,
-        reason: format!("{reason}{}", init_note(s, false)),
+        reason: format!(
+            "{reason}{}{}",
+            s.restore_data_from.as_ref().map(restore).unwrap_or_default(),
+            init_note(s, s.restore_data_from.is_some())
+        ),
     };
     let bound = current.aliases.get(&s.alias);
     let Some(d) = current.deployed.get(&s.alias) else {
@@ -393,15 +431,30 @@ fn plan_service_main(s: &DesiredService, current: &Index, host: &PeerId, repairs
         }
         Some(_) => None,
     };
+    // The data the new service starts from: kept data to restore, the old
+    // service's (`keep_data`), or none; `migrate` runs on carried data only.
+    let carried = s.keep_data || s.restore_data_from.is_some();
+    let data_version = match &s.restore_data_from {
+        Some(id) => current.kept.get(id).map(|k| k.version.as_str()),
+        None => Some(d.version.as_str()),
+    };
+    let migrate_from = data_version.filter(|_| carried).and_then(|v| super::migrate::from_version(v, &s.version, sigs)).map(str::to_string);
+    // (`restore` names the migration of restored data itself.)
+    let data_note = match (&s.restore_data_from, &migrate_from) {
+        (Some(id), _) => restore(id),
+        (None, Some(v)) => format!("; migrate from {v}"),
+        (None, None) => String::new(),
+    };
     let replace = |reason: String| Step::Replace {
         alias: s.alias.clone(),
         package: s.package.clone(),
         old_service_id: service_id.clone(),
         blueprint_id: s.blueprint_id,
         keep_data: s.keep_data,
+        migrate_from: migrate_from.clone(),
         reason: match &misbound {
-            Some(m) => format!("{reason}; {m}{}", init_note(s, s.keep_data)),
-            None => format!("{reason}{}", init_note(s, s.keep_data)),
+            Some(m) => format!("{reason}; {m}{data_note}{}", init_note(s, carried)),
+            None => format!("{reason}{data_note}{}", init_note(s, carried)),
         },
     };
     if *blueprint_id != s.blueprint_id {

@@ -68,7 +68,14 @@ fn desired(packages: Vec<(&str, Vec<DesiredService>, Vec<DesiredSpell>)>) -> Des
     Desired {
         packages: packages
             .into_iter()
-            .map(|(n, services, spells)| DesiredPackage { name: pkg(n), version: "1.0.0".into(), depends_on: vec![], services, spells })
+            .map(|(n, services, spells)| DesiredPackage {
+                name: pkg(n),
+                version: "1.0.0".into(),
+                depends_on: vec![],
+                migrates_from: None,
+                services,
+                spells,
+            })
             .collect(),
         exports: Default::default(),
         catalog_order: vec![],

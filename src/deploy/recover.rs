@@ -62,7 +62,13 @@ impl Deployer {
     /// collects unreferenced components, artifacts and data dirs. Returns one
     /// line per action, for the report.
     pub async fn recover(&self) -> Result<Vec<String>, DeployError> {
-        let mut done = Vec::new();
+        // A kept-data move a crash interrupted is finished first, so nothing
+        // below deletes a data dir recorded as kept (`kept.rs`).
+        let mut done = self.settle_kept().await.map_err(|message| DeployError::Recovery {
+            alias: "kept data".into(),
+            action: "keep-data",
+            message,
+        })?;
         let intents = self.journal.intents()?;
         // Observed once: an intent's resolution reads only its own alias, and
         // recovering one intent touches only its alias and its services (a

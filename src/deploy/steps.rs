@@ -133,7 +133,8 @@ impl Deployer {
 
     pub(super) async fn replace(&self, step: &Step, s: &DesiredService, old: &ServiceId) -> Result<u32, StepFailure> {
         self.runtime.check_owner(old, &self.host).map_err(fail)?;
-        let created_at = self.journal.deployed().ok().and_then(|d| d.get(&s.alias).map(|e| e.created_at)).unwrap_or_else(now_ms);
+        let old_entry = self.journal.deployed().ok().and_then(|mut d| d.remove(&s.alias));
+        let created_at = old_entry.as_ref().map_or_else(now_ms, |e| e.created_at);
         let mut tx = StepTx::begin(self, step, None)?;
         let id = match self.runtime.create_service(&s.blueprint_id, &self.host).await {
             Ok(id) => id,
@@ -143,21 +144,40 @@ impl Deployer {
         tx.created(id.clone(), self.entry_for_service(s, &id, created_at)).await?;
         // From the start of the copy until the alias moved, calls to the old
         // service wait: what it would write after the copy would be lost.
+        // Data kept from an earlier service (`restore_data_from`) replaces the
+        // old service's; the hold is the same.
+        let carried = s.keep_data || s.restore_data_from.is_some();
         let mut hold = None;
-        if s.keep_data {
+        if carried {
             hold = match self.runtime.hold_calls(old).await {
                 Ok(h) => Some(h),
                 Err(e) => return Err(tx.roll_back(fail(format!("holding the calls of {old}: {e}"))).await),
             };
-            if let Err(e) = self.runtime.copy_data(old, &id).await {
-                return Err(tx.roll_back(fail(format!("carrying data over from {old}: {e}"))).await);
+            let copied = match &s.restore_data_from {
+                Some(kept) => self.restore_kept(kept, &id).await,
+                None => self.runtime.copy_data(old, &id).await.map_err(|e| fail(format!("carrying data over from {old}: {e}"))),
+            };
+            if let Err(f) = copied {
+                return Err(tx.roll_back(f).await);
             }
             crate::failpoint::trace::event(|| format!("copied {}", s.alias));
             crash_point!("deploy::replace::copied");
+            // The new service converts the carried data (issue 17): after the
+            // copy, before the init calls; a failure rolls the replace back.
+            let from = match self.migrate_from_of(s, &id) {
+                Ok(f) => f,
+                Err(f) => return Err(tx.roll_back(f).await),
+            };
+            if let Some(from) = from {
+                if let Err(f) = self.run_migrate(s, &id, &from).await {
+                    return Err(tx.roll_back(f).await);
+                }
+                crash_point!("deploy::replace::migrated");
+            }
         }
         // `on-install` calls ran when the service was first created and their
         // effect is in the carried data: only a replace without data runs them.
-        let attempts = match self.run_init(s, &id, s.keep_data).await {
+        let attempts = match self.run_init(s, &id, carried).await {
             Ok(n) => n,
             Err(f) => return Err(tx.roll_back(f).await),
         };
@@ -179,9 +199,21 @@ impl Deployer {
         tx.advance(Phase::Swapped).await?;
         self.journal.upsert(tx.entry()).map_err(fail)?;
         crash_point!("deploy::replace::recorded");
-        if let Err(e) = self.runtime.remove_service(old, false).await {
-            // The new service serves; the old one is an orphan the next boot removes.
-            tracing::warn!(alias = %s.alias, "removing replaced service {old}: {e}");
+        match (&old_entry, s.snapshot_before_replace) {
+            // Keep the old data dir (`kept.rs`); a failure leaves the old
+            // service for the next boot's recovery to finish.
+            (Some(entry), true) => {
+                if let Err(f) = self.keep_replaced(old, entry).await {
+                    tracing::error!(alias = %s.alias, "{}", f.message);
+                    return Err(f);
+                }
+            }
+            _ => {
+                if let Err(e) = self.runtime.remove_service(old, false).await {
+                    // The new service serves; the old one is an orphan the next boot removes.
+                    tracing::warn!(alias = %s.alias, "removing replaced service {old}: {e}");
+                }
+            }
         }
         crate::failpoint::trace::event(|| format!("removed {old}"));
         crash_point!("deploy::replace::old-removed");
@@ -468,7 +500,7 @@ impl<'a> StepTx<'a> {
 
 /// `Some(message)` when `value` is the `err` case of a function whose WIT
 /// result is a `result`.
-fn guest_error(sig: &FunctionSig, value: &serde_json::Value) -> Option<String> {
+pub(super) fn guest_error(sig: &FunctionSig, value: &serde_json::Value) -> Option<String> {
     let [crate::runtime::WitType::Result { .. }] = sig.results.as_slice() else { return None };
     let err = value.as_object().filter(|o| o.len() == 1)?.get("err")?;
     Some(match err {

@@ -40,6 +40,9 @@ pub struct Package {
     pub version: String,
     /// Packages whose steps must be applied before this one's.
     pub depends_on: Vec<PackageName>,
+    /// The oldest deployed version this release's services migrate their
+    /// data from (`migrates_from`, issue 17); an older one is a plan error.
+    pub migrates_from: Option<String>,
     /// The `[system_services.<package>]` section's keys, for the config loader.
     pub config: PackageSchema,
     pub services: Vec<ServiceSpec>,
@@ -75,6 +78,8 @@ pub struct ServiceSpec {
     pub queue_depth: Option<u32>,
     /// Functions only init calls and this package's spells may call (`private`).
     pub private: Vec<String>,
+    /// Keep the replaced service's data dir (`snapshot_before_replace`, issue 17).
+    pub snapshot_before_replace: bool,
 }
 
 /// One component of a service, with the bytes embedded in the binary (or
@@ -230,6 +235,8 @@ pub enum ManifestErrorKind {
     BadName { what: &'static str, value: String, reason: NameError },
     #[error("version {0:?} is not a semantic version; expected MAJOR.MINOR.PATCH such as \"0.9.4\"")]
     BadVersion(String),
+    #[error("migrates_from {from:?} is newer than the package's own version {version:?}; it names the oldest deployed version this release can migrate from")]
+    MigratesFromNewer { from: String, version: String },
     #[error("package {name} is also defined in {other}; package names must be unique")]
     DuplicatePackage { name: String, other: String },
     #[error("alias {alias} is already used by {other}; services and spells share one alias namespace, so aliases must be unique across all packages")]
@@ -483,6 +490,8 @@ struct RawPackage {
     version: String,
     #[serde(default)]
     depends_on: Vec<String>,
+    /// Oldest deployed version the services migrate from (issue 17).
+    migrates_from: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -523,6 +532,9 @@ struct RawService {
     /// Functions not callable through the API (issue 16).
     #[serde(default)]
     private: Vec<String>,
+    /// Keep the replaced service's data dir (issue 17).
+    #[serde(default)]
+    snapshot_before_replace: bool,
 }
 
 #[derive(Deserialize)]
@@ -758,6 +770,58 @@ fn is_semver(v: &str) -> bool {
         && rest.is_none_or(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b)))
 }
 
+/// Semantic-version precedence of two versions (build metadata ignored):
+/// `MAJOR.MINOR.PATCH` numerically, then a version without a pre-release
+/// above one with; pre-release identifiers compared left to right, numeric
+/// ones numerically and below alphanumeric ones, which compare as ASCII; a
+/// shorter list of equal identifiers is lower. `None` when either is not a
+/// semantic version (`is_semver`).
+pub fn compare_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    fn split(v: &str) -> Option<([u64; 3], Option<&str>)> {
+        if !is_semver(v) {
+            return None;
+        }
+        let v = v.split('+').next().unwrap_or(v);
+        let (core, pre) = match v.split_once('-') {
+            Some((c, p)) => (c, Some(p)),
+            None => (v, None),
+        };
+        let mut n = [0u64; 3];
+        for (slot, part) in n.iter_mut().zip(core.split('.')) {
+            *slot = part.parse().ok()?;
+        }
+        Some((n, pre))
+    }
+    let ((an, ap), (bn, bp)) = (split(a)?, split(b)?);
+    Some(an.cmp(&bn).then_with(|| match (ap, bp) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => {
+            let (mut xs, mut ys) = (x.split('.'), y.split('.'));
+            loop {
+                match (xs.next(), ys.next()) {
+                    (None, None) => return Ordering::Equal,
+                    (None, Some(_)) => return Ordering::Less,
+                    (Some(_), None) => return Ordering::Greater,
+                    (Some(p), Some(q)) => {
+                        let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                            (Ok(i), Ok(j)) => i.cmp(&j),
+                            (Ok(_), Err(_)) => Ordering::Less,
+                            (Err(_), Ok(_)) => Ordering::Greater,
+                            (Err(_), Err(_)) => p.cmp(q),
+                        };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                }
+            }
+        }
+    }))
+}
+
 fn is_env_name(s: &str) -> bool {
     !s.is_empty() && s.as_bytes()[0].is_ascii_uppercase() && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
@@ -822,6 +886,16 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
     };
     if !is_semver(&raw.package.version) {
         c.err("package.version", ManifestErrorKind::BadVersion(raw.package.version.clone()));
+    }
+    if let Some(from) = &raw.package.migrates_from {
+        if !is_semver(from) {
+            c.err("package.migrates_from", ManifestErrorKind::BadVersion(from.clone()));
+        } else if compare_versions(from, &raw.package.version) == Some(std::cmp::Ordering::Greater) {
+            c.err(
+                "package.migrates_from",
+                ManifestErrorKind::MigratesFromNewer { from: from.clone(), version: raw.package.version.clone() },
+            );
+        }
     }
     let mut deps = Vec::new();
     for (i, d) in raw.package.depends_on.iter().enumerate() {
@@ -1054,6 +1128,7 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
                 call_ttl_ms: rs.call_ttl_ms,
                 queue_depth: rs.queue_depth,
                 private,
+                snapshot_before_replace: rs.snapshot_before_replace,
             });
         }
     }
@@ -1110,6 +1185,7 @@ fn check_package(root_label: &str, src: &ManifestSource, files: &dyn PackageFile
             name,
             version: raw.package.version,
             depends_on: deps.iter().map(|(_, n)| n.clone()).collect(),
+            migrates_from: raw.package.migrates_from,
             config: schema,
             services,
             spells,
@@ -1441,5 +1517,37 @@ impl ServiceSpec {
         } else {
             Err(errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod version_order_tests {
+    use super::compare_versions;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions_compare_by_semver_precedence() {
+        let ordered = [
+            "0.9.4",
+            "0.10.0",
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0",
+            "1.2.0",
+            "10.0.0",
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                assert_eq!(compare_versions(a, b), Some(i.cmp(&j)), "{a} vs {b}");
+            }
+        }
+        assert_eq!(compare_versions("1.0.0+build.5", "1.0.0"), Some(Equal));
+        assert_eq!(compare_versions("1.0", "1.0.0"), None);
+        assert_eq!(compare_versions("1.0.0", "v1"), None);
+        assert_eq!(compare_versions("2.0.0", "1.99.99"), Some(Greater));
+        assert_eq!(compare_versions("1.0.0", "1.0.1"), Some(Less));
     }
 }

@@ -71,6 +71,13 @@ pub fn embedded() -> &'static Catalog {
     })
 }
 
+/// The embedded manifests and a reader of their files (build-time hashes):
+/// `deploy::generations` records a package as it was loaded (issue 17).
+pub fn embedded_sources() -> (&'static str, Vec<ManifestSource>, &'static dyn PackageFiles) {
+    let sources = generated::PACKAGES.iter().map(|p| ManifestSource { dir: p.dir.to_string(), text: p.manifest.to_string() }).collect();
+    (generated::ROOT_LABEL, sources, &EmbeddedFiles)
+}
+
 /// Config schemas of every embedded package, in package order.
 pub fn package_schemas() -> Vec<PackageSchema> {
     embedded().schemas()

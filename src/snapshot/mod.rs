@@ -19,6 +19,8 @@
 //! flipped byte anywhere is refused.
 
 pub mod archive;
+pub mod bootstrap;
+pub mod online;
 pub mod progress;
 pub mod restore;
 pub mod stage;

@@ -64,6 +64,8 @@ pub enum Build {
     V1,
     V2,
     FailInit,
+    /// `tests/distros/migrator`: exports `migrate` (issue 17), package 0.2.0.
+    Migrate,
 }
 
 impl Build {
@@ -72,6 +74,7 @@ impl Build {
             Build::V1 => "v1",
             Build::V2 => "v2",
             Build::FailInit => "fail-init",
+            Build::Migrate => "migrate",
         }
     }
     pub fn wasm(self) -> Vec<u8> {
@@ -82,10 +85,19 @@ impl Build {
     }
     /// What `version()` answers.
     pub fn version(self) -> u64 {
-        if self == Build::V2 {
-            2
+        match self {
+            Build::V2 => 2,
+            Build::Migrate => 3,
+            _ => 1,
+        }
+    }
+    /// The package version its `distro.toml` says (a change makes a replace
+    /// call `migrate`).
+    pub fn package_version(self) -> &'static str {
+        if self == Build::Migrate {
+            "0.2.0"
         } else {
-            1
+            "0.1.0"
         }
     }
 }
@@ -110,6 +122,8 @@ pub struct Want {
     pub checked: Option<String>,
     /// What the `shifty` alias is, or `None` when its package is not enabled.
     pub shifty: Option<Kind>,
+    /// `system_services.snapshot_before_replace` (issue 17).
+    pub snapshot: bool,
 }
 
 impl Default for Want {
@@ -123,6 +137,7 @@ impl Default for Want {
             threshold: 5,
             checked: None,
             shifty: None,
+            snapshot: false,
         }
     }
 }
@@ -211,10 +226,8 @@ impl Sandbox {
         fs::write(kv.join("kv-store.wasm"), build.wasm()).unwrap();
         fs::write(
             kv.join("distro.toml"),
-            r#"[package]
-name = "kv-store"
-version = "0.1.0"
-
+            format!("[package]\nname = \"kv-store\"\nversion = \"{}\"\n", build.package_version())
+                + r#"
 [config.greeting]
 type = "string"
 default = "hello"
@@ -289,7 +302,15 @@ fixed = "never changes"
         if let Some(v) = &want.checked {
             args.extend(["--set".into(), format!("system_services.checked.value={v}")]);
         }
+        if want.snapshot {
+            args.extend(["--set".into(), "system_services.snapshot_before_replace=true".into()]);
+        }
         args.extend([
+            // Only the newest generation's blueprints stay (issue 17): the
+            // converged-state check expects nothing but what is used, and
+            // older generations' retention is tests/generations.rs's.
+            "--set".into(),
+            "system_services.keep_generations=1".into(),
             "--set".into(),
             format!("system_services.kv_store.greeting={}", want.greeting),
             "--set".into(),

@@ -23,6 +23,10 @@ fn scenario(op: &str) -> Scenario {
     let (setup, target) = match op {
         "install" => (Want { kv: None, ..base.clone() }, base),
         "replace" | "cache-write" | "gc" => (base.clone(), Want { kv: Some(Build::V2), ..base }),
+        // Issue 17: a replace whose new facade exports `migrate` (package
+        // 0.1.0 → 0.2.0), and one that keeps the replaced data dir.
+        "migrate" => (base.clone(), Want { kv: Some(Build::Migrate), ..base }),
+        "keep-data" => (base.clone(), Want { kv: Some(Build::V2), snapshot: true, ..base }),
         "reinit" => (base.clone(), Want { greeting: "bye".into(), ..base }),
         "remove" => (base.clone(), Want { kv: None, ..base }),
         "install-spell" => (Want { ticker: false, ..base.clone() }, base),
@@ -59,13 +63,16 @@ fn data() -> BTreeMap<String, String> {
 fn assert_plan_after_crash(point: &str, op: &str, plan: &serde_json::Value) {
     // A batched install binds its aliases and writes their entries in one
     // transaction, so after `deploy::install::bound` nothing is left.
-    let recorded = matches!(point, "deploy::replace::recorded" | "deploy::replace::old-removed" | "deploy::install::bound") || op == "gc";
+    let recorded = matches!(point, "deploy::replace::recorded" | "deploy::replace::old-removed" | "deploy::install::bound")
+        || op == "gc"
+        || op == "keep-data";
     if recorded {
         assert_eq!(plan["no_changes"], true, "{point}: the record was written before the crash, yet the plan is {plan:#}");
         return;
     }
     let (alias, action) = match op {
         "install" | "replace" | "reinit" | "remove" => (KV, op),
+        "migrate" => (KV, "replace"),
         "cache-write" => (KV, "replace"),
         "install-spell" | "update-spell" | "kv-apply" | "remove-spell" => (TICKER, op),
         other => panic!("{point}: no expected plan for operation {other}"),
@@ -78,6 +85,28 @@ fn assert_plan_after_crash(point: &str, op: &str, plan: &serde_json::Value) {
         .filter(|(_, a)| !a.starts_with("keep"))
         .collect();
     assert_eq!(changes, vec![(alias, action)], "{point}: the plan of the crashed state dir: {plan:#}");
+}
+
+/// Issue 17: after a crash in a migrating replace the service that serves
+/// was migrated from the old version; after a crash while keeping the
+/// replaced data dir, that dir is kept (recorded, with the data written
+/// before the crash) and nothing else is.
+async fn assert_issue17_outcome(op: &str, point: &str, i: &Inspect) {
+    match op {
+        "migrate" => assert_eq!(i.call(KV, "migrated-from", serde_json::json!([])).await, "0.1.0", "{point}: not migrated"),
+        "keep-data" => {
+            let kept = names(&i.root.join("kept"));
+            assert_eq!(kept.len(), 1, "{point}: kept dirs {kept:?}");
+            let id = kept.iter().next().unwrap();
+            let hex: String = "survivor".bytes().map(|b| format!("{b:02x}")).collect();
+            let value = fs::read_to_string(i.root.join("kept").join(id).join("kv").join(format!("k{hex}")));
+            assert_eq!(value.ok().as_deref(), Some("data written before the crash"), "{point}: the kept dir lacks the data");
+            let rows: Vec<String> =
+                sysdeploy::deploy::kept::list(&i.store).unwrap().into_iter().map(|k| k.service_id.to_string()).collect();
+            assert_eq!(rows, vec![id.clone()], "{point}: kept data records");
+        }
+        _ => {}
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +147,7 @@ async fn every_crash_point_recovers_and_converges() {
         let kept_data = if sc.setup.kv.is_some() && sc.target.kv.is_some() { data() } else { BTreeMap::new() };
         let spell_ran = sc.setup.ticker && sc.target.ticker;
         i.assert_contents(&sc.target, &kept_data, spell_ran, &format!("after a crash at {point}")).await;
+        assert_issue17_outcome(op, point, &i).await;
         drop(i);
         let plan = sb.plan(&sc.target);
         assert_eq!(plan["no_changes"], true, "{point}: plan after convergence is not empty: {plan:#}\nrestart log:\n{}", restart.stderr);

@@ -34,6 +34,10 @@ pub const TEST_GUESTS: &[(&str, &str, &str)] = &[
     ("tests/distros/hostile", "", "tests/distros/limits/hostile/hostile.wasm"),
     ("tests/distros/hostile-tree", "", "tests/distros/containment/hostile/hostile.wasm"),
     ("tests/distros/fetcher", "", "tests/distros/outbound/fetcher/fetcher.wasm"),
+    ("tests/distros/migrator", "", "tests/distros/migrate/kv-store/kv-store.wasm"),
+    ("tests/distros/migrator", "err", "tests/distros/migrate-err/kv-store/kv-store.wasm"),
+    ("tests/distros/migrator", "trap", "tests/distros/migrate-trap/kv-store/kv-store.wasm"),
+    ("tests/distros/migrator", "bad-signature", "tests/distros/migrate-bad-signature/kv-store/kv-store.wasm"),
 ];
 
 /// Python guests built with componentize-py: (package folder, WIT world,

@@ -1,0 +1,687 @@
+//! Snapshots of a running node and nodes started from a peer (issue 17),
+//! black-box: real `sysdeploy run` processes on loopback with the kv-store
+//! package of `tests/distros/node/`, real HTTP, real SIGKILL.
+//!
+//! - a snapshot taken through `POST /v1/snapshots` while clients write holds
+//!   every write acknowledged before the request was sent, and no torn value;
+//! - `run --bootstrap-from` a running peer converges (empty plan, same data,
+//!   new identity) and is ignored once the state dir holds a node;
+//! - a truncated, cut or corrupted fetch, and a token the peer refuses, exit
+//!   non-zero naming the URL (never the token) and leave no state dir;
+//! - a SIGKILL during the bootstrap's restore leaves a state dir the next
+//!   attempt handles (`failpoints` feature);
+//! - one snapshot at a time (`busy`), never the identity through the API.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
+
+/// Upper bound for anything that should happen "soon"; reaching it fails.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+fn distros() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/node")
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A temp dir with a state dir and a config file enabling kv-store.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let sb = Sandbox { dir: tempfile::tempdir().unwrap() };
+        std::fs::write(sb.config_path(), "[system_services]\nenable = [\"kv-store\"]\non_failure = \"stop\"\n").unwrap();
+        sb
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sysdeploy.toml")
+    }
+    fn cmd(&self, addr: SocketAddr) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--state-dir")
+            .arg(self.state())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--distros-dir")
+            .arg(distros())
+            .arg("--api-listen")
+            .arg(addr.to_string())
+            .env_remove("RUST_LOG")
+            .env_remove("FAILPOINTS")
+            .env_remove("SYSDEPLOY_BOOTSTRAP_FROM")
+            .env_remove("SYSDEPLOY_BOOTSTRAP_TOKEN_FILE")
+            .env_remove("NOTIFY_SOCKET");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Out {
+        let o = self.cmd(free_addr()).args(args).stdin(Stdio::null()).output().unwrap();
+        Out {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.state().join("api.token")).unwrap().trim().to_string()
+    }
+    /// A token file (0600) holding `token`.
+    fn token_file(&self, token: &str) -> PathBuf {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.dir.path().join(format!("peer-token-{}", token.len()));
+        let _ = std::fs::remove_file(&p);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+        writeln!(f, "{token}").unwrap();
+        p
+    }
+    /// `run --once --bootstrap-from URL --bootstrap-token-file FILE`.
+    fn bootstrap_once(&self, url: &str, token_file: &Path) -> Out {
+        self.run(&["run", "--once", "--bootstrap-from", url, "--bootstrap-token-file", token_file.to_str().unwrap()])
+    }
+    fn status(&self) -> Value {
+        let o = self.run(&["status", "--json"]);
+        assert_eq!(o.code, Some(0), "status failed: {o:?}");
+        serde_json::from_str(&o.stdout).unwrap()
+    }
+    fn plan(&self) -> Value {
+        let o = self.run(&["plan", "--json"]);
+        assert_eq!(o.code, Some(0), "plan failed: {o:?}");
+        serde_json::from_str(&o.stdout).unwrap()
+    }
+    /// The state dir is absent or empty.
+    fn assert_no_state(&self, what: &str) {
+        let entries: Vec<String> = match std::fs::read_dir(self.state()) {
+            Ok(d) => d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        assert!(entries.is_empty(), "{what}: the state dir holds {entries:?}");
+    }
+}
+
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// A running `sysdeploy run`; SIGKILLed on drop.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn start(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let addr = free_addr();
+        let mut cmd = sb.cmd(addr);
+        cmd.arg("run").args(extra).envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Node { child, addr, log }
+    }
+    fn ready(sb: &Sandbox, extra: &[&str]) -> Node {
+        let mut n = Node::start(sb, extra, &[]);
+        n.wait_ready();
+        n
+    }
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("node exited ({st}) before it was ready; log:\n{}", self.log());
+            }
+            if try_http(self.addr, "GET", "/health", None, None).is_some_and(|r| r.status == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node never became ready; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn wait_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(needle) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("node exited ({st}) before logging {needle:?}; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "log never showed {needle:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn put(&self, token: &str, key: &str, value: &str) -> bool {
+        put(self.addr, token, key, value)
+    }
+    fn get(&self, token: &str, key: &str) -> Value {
+        let r = http(self.addr, "POST", "/v1/services/kv-store/call/get", Some(token), Some(json!([key]).to_string().into_bytes()));
+        assert_eq!(r.status, 200, "get {key}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    }
+    /// The whole archive of `GET /v1/snapshot`.
+    fn snapshot(&self, token: &str) -> Vec<u8> {
+        let r = http_bytes(self.addr, "GET", "/v1/snapshot", Some(token), None);
+        assert_eq!(r.0, 200, "GET /v1/snapshot: {}", String::from_utf8_lossy(&r.1));
+        r.1
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    body: String,
+}
+
+impl Resp {
+    fn error_code(&self) -> String {
+        let v: Value = serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body));
+        v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {v}")).to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(PATIENCE)).build().into()
+}
+
+fn request(method: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> ureq::http::request::Builder {
+    let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    req
+}
+
+fn try_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Option<Resp> {
+    let req = request(method, addr, path, token);
+    let resp = match body {
+        Some(b) => agent().run(req.header("Content-Type", "application/json").body(b).unwrap()),
+        None => agent().run(req.body(()).unwrap()),
+    };
+    let resp = resp.ok()?;
+    let status = resp.status().as_u16();
+    let mut bytes = Vec::new();
+    resp.into_body().into_reader().read_to_end(&mut bytes).ok()?;
+    // Lossy: a test that expected an error and got an archive says so.
+    Some(Resp { status, body: String::from_utf8_lossy(&bytes).into_owned() })
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+    try_http(addr, method, path, token, body).unwrap_or_else(|| panic!("{method} {path}: the node did not answer"))
+}
+
+/// A request whose body is read whole as bytes (archives are large).
+fn http_bytes(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+    let req = request(method, addr, path, token);
+    let resp = match body {
+        Some(b) => agent().run(req.header("Content-Type", "application/json").body(b).unwrap()),
+        None => agent().run(req.body(()).unwrap()),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let mut bytes = Vec::new();
+    resp.into_body().into_reader().read_to_end(&mut bytes).unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
+    (status, bytes)
+}
+
+/// `kv-store.put(key, value)`; whether the node acknowledged it (200).
+fn put(addr: SocketAddr, token: &str, key: &str, value: &str) -> bool {
+    try_http(addr, "POST", "/v1/services/kv-store/call/put", Some(token), Some(json!([key, value]).to_string().into_bytes()))
+        .is_some_and(|r| r.status == 200)
+}
+
+/// How a fake peer answers `GET /v1/snapshot`.
+#[derive(Clone, Copy, Debug)]
+enum Serve {
+    /// The whole archive.
+    Whole,
+    /// `Content-Length` of the whole archive, then the connection is closed
+    /// after this many bytes (a transfer cut half-way).
+    CutAt(usize),
+    /// No length: this many bytes, then a clean close (a short archive that
+    /// looks like a whole transfer).
+    ShortAt(usize),
+    /// The whole length with one byte flipped at this offset.
+    Flip(usize),
+}
+
+/// A fake peer on loopback serving `archive` as `how` says, to every request.
+fn fake_peer(archive: Arc<Vec<u8>>, how: Serve) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let archive = archive.clone();
+            std::thread::spawn(move || answer_once(&mut conn, &archive, how));
+        }
+    });
+    addr
+}
+
+fn answer_once(conn: &mut TcpStream, archive: &[u8], how: Serve) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let (body, length): (Vec<u8>, Option<usize>) = match how {
+        Serve::Whole => (archive.to_vec(), Some(archive.len())),
+        Serve::CutAt(n) => (archive[..n].to_vec(), Some(archive.len())),
+        Serve::ShortAt(n) => (archive[..n].to_vec(), None),
+        Serve::Flip(i) => {
+            let mut b = archive.to_vec();
+            b[i] ^= 0x01;
+            (b, Some(archive.len()))
+        }
+    };
+    let length = length.map(|l| format!("Content-Length: {l}\r\n")).unwrap_or_default();
+    let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{length}Connection: close\r\n\r\n");
+    let _ = conn.write_all(&body);
+    let _ = conn.flush();
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+/// Polls `cond` until true, bounded by [`PATIENCE`].
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Clients write distinct keys while a snapshot is taken through `POST
+/// /v1/snapshots`; the node restored from it answers every write
+/// acknowledged before the request was sent, and no value is torn.
+#[test]
+fn a_snapshot_taken_while_clients_write_holds_every_write_acknowledged_before_it() {
+    let a = Sandbox::new();
+    let node = Node::ready(&a, &[]);
+    let token = a.token();
+
+    const WRITERS: usize = 4;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per writer: (key, value) attempted, and how many of them were acknowledged.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let addr = node.addr;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (stop, acked, attempted, token) = (stop.clone(), acked.clone(), attempted.clone(), token.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    // Values of different lengths: a torn copy would show.
+                    let (k, v) = (format!("w{w}-{i}"), format!("value {w}-{i} {}", "x".repeat(i % 97)));
+                    attempted.lock().unwrap().push((k.clone(), v.clone()));
+                    if put(addr, &token, &k, &v) {
+                        acked.lock().unwrap().push((k, v));
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    eventually("writers got 40 writes acknowledged", || acked.lock().unwrap().len() >= 40);
+
+    // Everything acknowledged up to here must be in the snapshot.
+    let before: Vec<(String, String)> = acked.lock().unwrap().clone();
+    let (status, archive) = http_bytes(node.addr, "POST", "/v1/snapshots", Some(&token), Some(b"{\"include_identity\": false}".to_vec()));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&archive));
+    // Writers kept writing during the snapshot.
+    let during = acked.lock().unwrap().len();
+    eventually("writers kept writing after the snapshot", || acked.lock().unwrap().len() > during);
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let metrics = http(node.addr, "GET", "/metrics", None, None).body;
+    assert!(metrics.contains("sysdeploy_snapshots_total{outcome=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("sysdeploy_snapshot_bytes "), "{metrics}");
+    let staging: Vec<_> = std::fs::read_dir(a.state())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".snapshot-stage-"))
+        .collect();
+    assert!(staging.is_empty(), "the staged tree is removed once sent: {staging:?}");
+
+    // Restore it as a new node (a fake peer serves the archive).
+    let b = Sandbox::new();
+    let peer = fake_peer(Arc::new(archive), Serve::Whole);
+    let restored = Node::ready(
+        &b,
+        &["--bootstrap-from", &format!("http://{peer}"), "--bootstrap-token-file", b.token_file("unused").to_str().unwrap()],
+    );
+    let btoken = b.token();
+    for (k, v) in &before {
+        assert_eq!(restored.get(&btoken, k), json!(v), "write {k} acknowledged before the snapshot is missing");
+    }
+    // No torn value: whatever the restored node has of a key is one whole value written.
+    let attempted = attempted.lock().unwrap().clone();
+    for (k, v) in attempted.iter().skip(before.len()).step_by(3) {
+        let got = restored.get(&btoken, k);
+        assert!(got == Value::Null || got == json!(v), "key {k}: torn value {got} (wrote {v:?})");
+    }
+}
+
+/// A second node started with `--bootstrap-from` the first converges: its
+/// plan is empty, its data equals the first's, its identity is its own; run
+/// again, the flag is ignored.
+#[test]
+fn a_node_bootstrapped_from_a_running_peer_converges() {
+    let a = Sandbox::new();
+    let peer = Node::ready(&a, &[]);
+    let token = a.token();
+    for i in 0..10 {
+        assert!(peer.put(&token, &format!("k{i}"), &format!("v{i}")));
+    }
+    let b = Sandbox::new();
+    let tf = b.token_file(&token);
+    let url = format!("http://{}", peer.addr);
+    let mut node = Node::ready(&b, &["--bootstrap-from", &url, "--bootstrap-token-file", tf.to_str().unwrap()]);
+    let log = node.log();
+    assert!(log.contains("restored with a new identity"), "{log}");
+    assert!(!log.contains(&token), "the token reached the log:\n{log}");
+    let btoken = b.token();
+    assert_ne!(btoken, token, "the api token is the new node's own");
+    for i in 0..10 {
+        assert_eq!(node.get(&btoken, &format!("k{i}")), json!(format!("v{i}")));
+    }
+    assert_eq!(node.get(&btoken, "k-absent"), Value::Null);
+    drop(node);
+    let (sa, sb) = (a.status(), b.status());
+    assert_ne!(sa["peer_id"], sb["peer_id"], "a new identity");
+    let owners: Vec<&Value> = sb["services"].as_array().unwrap().iter().map(|s| &s["owner"]).collect();
+    assert!(owners.iter().all(|o| **o == sb["peer_id"]), "the new node owns what it restored: {sb}");
+    assert_eq!(b.plan()["no_changes"], json!(true), "{}", b.plan());
+
+    // Run again with the flags: the state dir holds a node, the flag is ignored.
+    node = Node::ready(&b, &["--bootstrap-from", &url, "--bootstrap-token-file", tf.to_str().unwrap()]);
+    node.wait_log("--bootstrap-from is ignored");
+    assert_eq!(node.get(&btoken, "k3"), json!("v3"));
+}
+
+/// A fetch cut half-way, a short archive and a flipped byte are refused with
+/// the URL named (never the token) and no state dir; a good fetch then works.
+#[test]
+fn a_cut_short_or_corrupt_fetch_leaves_nothing_and_a_good_one_then_succeeds() {
+    let a = Sandbox::new();
+    let peer = Node::ready(&a, &[]);
+    let token = a.token();
+    assert!(peer.put(&token, "kept", "yes"));
+    let archive = Arc::new(peer.snapshot(&token));
+    drop(peer);
+    let half = archive.len() / 2;
+
+    let b = Sandbox::new();
+    let tf = b.token_file(&token);
+    for how in [Serve::CutAt(half), Serve::ShortAt(half), Serve::Flip(half), Serve::Flip(archive.len() - 1)] {
+        let url = format!("http://{}", fake_peer(archive.clone(), how));
+        let o = b.bootstrap_once(&url, &tf);
+        assert_ne!(o.code, Some(0), "{how:?} was accepted: {o:?}");
+        assert!(o.stderr.contains(&url), "{how:?}: the error names the url: {}", o.stderr);
+        assert!(!o.stderr.contains(&token), "{how:?}: the token reached the output");
+        b.assert_no_state(&format!("{how:?}"));
+    }
+    let url = format!("http://{}", fake_peer(archive.clone(), Serve::Whole));
+    let o = b.bootstrap_once(&url, &tf);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let node = Node::ready(&b, &[]);
+    assert_eq!(node.get(&b.token(), "kept"), json!("yes"));
+}
+
+/// A token the peer refuses, and a token file others may read, are bad input
+/// (exit 2): clear errors, nothing fetched or written.
+#[test]
+fn a_bad_token_is_refused_and_nothing_is_written() {
+    let a = Sandbox::new();
+    let peer = Node::ready(&a, &[]);
+    let token = a.token();
+    let url = format!("http://{}", peer.addr);
+    let b = Sandbox::new();
+    let wrong = "0".repeat(64);
+    let o = b.bootstrap_once(&url, &b.token_file(&wrong));
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains(&url) && o.stderr.contains("401") && o.stderr.contains("bad_token"), "{}", o.stderr);
+    assert!(!o.stderr.contains(&wrong), "the token reached the output: {}", o.stderr);
+    b.assert_no_state("refused token");
+
+    use std::os::unix::fs::PermissionsExt;
+    let tf = b.token_file(&token);
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = b.bootstrap_once(&url, &tf);
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains(tf.to_str().unwrap()) && o.stderr.contains("0644"), "{}", o.stderr);
+    assert!(!o.stderr.contains(&token), "the token reached the output");
+    b.assert_no_state("token file readable by others");
+
+    // A state dir that holds something but no node is refused before the peer stages anything.
+    std::fs::create_dir_all(b.state()).unwrap();
+    std::fs::write(b.state().join("stray"), "x").unwrap();
+    let o = b.bootstrap_once(&url, &b.token_file(&token));
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("not empty") && o.stderr.contains("stray"), "{}", o.stderr);
+    assert_eq!(std::fs::read_dir(b.state()).unwrap().count(), 1, "the state dir is untouched");
+    let metrics = http(peer.addr, "GET", "/metrics", None, None).body;
+    assert!(metrics.contains("sysdeploy_snapshots_total{outcome=\"ok\"} 0"), "the peer took no snapshot: {metrics}");
+    std::fs::remove_dir_all(b.state()).unwrap();
+
+    // One flag without the other is a usage error.
+    let o = b.run(&["run", "--once", "--bootstrap-from", &url]);
+    assert_eq!(o.code, Some(2), "{o:?}");
+    b.assert_no_state("no token file");
+}
+
+/// A second snapshot while one runs is `busy`; the identity is never served;
+/// the first one completes.
+#[cfg(feature = "failpoints")]
+#[test]
+fn one_snapshot_at_a_time_and_never_the_identity() {
+    let a = Sandbox::new();
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::staging=1*sleep(3000)")]);
+    node.wait_ready();
+    let token = a.token();
+    let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), Some(b"{\"include_identity\": true}".to_vec()));
+    assert_eq!((r.status, r.error_code()), (400, "identity_not_served".to_string()), "{}", r.body);
+    let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), Some(b"{\"include\": 1}".to_vec()));
+    assert_eq!((r.status, r.error_code()), (400, "bad_json".to_string()), "{}", r.body);
+    let r = http(node.addr, "GET", "/v1/snapshot", None, None);
+    assert_eq!(r.status, 401);
+
+    let addr = node.addr;
+    let t = token.clone();
+    let first = std::thread::spawn(move || http_bytes(addr, "GET", "/v1/snapshot", Some(&t), None));
+    node.wait_log("snapshot: staging the running node");
+    let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), None);
+    assert_eq!((r.status, r.error_code()), (503, "busy".to_string()), "{}", r.body);
+    // A reload asked while the node stages waits for the staging, then runs.
+    let t = token.clone();
+    let reload = std::thread::spawn(move || http(addr, "POST", "/v1/reload", Some(&t), None));
+    eventually("the control loop took the reload", || {
+        let r = http(addr, "GET", "/readyz", None, None);
+        r.body.contains("\"reloading\":true") || node.log().contains("reloading configuration")
+    });
+    let (status, archive) = first.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(!archive.is_empty());
+    let r = reload.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log = node.log();
+    let (staged, reloaded) = (log.find("snapshot: running node staged"), log.find("reloading configuration"));
+    assert!(staged.is_some() && staged < reloaded, "the reload ran while the node was staged:\n{log}");
+    // Free again once the first is sent.
+    eventually("a snapshot can be taken again", || {
+        let (s, _) = http_bytes(addr, "GET", "/v1/snapshot", Some(&token), None);
+        s == 200
+    });
+}
+
+/// SIGKILL while the bootstrap restores; the next attempt restores and boots.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_kill_during_the_bootstrap_restore_is_handled_by_the_next_attempt() {
+    let a = Sandbox::new();
+    let peer = Node::ready(&a, &[]);
+    let token = a.token();
+    assert!(peer.put(&token, "survives", "the kill"));
+    let b = Sandbox::new();
+    let tf = b.token_file(&token);
+    let url = format!("http://{}", peer.addr);
+    let args = ["--bootstrap-from", url.as_str(), "--bootstrap-token-file", tf.to_str().unwrap()];
+    let mut first = Node::start(&b, &args, &[("FAILPOINTS", "snapshot::bootstrap::receiving=sleep(600000)")]);
+    first.wait_log("bootstrap: receiving the snapshot");
+    first.child.kill().unwrap();
+    let st = first.wait_exit();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    assert!(!b.state().join("state.db").exists(), "a half-restored state dir is in place");
+
+    let node = Node::ready(&b, &args);
+    assert!(node.log().contains("restored with a new identity"), "{}", node.log());
+    let leftovers: Vec<_> = std::fs::read_dir(b.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".restore-"))
+        .collect();
+    assert!(leftovers.is_empty(), "the killed attempt's temp dir is gone: {leftovers:?}");
+    assert_eq!(node.get(&b.token(), "survives"), json!("the kill"));
+}
+
+/// A call that arrives while its service's data is copied waits for the
+/// copy: the archive holds the value written before the snapshot and not
+/// the one written during the hold (answered only once the copy is done).
+#[cfg(feature = "failpoints")]
+#[test]
+fn calls_wait_while_their_service_is_copied() {
+    let a = Sandbox::new();
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=1*sleep(1500)")]);
+    node.wait_ready();
+    let token = a.token();
+    assert!(node.put(&token, "before", "value-written-before-the-snapshot"));
+    let (addr, t) = (node.addr, token.clone());
+    let snapshot = std::thread::spawn(move || http_bytes(addr, "GET", "/v1/snapshot", Some(&t), None));
+    node.wait_log("snapshot: calls held while the service's data is copied");
+    assert!(node.put(&token, "during", "value-written-during-the-hold"));
+    let (status, archive) = snapshot.join().unwrap();
+    assert_eq!(status, 200);
+    let has = |needle: &str| archive.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("value-written-before-the-snapshot"), "the write acknowledged before the snapshot is missing");
+    assert!(!has("value-written-during-the-hold"), "a call ran on the service while its data was copied");
+    assert_eq!(node.get(&token, "during"), json!("value-written-during-the-hold"));
+}
+
+/// `sysdeploy snapshot create FILE` with a node running goes through the
+/// node: FILE (0600) restores with `snapshot restore --adopt` to a node that
+/// answers what was written; `--include-identity` is refused (exit 2).
+#[test]
+fn snapshot_create_goes_through_the_running_node() {
+    let a = Sandbox::new();
+    let node = Node::ready(&a, &[]);
+    let token = a.token();
+    assert!(node.put(&token, "online", "yes"));
+    let file = a.dir.path().join("node.snapshot");
+    let o = a.run(&["snapshot", "create", file.to_str().unwrap(), "--include-identity"]);
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("--include-identity") && o.stderr.contains("running"), "{}", o.stderr);
+    assert!(!file.exists());
+    let o = a.run(&["snapshot", "create", file.to_str().unwrap()]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("taken by the running node"), "{}", o.stdout);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(a.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The node kept serving.
+    assert_eq!(node.get(&token, "online"), json!("yes"));
+
+    let b = Sandbox::new();
+    let o = b.run(&["snapshot", "restore", file.to_str().unwrap(), "--adopt"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let restored = Node::ready(&b, &[]);
+    assert_eq!(restored.get(&b.token(), "online"), json!("yes"));
+}
+
+/// A client that goes away mid-stream ends the snapshot: counted as
+/// `aborted`, the staged tree removed, the slot free for the next one.
+#[test]
+fn a_client_that_goes_away_ends_the_snapshot_and_frees_the_slot() {
+    let a = Sandbox::new();
+    let node = Node::ready(&a, &[]);
+    let token = a.token();
+    // ~20 MiB of service data: far more than the stream's buffers hold.
+    let big = "z".repeat(64 * 1024);
+    for i in 0..320 {
+        assert!(node.put(&token, &format!("big{i}"), &big));
+    }
+    let mut conn = TcpStream::connect(node.addr).unwrap();
+    write!(conn, "GET /v1/snapshot HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    conn.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..64]));
+    drop(conn);
+    let staging = || {
+        std::fs::read_dir(a.state())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".snapshot-stage-"))
+            .count()
+    };
+    eventually("the snapshot is counted as aborted and its staged tree removed", || {
+        let m = http(node.addr, "GET", "/metrics", None, None).body;
+        m.contains("sysdeploy_snapshots_total{outcome=\"aborted\"} 1") && staging() == 0
+    });
+    let archive = node.snapshot(&token);
+    assert!(archive.len() > 20 << 20, "{} bytes", archive.len());
+}
