@@ -640,6 +640,15 @@ fn snapshot_create_goes_through_the_running_node() {
     assert_eq!(o.code, Some(2), "{o:?}");
     assert!(o.stderr.contains("--include-identity") && o.stderr.contains("running"), "{}", o.stderr);
     assert!(!file.exists());
+    // A FILE that cannot be written is refused before the node is asked:
+    // no snapshot staged for nobody, and the next create is not `busy`.
+    let nowhere = a.dir.path().join("no-such-dir/node.snapshot");
+    let o = a.run(&["snapshot", "create", nowhere.to_str().unwrap()]);
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("no-such-dir"), "names the path: {}", o.stderr);
+    let metrics = http(node.addr, "GET", "/metrics", None, None).body;
+    assert!(!metrics.contains("sysdeploy_snapshots_total{outcome=\"aborted\"} 1"), "the node was asked for nothing: {metrics}");
+    assert!(metrics.contains("sysdeploy_snapshots_total{outcome=\"ok\"} 0"), "the node was asked for nothing: {metrics}");
     let o = a.run(&["snapshot", "create", file.to_str().unwrap()]);
     assert_eq!(o.code, Some(0), "{o:?}");
     assert!(o.stdout.contains("taken by the running node"), "{}", o.stdout);

@@ -168,12 +168,6 @@ pub fn fetch_to_file(
     progress: &mut dyn super::progress::Progress,
 ) -> Result<u64, BootstrapError> {
     let url = format!("http://{addr}/v1/snapshots");
-    let resp = agent()
-        .post(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .send_json(serde_json::json!({ "include_identity": false }))
-        .map_err(|e| BootstrapError::Fetch { url: url.clone(), cause: e.to_string() })?;
-    let mut body = answer(&url, resp)?;
     let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = file.file_name().ok_or_else(|| BootstrapError::Write {
         path: file.to_path_buf(),
@@ -184,9 +178,20 @@ pub fn fetch_to_file(
         let path = path.to_path_buf();
         move |source| BootstrapError::Write { path, source }
     };
-    let written = (|| {
+    // The temp file is made before the node is asked: a FILE that cannot be
+    // written (no such directory, no permission) is refused without making
+    // the node stage a snapshot nobody reads.
+    let mut f = {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(werr(&tmp))?;
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(werr(&tmp))?
+    };
+    let written = (|| {
+        let resp = agent()
+            .post(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(serde_json::json!({ "include_identity": false }))
+            .map_err(|e| BootstrapError::Fetch { url: url.clone(), cause: e.to_string() })?;
+        let mut body = answer(&url, resp)?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut n = 0u64;
         progress.start(0);
