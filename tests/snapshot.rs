@@ -295,6 +295,8 @@ fn hostile_symlinks_and_fifos_are_never_followed_on_create() {
     link(Path::new("../../node.key"), "key-relative");
     std::fs::create_dir(data.join("sub")).unwrap();
     link(Path::new("../greeting"), "sub/inside");
+    std::fs::write(data.join("linked"), "one inode, two names").unwrap();
+    std::fs::hard_link(data.join("linked"), data.join("sub/linked-too")).unwrap();
     let fifo = std::ffi::CString::new(data.join("fifo").to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 
@@ -315,6 +317,9 @@ fn hostile_symlinks_and_fifos_are_never_followed_on_create() {
     let restored = data_dir(&b);
     assert_eq!(std::fs::read_link(restored.join("sub/inside")).unwrap(), Path::new("../greeting"));
     assert_eq!(std::fs::read_link(restored.join("key-relative")).unwrap(), Path::new("../../node.key"));
+    // Hard links come back as copies.
+    assert_eq!(std::fs::read(restored.join("sub/linked-too")).unwrap(), b"one inode, two names");
+    assert_eq!(std::fs::read(restored.join("linked")).unwrap(), b"one inode, two names");
     for gone in ["fifo", "up", "passwd", "secret-absolute"] {
         assert!(std::fs::symlink_metadata(restored.join(gone)).is_err(), "{gone} was restored");
     }
