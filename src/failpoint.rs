@@ -50,6 +50,7 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     // Not deployment steps: the crash matrix skips these; tests/snapshot.rs kills them.
     ("snapshot::create::staged", "snapshot"),
     ("snapshot::restore::extracted", "snapshot"),
+    ("snapshot::restore::moving", "snapshot"),
 ];
 
 /// An in-process record of the order of durability-relevant events (data

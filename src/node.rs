@@ -275,6 +275,8 @@ impl Node {
             policy: policy(&config),
         };
         tracing::info!(state_dir = %state.path().display(), peer_id = %state.peer_id(), "state directory open and locked");
+        // A snapshot the last run was killed in left its staged tree (issue 17).
+        crate::snapshot::online::remove_leftovers(state.path());
         Ok(Arc::new(Node {
             state,
             runtime,

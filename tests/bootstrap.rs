@@ -528,7 +528,14 @@ fn a_bad_token_is_refused_and_nothing_is_written() {
 #[test]
 fn one_snapshot_at_a_time_and_never_the_identity() {
     let a = Sandbox::new();
-    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::staging=1*sleep(3000)")]);
+    let failpoints = "deploy::install::created=1*sleep(3000);snapshot::online::staging=1*sleep(3000)";
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", failpoints)]);
+    // While the first deployment runs there is nothing consistent to take.
+    eventually("the api answers while the node deploys", || {
+        try_http(node.addr, "GET", "/health", None, None).is_some_and(|r| r.status == 503 && r.body.contains("deploying"))
+    });
+    let r = http(node.addr, "GET", "/v1/snapshot", Some(&a.token()), None);
+    assert_eq!((r.status, r.error_code()), (503, "booting".to_string()), "{}", r.body);
     node.wait_ready();
     let token = a.token();
     let r = http(node.addr, "POST", "/v1/snapshots", Some(&token), Some(b"{\"include_identity\": true}".to_vec()));
@@ -684,4 +691,64 @@ fn a_client_that_goes_away_ends_the_snapshot_and_frees_the_slot() {
     });
     let archive = node.snapshot(&token);
     assert!(archive.len() > 20 << 20, "{} bytes", archive.len());
+}
+
+/// A node killed while it stages a snapshot leaves the staged tree (a copy
+/// of the services' data); the next boot removes it.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_node_killed_while_staging_a_snapshot_removes_the_staged_tree_at_its_next_boot() {
+    let a = Sandbox::new();
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=sleep(600000)")]);
+    node.wait_ready();
+    let token = a.token();
+    assert!(node.put(&token, "k", "v"));
+    let addr = node.addr;
+    let t = token.clone();
+    std::thread::spawn(move || try_http(addr, "GET", "/v1/snapshot", Some(&t), None));
+    node.wait_log("snapshot: calls held while the service's data is copied");
+    node.child.kill().unwrap();
+    node.wait_exit();
+    let staging = || {
+        std::fs::read_dir(a.state())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".snapshot-stage-"))
+            .count()
+    };
+    assert_eq!(staging(), 1, "the killed snapshot left its staged tree");
+    let node = Node::ready(&a, &[]);
+    assert_eq!(staging(), 0, "the boot removed it");
+    assert_eq!(node.get(&token, "k"), json!("v"));
+}
+
+/// `snapshot create FILE` through a node that dies mid-stream exits non-zero
+/// and leaves neither FILE nor its temp file.
+#[cfg(feature = "failpoints")]
+#[test]
+fn snapshot_create_through_a_node_that_dies_mid_stream_leaves_no_file() {
+    let a = Sandbox::new();
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::streaming=sleep(600000)")]);
+    node.wait_ready();
+    let file = a.dir.path().join("cut.snapshot");
+    let create = a
+        .cmd(free_addr())
+        .args(["snapshot", "create", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    node.wait_log("snapshot: streaming the archive");
+    node.child.kill().unwrap();
+    node.wait_exit();
+    let o = create.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/v1/snapshots"), "the error names what was fetched: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(a.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cut.snapshot"))
+        .collect();
+    assert!(left.is_empty(), "nothing left under the file's name or a temp name: {left:?}");
 }

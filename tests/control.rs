@@ -562,7 +562,7 @@ fn every_env_var_the_help_documents_works() {
                 // peer that does not answer is named from the env's URL.
                 use std::os::unix::fs::OpenOptionsExt;
                 let tf = dir.join("peer.token");
-                let _ = std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&tf).and_then(|mut f| {
+                let _ = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tf).and_then(|mut f| {
                     use std::io::Write;
                     f.write_all(b"0000")
                 });

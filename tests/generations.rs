@@ -346,3 +346,90 @@ fn a_node_killed_during_the_rollback_deployment_converges_to_the_pin_at_next_boo
     let gens = env.generations();
     assert_eq!(gens[0]["packages"][KV]["pinned"], json!(1), "{gens:#?}");
 }
+
+/// The issue's whole upgrade story across generations and kept data, on a
+/// running node with `snapshot_before_replace`: v1 → v2 carries the data
+/// forward; `rollback` serves v1 with the data written since; `unpin` serves
+/// v2 again; `rollback --to 1 --restore-data` serves v1 with the data as it
+/// was before the upgrade (what v2 wrote is gone from the serving service);
+/// a final `unpin` carries the restored data forward into v2. (Generation 1
+/// is the fifth back when it is asked for, hence `keep_generations = 5`.)
+#[test]
+fn rollback_with_restore_data_brings_back_the_pre_upgrade_data() {
+    let env = Env::new("[system_services]\nsnapshot_before_replace = true\nkeep_generations = 5\n");
+    env.release("v1", "1.0.0", "");
+    let node = env.start(&[]);
+    env.call("put", json!(["k", "before the upgrade"]));
+    env.stop(node);
+
+    env.release("v2", "2.0.0", "");
+    let node = env.start(&[]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "the upgrade carries the data forward");
+    env.call("put", json!(["k", "after the upgrade"]));
+    env.call("put", json!(["v2-only", "yes"]));
+
+    env.ok(&["rollback"]);
+    assert_eq!(env.call("version", json!([])), json!(1));
+    assert_eq!(env.call("get", json!(["k"])), json!("after the upgrade"), "a plain rollback keeps the data written since");
+
+    env.ok(&["unpin"]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("after the upgrade"));
+
+    let plan_before = env.ok(&["plan"]);
+    let out = env.ok(&["rollback", "--to", "1", "--restore-data"]);
+    assert!(out.contains("restoring its kept data"), "{out}\n(plan before: {plan_before})");
+    assert_eq!(env.call("version", json!([])), json!(1));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "--restore-data brings back the data kept at the upgrade");
+    assert_eq!(env.call("get", json!(["v2-only"])), json!(null), "what was written after the upgrade is not in the restored data");
+    let plan = env.json(&["plan", "--json"]);
+    assert_eq!(plan["no_changes"], json!(true), "the restore converged: {plan:#}");
+
+    env.ok(&["unpin"]);
+    assert_eq!(env.call("version", json!([])), json!(2));
+    assert_eq!(env.call("get", json!(["k"])), json!("before the upgrade"), "unpin carries the restored data forward");
+    env.stop(node);
+}
+
+/// A package the release no longer has comes back from its generation, with
+/// the config value the generation recorded (the current config cannot even
+/// name it: its schema is gone); `unpin` removes it again.
+#[tokio::test]
+async fn a_package_the_release_dropped_comes_back_from_its_generation_with_its_config() {
+    let env = Env::new("[system_services.kv_other]\ngreeting = \"from the old config\"\n");
+    env.release("v1", "1.0.0", "");
+    let other = env.distros.borrow().join("kv-other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(env.distros.borrow().join(KV).join("kv-store.wasm"), other.join("kv-store.wasm")).unwrap();
+    std::fs::write(
+        other.join("distro.toml"),
+        "[package]\nname = \"kv-other\"\nversion = \"0.3.0\"\n\n[config.greeting]\ntype = \"string\"\ndefault = \"hello\"\ndoc = \"g\"\n\n\
+         [[service]]\nalias = \"kv-other\"\ncomponents = [\"kv-store.wasm\"]\n\n[[service.init]]\nfunction = \"set-greeting\"\n\
+         args = [\"${config.greeting}\"]\n",
+    )
+    .unwrap();
+    env.ok(&["run", "--once"]);
+    env.release("v2", "2.0.0", "");
+    std::fs::write(&env.config, "").unwrap();
+    env.ok(&["run", "--once"]);
+    let c = changes(&env.generations()[0]);
+    assert!(c.contains(&"package kv-other 0.3.0 removed".to_string()) && c.contains(&"service kv-other removed".to_string()), "{c:?}");
+
+    let out = env.ok(&["rollback", "--package", "kv-other"]);
+    assert!(out.contains("pinned kv-other 0.3.0 to generation 1"), "{out}");
+    let plan = env.json(&["plan", "--json"]);
+    assert_eq!(plan["pins"][0]["release"], json!(null), "the release does not deploy kv-other: {plan:#}");
+    assert!(env.ok(&["plan"]).contains("pinned: kv-other 0.3.0 from generation 1; the embedded release does not deploy it"));
+    env.ok(&["run", "--once"]);
+    {
+        let store = sysdeploy::store::Store::open(&env.state.join("state.db")).unwrap();
+        let rt = sysdeploy::runtime::Runtime::open(store, sysdeploy::runtime::RuntimeConfig::new(&env.state)).unwrap();
+        assert_eq!(rt.call("kv-other", "greeting", json!([])).await.unwrap(), json!("from the old config"));
+        assert_eq!(rt.call(KV, "version", json!([])).await.unwrap(), json!(2), "kv-store was not pinned");
+    }
+    env.ok(&["unpin"]);
+    env.ok(&["run", "--once"]);
+    let c = changes(&env.generations()[0]);
+    assert!(c.contains(&"service kv-other removed".to_string()), "{c:?}");
+}

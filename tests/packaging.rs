@@ -512,7 +512,11 @@ fn promql_metric_names_reads_only_metric_names() {
 
 /// A node on the embedded packages, with a call made so every per-alias
 /// series exists; returns its classic-format /metrics.
-fn live_metrics() -> String {
+/// `/metrics` of a live node that answered a call, read again until `has_all`
+/// accepts it (series such as the spells' appear only once a spell has run,
+/// which on a loaded machine may be after the first scrape) or patience runs
+/// out; the caller's assertion then names what is missing.
+fn live_metrics(has_all: impl Fn(&str) -> bool) -> String {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let mut cmd = Command::new(BIN);
@@ -545,9 +549,19 @@ fn live_metrics() -> String {
         .header("Authorization", &format!("Bearer {}", token.trim()))
         .send("[]");
     assert_eq!(resp.unwrap().status().as_u16(), 200, "a call to the embedded registry");
-    let (status, body) = get(addr, "/metrics").unwrap();
-    assert_eq!(status, 200);
-    body
+    loop {
+        let (status, body) = get(addr, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        if has_all(&body) || Instant::now() >= deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The metric names with samples in an exposition.
+fn exported_names(metrics: &str) -> BTreeSet<&str> {
+    metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(|l| l.split(['{', ' ']).next()).collect()
 }
 
 /// Every metric the Grafana dashboard and the alert rules query has samples
@@ -565,9 +579,11 @@ fn dashboard_and_alerts_query_only_metrics_a_live_node_exports() {
         assert!(!names.is_empty(), "no metric found in {e:?}");
         queried.extend(names);
     }
-    let metrics = live_metrics();
-    let exported: BTreeSet<&str> =
-        metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let metrics = live_metrics(|m| {
+        let exported = exported_names(m);
+        queried.iter().all(|n| n == "up" || exported.contains(n.as_str()))
+    });
+    let exported = exported_names(&metrics);
     let missing: Vec<&String> = queried.iter().filter(|n| *n != "up" && !exported.contains(n.as_str())).collect();
     assert!(missing.is_empty(), "queried but not exported by a live node: {missing:?}\nexported: {exported:?}");
     assert!(queried.len() >= 15, "{queried:?}");

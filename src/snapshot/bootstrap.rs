@@ -273,7 +273,7 @@ fn snapshot_url(url: &str) -> Result<String, BootstrapError> {
 }
 
 fn read_token(path: &Path) -> Result<String, BootstrapError> {
-    let token = crate::config::read_secret_file("bootstrap token", path, "--bootstrap-token-file")
+    let token = crate::config::read_secret_file("bootstrap token", path, "--bootstrap-token-file or SYSDEPLOY_BOOTSTRAP_TOKEN_FILE")
         .map_err(|e| BootstrapError::Token(e.to_string()))?;
     let token = token.trim().to_string();
     if token.is_empty() {

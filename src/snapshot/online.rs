@@ -258,6 +258,11 @@ impl ChannelWriter {
             self.gone = true;
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"));
         }
+        if self.sent == 0 {
+            tracing::info!("snapshot: streaming the archive");
+            // Tests stop a stream here, after its first chunk.
+            fail::fail_point!("snapshot::online::streaming");
+        }
         self.sent += n;
         Ok(())
     }
@@ -274,6 +279,15 @@ impl std::io::Write for ChannelWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.send()
+    }
+}
+
+/// At boot, with the state-dir lock held: removes staged trees a snapshot
+/// left when the node was killed while taking it (they hold a copy of every
+/// service's data). A failure is logged; the next snapshot tries again.
+pub fn remove_leftovers(state_dir: &Path) {
+    if let Err(e) = stage::remove_leftovers(state_dir) {
+        tracing::warn!("removing what an interrupted snapshot left in {}: {e}; the next snapshot tries again", state_dir.display());
     }
 }
 

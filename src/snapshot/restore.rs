@@ -60,9 +60,16 @@ pub fn restore(
     progress: &mut dyn Progress,
 ) -> Result<Restored, SnapshotError> {
     let started = Instant::now();
-    let (parent, name) = check_target(state_dir)?;
+    let (parent, name) = target_names(state_dir)?;
     remove_leftovers(&parent, &name);
-    let tmp = parent.join(format!("{name}.restore-{}", super::random_suffix()));
+    remove_leftovers_inside(state_dir);
+    check_empty(state_dir)?;
+    let in_place = in_place(state_dir, &parent);
+    let tmp = if in_place {
+        state_dir.join(format!("{INSIDE_PREFIX}{}", super::random_suffix()))
+    } else {
+        parent.join(format!("{name}.restore-{}", super::random_suffix()))
+    };
     fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(SnapshotError::io("create", &tmp))?;
     let mut guard = TempDir { path: tmp.clone(), marker: None, armed: true };
     let marker = fs::OpenOptions::new()
@@ -83,6 +90,27 @@ pub fn restore(
     sync_filesystem(&tmp).map_err(SnapshotError::io("sync the file system of", &tmp))?;
     crash_point!("snapshot::restore::extracted");
     super::check_interrupted().map_err(SnapshotError::io("restore", state_dir))?;
+    if in_place {
+        move_in(&tmp, state_dir, guard.marker.as_mut().expect("set above"))?;
+        guard.armed = false;
+        let _ = fs::remove_file(tmp.join(MARKER));
+        let _ = fs::remove_dir(&tmp);
+        fs::File::open(state_dir).and_then(|f| f.sync_all()).map_err(SnapshotError::io("sync", state_dir))?;
+        drop(state);
+        drop(guard);
+        for (col, n) in &adopted {
+            tracing::info!(column = %col, rows = n, from = %header.host_peer_id, to = %peer_id, "adopted: owner rewritten");
+        }
+        return Ok(Restored {
+            header,
+            peer_id,
+            adopted,
+            entries: stats.0,
+            file_bytes: stats.1,
+            artifacts_dropped,
+            duration: started.elapsed(),
+        });
+    }
     // Into place: over an empty dir, or where none was.
     fs::rename(&tmp, state_dir).map_err(|e| {
         SnapshotError::Other(format!(
@@ -133,8 +161,99 @@ impl Drop for TempDir {
     }
 }
 
-/// `state_dir` must be absent or an empty directory; returns its parent and name.
-fn check_target(state_dir: &Path) -> Result<(PathBuf, String), SnapshotError> {
+/// Prefix of the temp dir of a restore made inside the state dir (when it is
+/// a mount point or its parent is not writable).
+pub const INSIDE_PREFIX: &str = ".sysdeploy-restore-";
+
+/// Whether to extract inside `state_dir` and move the parts in one by one
+/// instead of renaming a sibling over it: when it exists and is a mount
+/// point (a container volume) or its parent is not writable by us (systemd's
+/// `/var/lib` for the service user).
+fn in_place(state_dir: &Path, parent: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Ok(p)) = (fs::metadata(state_dir), fs::metadata(parent)) else { return false };
+    let writable = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        // SAFETY: access(2) on a valid NUL-terminated path.
+        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0);
+    d.dev() != p.dev() || !writable
+}
+
+/// Moves the verified parts from `tmp` (inside `state_dir`) into `state_dir`:
+/// `state.db` first and `node.key` last, so a crash in between leaves a store
+/// without its key, which no node boots (exit 3); each name is recorded in
+/// the marker before it moves, so the next restore can remove exactly those.
+fn move_in(tmp: &Path, state_dir: &Path, marker: &mut fs::File) -> Result<(), SnapshotError> {
+    let mut names: Vec<String> = fs::read_dir(tmp)
+        .map_err(SnapshotError::io("list", tmp))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n != MARKER)
+        .collect();
+    let rank = |n: &str| match n {
+        STORE_FILE => 0,
+        KEY_FILE => 2,
+        _ => 1,
+    };
+    names.sort_by_key(|n| (rank(n), n.clone()));
+    let mut moved: Vec<&String> = Vec::new();
+    let result = (|| {
+        for n in &names {
+            marker
+                .write_all(format!("moved {n}\n").as_bytes())
+                .and_then(|_| marker.sync_data())
+                .map_err(SnapshotError::io("write", tmp))?;
+            fs::rename(tmp.join(n), state_dir.join(n)).map_err(SnapshotError::io("move into place", &state_dir.join(n)))?;
+            moved.push(n);
+            if n == STORE_FILE {
+                crash_point!("snapshot::restore::moving");
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        // Undo: the state dir was empty before.
+        for n in moved {
+            let _ = crate::tree::remove_tree(&state_dir.join(n));
+        }
+    }
+    result
+}
+
+/// Removes what a killed in-place restore left inside `state_dir`: its temp
+/// dir (marker present and unlocked) and, unless the restore got as far as
+/// moving `node.key` (then the state dir is whole), the names it recorded as
+/// moved.
+fn remove_leftovers_inside(state_dir: &Path) {
+    let Ok(entries) = fs::read_dir(state_dir) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_str().is_some_and(|n| n.starts_with(INSIDE_PREFIX)) {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(marker) = fs::File::open(dir.join(MARKER)) else {
+            tracing::warn!(dir = %dir.display(), "left alone: it looks like a restore's temp dir but has no restore marker");
+            continue;
+        };
+        if marker.try_lock().is_err() {
+            continue;
+        }
+        let text = fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
+        if !state_dir.join(KEY_FILE).exists() {
+            for n in text.lines().filter_map(|l| l.strip_prefix("moved ")) {
+                // Only the plain top-level names a restore moves.
+                if !n.is_empty() && !n.contains('/') && n != "." && n != ".." {
+                    let _ = crate::tree::remove_tree(&state_dir.join(n));
+                }
+            }
+        }
+        match crate::tree::remove_tree(&dir) {
+            Ok(_) => tracing::info!(dir = %dir.display(), "removed what an interrupted restore left in the state directory"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove the temp dir of an interrupted restore"),
+        }
+    }
+}
+
+/// `state_dir` must name a directory whose parent exists; returns both.
+fn target_names(state_dir: &Path) -> Result<(PathBuf, String), SnapshotError> {
     let name = state_dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -151,6 +270,11 @@ fn check_target(state_dir: &Path) -> Result<(PathBuf, String), SnapshotError> {
             parent.display()
         )));
     }
+    Ok((parent, name))
+}
+
+/// `state_dir` must be absent or an empty directory.
+fn check_empty(state_dir: &Path) -> Result<(), SnapshotError> {
     match fs::symlink_metadata(state_dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(SnapshotError::io("inspect", state_dir)(e)),
@@ -166,6 +290,13 @@ fn check_target(state_dir: &Path) -> Result<(PathBuf, String), SnapshotError> {
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
+            // A lock file no process holds is not state (a refused `run` leaves one).
+            let lock = state_dir.join(crate::state::LOCK_FILE);
+            if names.len() == 1 && names[0] == crate::state::LOCK_FILE && crate::state::running_node(state_dir).is_none() && lock.is_file()
+            {
+                fs::remove_file(&lock).map_err(SnapshotError::io("remove", &lock))?;
+                names.clear();
+            }
             if !names.is_empty() {
                 names.sort();
                 let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
@@ -178,7 +309,7 @@ fn check_target(state_dir: &Path) -> Result<(PathBuf, String), SnapshotError> {
             }
         }
     }
-    Ok((parent, name))
+    Ok(())
 }
 
 /// Removes `NAME.restore-*` siblings a killed restore left: only those that
@@ -361,7 +492,8 @@ fn extract(
                     return Err(at("truncated"));
                 }
                 if let Some(o) = out {
-                    let perm = mode & 0o777 | 0o600;
+                    // The store and the identity stay owner-only whatever the header says.
+                    let perm = if path.contains('/') { mode & 0o777 | 0o600 } else { 0o600 };
                     if perm != 0o600 {
                         o.set_permissions(fs::Permissions::from_mode(perm)).map_err(SnapshotError::io("set the mode of", &dest))?;
                     }
