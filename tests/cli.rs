@@ -11,9 +11,9 @@ use std::process::Command;
 
 /// The binary under test. `CARGO_BIN_EXE_sysdeploy` normally; a target dir
 /// shared by several checkouts overwrites that path with whichever build ran
-/// last, so `SYSDEPLOY_TEST_BIN` may name a private copy instead.
+/// last, so `TEST_SYSDEPLOY_BIN` may name a private copy instead.
 fn bin() -> PathBuf {
-    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
+    std::env::var_os("TEST_SYSDEPLOY_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
 }
 const PERIOD: &str = "system_services.decider.decider_period_sec";
 const PERIOD_ENV: &str = "SYSDEPLOY_SYSTEM_SERVICES__DECIDER__DECIDER_PERIOD_SEC";

@@ -13,9 +13,9 @@ use sysdeploy::config::{self, ConfigErrors, EffectiveConfig, FlagValue, LoadOpti
 use sysdeploy::distro;
 use sysdeploy::ids::PackageName;
 
-/// The binary under test (see tests/cli.rs for `SYSDEPLOY_TEST_BIN`).
+/// The binary under test (see tests/cli.rs for `TEST_SYSDEPLOY_BIN`).
 fn bin() -> PathBuf {
-    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
+    std::env::var_os("TEST_SYSDEPLOY_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
 }
 
 /// The `[system_services]` part of a nox node's config, as nox documented it

@@ -19,7 +19,7 @@ use sysdeploy::runtime::*;
 use sysdeploy::store::Store;
 
 static BIN: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
-    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
+    std::env::var_os("TEST_SYSDEPLOY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
 });
 const KV: &str = "kv-store";
 

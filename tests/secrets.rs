@@ -17,7 +17,7 @@ const ENV_FILE: &str = "SYSDEPLOY_SYSTEM_SERVICES__DECIDER__WALLET_KEY_FILE";
 const SECRET: &str = "0xS3CRETKEY";
 
 fn bin() -> PathBuf {
-    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
+    std::env::var_os("TEST_SYSDEPLOY_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sysdeploy").into())
 }
 
 fn load(file: Option<&Path>, env: &[(&str, &str)], flags: Vec<FlagValue>) -> Result<EffectiveConfig, ConfigErrors> {

@@ -810,7 +810,7 @@ mod cli {
     use std::process::Command;
 
     fn bin() -> PathBuf {
-        std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
+        std::env::var_os("TEST_SYSDEPLOY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
     }
 
     /// A distros folder: kv-store (v1) and a spell package whose period and

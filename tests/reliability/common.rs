@@ -21,12 +21,12 @@ use sysdeploy::spell::{ServiceCaller, SpellConfig, SpellRecord, Spells};
 use sysdeploy::state::StateDir;
 use sysdeploy::store::Store;
 
-/// The binary under test. `SYSDEPLOY_TEST_BIN` overrides the one cargo
+/// The binary under test. `TEST_SYSDEPLOY_BIN` overrides the one cargo
 /// built: on a machine where several worktrees share one target dir, the
 /// uplifted `target/debug/sysdeploy` can be replaced by another build while
 /// the tests run, so a developer points this at a private copy.
 pub static BIN: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
-    std::env::var_os("SYSDEPLOY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
+    std::env::var_os("TEST_SYSDEPLOY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sysdeploy")))
 });
 pub const KV: &str = "kv-store";
 pub const TICKER: &str = "ticker";
