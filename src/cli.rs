@@ -214,10 +214,15 @@ pub enum SnapshotCommand {
     Restore {
         /// The archive to restore.
         file: PathBuf,
-        /// The snapshot has no identity: make this node's new identity the
-        /// owner of what the snapshot's host owned (rewritten and logged).
+        /// The restored node gets a new identity: make it the owner of what
+        /// the snapshot's host owned (rewritten and logged).
         #[arg(long)]
         adopt: bool,
+        /// Restore the identity the snapshot carries (it was created with
+        /// --include-identity): the restored node is the same peer. Only where
+        /// the original node no longer runs.
+        #[arg(long)]
+        include_identity: bool,
     },
 }
 
@@ -415,8 +420,8 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Exit {
             }
             crate::snapshot::cli_create(ctx.state_dir(), &file, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
         }
-        Command::Snapshot(SnapshotCommand::Restore { file, adopt }) => {
-            crate::snapshot::cli_restore(&file, ctx.state_dir(), adopt).unwrap_or_else(|e| ctx.fail(e.exit(), e))
+        Command::Snapshot(SnapshotCommand::Restore { file, adopt, include_identity }) => {
+            crate::snapshot::cli_restore(&file, ctx.state_dir(), adopt, include_identity).unwrap_or_else(|e| ctx.fail(e.exit(), e))
         }
     }
 }

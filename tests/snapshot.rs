@@ -254,12 +254,28 @@ fn round_trip_with_adopt_and_with_identity() {
     assert_eq!(node.call("kv-store", "get", json!(["k"])), json!("value written before the snapshot"));
     node.stop();
 
-    // With identity: the same peer, no --adopt needed.
+    // With identity: restored only when asked (`--include-identity` on both
+    // sides; two nodes must never run as one peer). Without the flag it is a
+    // refusal naming both ways; with --adopt alone a new peer; asking for the
+    // identity of a snapshot that has none is refused too. Nothing written.
     let (file, o) = sb.create(&a, "a-id.snap", &["--include-identity"]);
     o.ok();
     assert!(contains(&std::fs::read(&file).unwrap(), &key));
     let c = sb.path("c");
-    sb.restore(&file, &c, &[]).ok();
+    let o = sb.restore(&file, &c, &[]);
+    assert_eq!(o.code, Some(2), "{o:#?}");
+    assert!(o.stderr.contains("--include-identity") && o.stderr.contains("--adopt"), "{}", o.stderr);
+    assert!(!c.exists(), "nothing written");
+    let o = sb.restore(&sb.path("a.snap"), &c, &["--include-identity"]);
+    assert_eq!(o.code, Some(2), "{o:#?}");
+    assert!(o.stderr.contains("has no identity"), "{}", o.stderr);
+    assert!(!c.exists(), "nothing written");
+    let d = sb.path("d");
+    sb.restore(&file, &d, &["--adopt"]).ok();
+    assert_ne!(sb.peer(&d), peer_a, "the identity in the archive is not restored without --include-identity");
+    assert_ne!(std::fs::read(d.join("node.key")).unwrap(), key);
+    assert_eq!(sb.json(&d, &["plan", "--json"])["no_changes"], true, "adopted");
+    sb.restore(&file, &c, &["--include-identity"]).ok();
     assert_eq!(sb.peer(&c), peer_a, "the same peer");
     assert_eq!(std::fs::read(c.join("node.key")).unwrap(), key);
     assert_eq!(sb.json(&c, &["plan", "--json"])["no_changes"], true);

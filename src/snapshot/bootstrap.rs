@@ -122,20 +122,25 @@ pub fn run(b: &Bootstrap, state_dir: &Path) -> Result<Outcome, BootstrapError> {
     let body = open(&endpoint, &token)?;
     let mut reader = Counting { inner: body, read: 0, noted: false, error: None };
     let mut progress = super::progress::stderr("bootstrap");
-    let restored =
-        super::restore::restore(&mut reader, state_dir, &super::restore::RestoreOptions { adopt: true }, &mut progress).map_err(|e| {
-            // A peer that sends a damaged archive is a failed fetch (1); a
-            // state dir that cannot take it keeps the restore's own code.
-            let exit = match &e {
-                super::SnapshotError::BadArchive { .. } => Exit::DeployFailed,
-                e => e.exit(),
-            };
-            let cause = match e {
-                super::SnapshotError::BadArchive { what, .. } => what,
-                e => e.to_string(),
-            };
-            BootstrapError::Restore { url: endpoint.clone(), state_dir: state_dir.to_path_buf(), cause, exit }
-        });
+    let restored = super::restore::restore(
+        &mut reader,
+        state_dir,
+        &super::restore::RestoreOptions { adopt: true, include_identity: false },
+        &mut progress,
+    )
+    .map_err(|e| {
+        // A peer that sends a damaged archive is a failed fetch (1); a
+        // state dir that cannot take it keeps the restore's own code.
+        let exit = match &e {
+            super::SnapshotError::BadArchive { .. } => Exit::DeployFailed,
+            e => e.exit(),
+        };
+        let cause = match e {
+            super::SnapshotError::BadArchive { what, .. } => what,
+            e => e.to_string(),
+        };
+        BootstrapError::Restore { url: endpoint.clone(), state_dir: state_dir.to_path_buf(), cause, exit }
+    });
     match restored {
         Ok(_) => {
             tracing::info!(

@@ -325,13 +325,13 @@ pub fn cli_create(state_dir: &Path, file: &Path, include_identity: bool) -> Resu
     Ok(Exit::Ok)
 }
 
-/// `sysdeploy snapshot restore FILE --state-dir DIR [--adopt]` (`-` reads
-/// stdin); prints what was restored on stdout.
-pub fn cli_restore(file: &Path, state_dir: &Path, adopt: bool) -> Result<Exit, SnapshotError> {
+/// `sysdeploy snapshot restore FILE --state-dir DIR [--adopt]
+/// [--include-identity]` (`-` reads stdin); prints what was restored on stdout.
+pub fn cli_restore(file: &Path, state_dir: &Path, adopt: bool, include_identity: bool) -> Result<Exit, SnapshotError> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     stop_on_signals();
-    let opts = restore::RestoreOptions { adopt };
+    let opts = restore::RestoreOptions { adopt, include_identity };
     let mut progress = progress::stderr("snapshot restore");
     let r = if file == Path::new("-") {
         restore::restore(&mut std::io::stdin().lock(), state_dir, &opts, &mut progress)
@@ -353,7 +353,7 @@ pub fn cli_restore(file: &Path, state_dir: &Path, adopt: bool) -> Result<Exit, S
         r.entries,
         mib(r.file_bytes)
     );
-    if r.header.identity {
+    if r.peer_id.as_str() == r.header.host_peer_id {
         println!("peer id:  {} (the snapshot's identity)", r.peer_id);
     } else {
         println!("peer id:  {} (new; the snapshot was taken on {})", r.peer_id, r.header.host_peer_id);

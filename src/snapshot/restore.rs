@@ -28,6 +28,10 @@ pub struct RestoreOptions {
     /// Take ownership, under this node's new identity, of what the snapshot's
     /// host owned (required when the snapshot has no identity).
     pub adopt: bool,
+    /// Restore the snapshot's identity (`node.key`, `api.token`): the
+    /// restored node is the same peer. Without it an identity in the archive
+    /// is verified but not restored, and the node gets a new one (`--adopt`).
+    pub include_identity: bool,
 }
 
 /// What was restored.
@@ -378,16 +382,30 @@ fn extract(
     }
     let old_host =
         PeerId::parse(&header.host_peer_id).ok_or_else(|| bad(format!("host peer id {:?} is not a peer id", header.host_peer_id)))?;
-    if !header.identity && !opts.adopt {
+    if opts.include_identity && !header.identity {
         return Err(SnapshotError::Refused(format!(
-            "the snapshot was taken on peer {old_host} without its identity (node.key): the restored node gets a new peer id and would own nothing of what {old_host} deployed; pass --adopt to make the new identity the owner (every owner column is rewritten and logged), or take the snapshot with --include-identity to restore the same peer; nothing was restored"
+            "--include-identity: the snapshot of peer {old_host} has no identity (it was created without --include-identity); restore it with --adopt under a new identity, or use a snapshot created with --include-identity; nothing was restored"
         )));
     }
-    if header.identity && opts.adopt {
-        tracing::warn!("--adopt has no effect: the snapshot includes its identity, the restored node is peer {old_host}");
+    // The archive's identity is restored only when asked: two nodes running
+    // as one peer id is worse than a refusal.
+    let use_identity = header.identity && opts.include_identity;
+    if !use_identity && !opts.adopt {
+        let how = if header.identity {
+            format!("pass --include-identity to restore peer {old_host} itself (only where that node no longer runs: two nodes must never share a peer id), or --adopt to make a new identity the owner (every owner column is rewritten and logged)")
+        } else {
+            "pass --adopt to make the new identity the owner (every owner column is rewritten and logged), or take the snapshot with --include-identity to restore the same peer".to_string()
+        };
+        let what = if header.identity { "with its identity, which is restored only when asked" } else { "without its identity (node.key)" };
+        return Err(SnapshotError::Refused(format!(
+            "the snapshot was taken on peer {old_host} {what}: the restored node gets a new peer id and would own nothing of what {old_host} deployed; {how}; nothing was restored"
+        )));
+    }
+    if use_identity && opts.adopt {
+        tracing::warn!("--adopt has no effect: the snapshot's identity is restored, the restored node is peer {old_host}");
     }
     // A new identity is made before the store arrives (a store without a key is refused).
-    let mut state = if header.identity { None } else { Some(StateDir::open_exclusive(tmp)?) };
+    let mut state = if use_identity { None } else { Some(StateDir::open_exclusive(tmp)?) };
     let engine_key = crate::runtime::current_engine_key().map_err(|e| SnapshotError::Other(e.to_string()))?;
     progress.start(header.total_bytes);
 
@@ -437,7 +455,9 @@ fn extract(
         let mode = entry.header().mode().map_err(damaged)? & 0o7777;
         let dest = tmp.join(&path);
         // Artifacts of another engine: verified, never written (recompiled here).
-        let foreign = path.starts_with("cache/") && path.split('/').nth(1).is_some_and(|k| k != engine_key);
+        // Also the archive's identity when it is not restored (a new one is in place).
+        let foreign = path.starts_with("cache/") && path.split('/').nth(1).is_some_and(|k| k != engine_key)
+            || (path == KEY_FILE || path == TOKEN_FILE) && !use_identity;
         let mut record = Entry { path: path.clone(), kind, mode, size: 0, blake3: None, target: None };
         match kind {
             EntryKind::Dir => {
@@ -538,10 +558,10 @@ fn extract(
     if !seen.contains_key(STORE_FILE) {
         return Err(bad(format!("it has no {STORE_FILE}")));
     }
-    if header.identity {
-        if !seen.contains_key(KEY_FILE) || !seen.contains_key(TOKEN_FILE) {
-            return Err(bad("its header says it has the identity, but node.key or api.token is missing"));
-        }
+    if header.identity && (!seen.contains_key(KEY_FILE) || !seen.contains_key(TOKEN_FILE)) {
+        return Err(bad("its header says it has the identity, but node.key or api.token is missing"));
+    }
+    if use_identity {
         let s = StateDir::open_exclusive(tmp)?;
         if s.peer_id() != &old_host {
             return Err(bad(format!("its node.key is peer {}, not the snapshot's host {old_host}", s.peer_id())));
@@ -561,7 +581,7 @@ fn fix_up(tmp: &Path, header: &Header, peer: &PeerId, opts: &RestoreOptions) -> 
     let mut conn = store.lock();
     let tx = conn.transaction().map_err(sql)?;
     let mut adopted = Vec::new();
-    if !header.identity && opts.adopt && header.host_peer_id != peer.as_str() {
+    if opts.adopt && header.host_peer_id != peer.as_str() {
         for (table, column) in owner_columns(&tx).map_err(sql)? {
             let n = tx
                 .execute(
