@@ -26,6 +26,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
 /// Upper bound for anything that should happen "soon"; reaching it fails.
 const PATIENCE: Duration = Duration::from_secs(180);
 
+/// The per-service hold lines of an online snapshot are `debug` (one line
+/// per service would flood a large node's log); tests that wait for them ask.
+const LOG_HOLDS: &str = "info,sysdeploy::snapshot::online=debug";
+
 fn distros() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/node")
 }
@@ -610,7 +614,7 @@ fn a_kill_during_the_bootstrap_restore_is_handled_by_the_next_attempt() {
 #[test]
 fn calls_wait_while_their_service_is_copied() {
     let a = Sandbox::new();
-    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=1*sleep(1500)")]);
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=1*sleep(1500)"), ("RUST_LOG", LOG_HOLDS)]);
     node.wait_ready();
     let token = a.token();
     assert!(node.put(&token, "before", "value-written-before-the-snapshot"));
@@ -708,7 +712,7 @@ fn a_client_that_goes_away_ends_the_snapshot_and_frees_the_slot() {
 #[test]
 fn a_node_killed_while_staging_a_snapshot_removes_the_staged_tree_at_its_next_boot() {
     let a = Sandbox::new();
-    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=sleep(600000)")]);
+    let mut node = Node::start(&a, &[], &[("FAILPOINTS", "snapshot::online::held=sleep(600000)"), ("RUST_LOG", LOG_HOLDS)]);
     node.wait_ready();
     let token = a.token();
     assert!(node.put(&token, "k", "v"));

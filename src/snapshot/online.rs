@@ -118,7 +118,7 @@ pub async fn stage(h: &Handles<'_>, include_identity: bool) -> Result<StagedTree
     std::fs::DirBuilder::new().mode(0o700).create(&services).map_err(SnapshotError::io("create", &services))?;
     for s in h.runtime.list_services() {
         let hold = h.runtime.hold_calls(&s.id).await.map_err(|e| OnlineError::Runtime(e.to_string()))?;
-        tracing::info!(service = %s.id, "snapshot: calls held while the service's data is copied");
+        tracing::debug!(service = %s.id, "snapshot: calls held while the service's data is copied");
         // Tests slow the copy down here to see calls wait.
         fail::fail_point!("snapshot::online::held");
         let (from, to, id) = (h.runtime.data_dir(&s.id), services.join(s.id.as_str()), s.id.clone());
@@ -130,7 +130,7 @@ pub async fn stage(h: &Handles<'_>, include_identity: bool) -> Result<StagedTree
                 staged.staged.info.skipped.push(format!("services/{}/{}: a {kind} (never opened)", s.id, path.display()));
             }
             // Before the release: a call held meanwhile is answered after this line.
-            tracing::info!(service = %s.id, held_ms = hold.held_for().as_millis() as u64, "snapshot: service data copied; releasing its calls");
+            tracing::debug!(service = %s.id, held_ms = hold.held_for().as_millis() as u64, "snapshot: service data copied; releasing its calls");
         }
         let held = hold.release();
         copied?;
