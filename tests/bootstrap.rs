@@ -13,18 +13,16 @@
 //! - one snapshot at a time (`busy`), never the identity through the API.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
-
-/// Upper bound for anything that should happen "soon"; reaching it fails.
-const PATIENCE: Duration = Duration::from_secs(180);
+mod harness;
+use harness::{eventually, free_addr, http, http_bytes, try_http, Node, Out, BIN, PATIENCE};
 
 /// The per-service hold lines of an online snapshot are `debug` (one line
 /// per service would flood a large node's log); tests that wait for them ask.
@@ -32,10 +30,6 @@ const LOG_HOLDS: &str = "info,sysdeploy::snapshot::online=debug";
 
 fn distros() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/node")
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A temp dir with a state dir and a config file enabling kv-store.
@@ -116,46 +110,17 @@ impl Sandbox {
     }
 }
 
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// A running `sysdeploy run`; SIGKILLed on drop.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
 impl Node {
     fn start(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let addr = free_addr();
         let mut cmd = sb.cmd(addr);
-        cmd.arg("run").args(extra).envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Node { child, addr, log }
+        cmd.arg("run").args(extra).envs(env.iter().copied());
+        Node::spawn(&mut cmd, addr)
     }
     fn ready(sb: &Sandbox, extra: &[&str]) -> Node {
         let mut n = Node::start(sb, extra, &[]);
         n.wait_ready();
         n
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + PATIENCE;
@@ -167,26 +132,6 @@ impl Node {
                 return;
             }
             assert!(Instant::now() < deadline, "node never became ready; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn wait_log(&mut self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(needle) {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("node exited ({st}) before logging {needle:?}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "log never showed {needle:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -204,72 +149,6 @@ impl Node {
         assert_eq!(r.0, 200, "GET /v1/snapshot: {}", String::from_utf8_lossy(&r.1));
         r.1
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: String,
-}
-
-impl Resp {
-    fn error_code(&self) -> String {
-        let v: Value = serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body));
-        v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {v}")).to_string()
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(PATIENCE)).build().into()
-}
-
-fn request(method: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> ureq::http::request::Builder {
-    let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    req
-}
-
-fn try_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Option<Resp> {
-    let req = request(method, addr, path, token);
-    let resp = match body {
-        Some(b) => agent().run(req.header("Content-Type", "application/json").body(b).unwrap()),
-        None => agent().run(req.body(()).unwrap()),
-    };
-    let resp = resp.ok()?;
-    let status = resp.status().as_u16();
-    let mut bytes = Vec::new();
-    resp.into_body().into_reader().read_to_end(&mut bytes).ok()?;
-    // Lossy: a test that expected an error and got an archive says so.
-    Some(Resp { status, body: String::from_utf8_lossy(&bytes).into_owned() })
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Resp {
-    try_http(addr, method, path, token, body).unwrap_or_else(|| panic!("{method} {path}: the node did not answer"))
-}
-
-/// A request whose body is read whole as bytes (archives are large).
-fn http_bytes(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
-    let req = request(method, addr, path, token);
-    let resp = match body {
-        Some(b) => agent().run(req.header("Content-Type", "application/json").body(b).unwrap()),
-        None => agent().run(req.body(()).unwrap()),
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = resp.status().as_u16();
-    let mut bytes = Vec::new();
-    resp.into_body().into_reader().read_to_end(&mut bytes).unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
-    (status, bytes)
 }
 
 /// `kv-store.put(key, value)`; whether the node acknowledged it (200).
@@ -331,15 +210,6 @@ fn answer_once(conn: &mut TcpStream, archive: &[u8], how: Serve) {
     let _ = conn.write_all(&body);
     let _ = conn.flush();
     let _ = conn.shutdown(std::net::Shutdown::Both);
-}
-
-/// Polls `cond` until true, bounded by [`PATIENCE`].
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ------------------------------------------------------------------ tests

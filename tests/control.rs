@@ -19,19 +19,15 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
-
-/// Upper bound for anything that should happen "soon" (boots compile wasm on
-/// a shared, busy machine). Reaching it is a failure, never a pass.
-const PATIENCE: Duration = Duration::from_secs(120);
+mod harness;
+use harness::{free_addr, output as out, try_http, Node, Out, Resp, BIN, PATIENCE};
 
 /// A TTL no test waits for: a `spinner` init call lasts this long.
 const LONG_TTL_MS: u64 = 3_600_000;
@@ -125,59 +121,17 @@ fn clean_env(c: &mut Command) {
     }
 }
 
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn out(c: &mut Command) -> Out {
-    let o = c.stdin(Stdio::null()).output().unwrap();
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A running `sysdeploy run`; SIGKILLed on drop unless it already exited.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
 impl Node {
     fn start(sb: &Sandbox) -> Node {
         let addr = free_addr();
         let mut cmd = sb.cmd(addr);
-        cmd.arg("run").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Node { child, addr, log }
+        cmd.arg("run");
+        Node::spawn(&mut cmd, addr)
     }
     fn ready(sb: &Sandbox) -> Node {
         let mut n = Node::start(sb);
         n.wait_health(200);
         n
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
     fn wait_health(&mut self, status: u16) -> Value {
         let deadline = Instant::now() + PATIENCE;
@@ -185,7 +139,7 @@ impl Node {
             if let Some(st) = self.child.try_wait().unwrap() {
                 panic!("node exited ({st}) before /health answered {status}; log:\n{}", self.log());
             }
-            if let Some(r) = try_http(self.addr, "GET", "/health", None) {
+            if let Some(r) = try_http(self.addr, "GET", "/health", None, None) {
                 if r.status == status {
                     return r.json();
                 }
@@ -194,79 +148,14 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    fn wait_log(&mut self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(needle) {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("node exited ({st}) before logging {needle:?}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "log never showed {needle:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.child.id());
-    }
-    /// Waits (bounded) for the process to exit.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
     fn http(&self, method: &str, path: &str, token: Option<&str>) -> Resp {
-        try_http(self.addr, method, path, token).unwrap_or_else(|| panic!("{method} {path}: no answer; log:\n{}", self.log()))
+        try_http(self.addr, method, path, token, None).unwrap_or_else(|| panic!("{method} {path}: no answer; log:\n{}", self.log()))
     }
     fn call(&self, token: &str, alias: &str, function: &str) -> Value {
         let r = self.http("POST", &format!("/v1/services/{alias}/call/{function}"), Some(token));
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body))
-    }
-    /// Asserts the API error shape with this status and code; returns the message.
-    fn error(&self, status: u16, code: &str) -> String {
-        assert_eq!(self.status, status, "{}", self.body);
-        let v = self.json();
-        assert_eq!(v["error"]["code"], code, "{v}");
-        v["error"]["message"].as_str().unwrap().to_string()
-    }
-}
-
-fn try_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<Resp> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(PATIENCE)).build().into();
-    let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut resp = agent.run(req.body(()).unwrap()).ok()?;
-    Some(Resp { status: resp.status().as_u16(), body: resp.body_mut().read_to_string().ok()? })
 }
 
 /// Every file under `dir` with its mode and contents (the lock file's pid included).
@@ -322,7 +211,7 @@ fn sigterm_preempts_a_reload_from_the_api_and_the_next_boot_converges() {
     sb.config(&["kv-store", "spinner"], LONG_TTL_MS, "hello", "");
     let addr = node.addr;
     let t = token.clone();
-    let client = std::thread::spawn(move || try_http(addr, "POST", "/v1/reload", Some(&t)));
+    let client = std::thread::spawn(move || try_http(addr, "POST", "/v1/reload", Some(&t), None));
     node.wait_log("alias=spinner");
     node.signal(libc::SIGTERM);
     let st = node.wait_exit();

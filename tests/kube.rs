@@ -17,13 +17,15 @@
 //! says so.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod harness;
+use harness::{free_addr, Node};
 
 /// Upper bound for anything that should happen "soon"; reaching it fails.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -353,7 +355,7 @@ fn the_manifests_agree_with_the_binary() {
 
     // Run it; every probe path answers 200 (liveness at once, readiness
     // once deployed), and SIGTERM stops it with exit 0.
-    let mut node = NodeProc::spawn(command(&local_args[cmd_at..].iter().map(String::as_str).collect::<Vec<_>>()), addr);
+    let mut node = Node::spawn(&mut command(&local_args[cmd_at..].iter().map(String::as_str).collect::<Vec<_>>()), addr);
     for path in &probe_paths {
         node.wait_for(path, 200);
     }
@@ -422,36 +424,7 @@ fn secret_files_mounted_with_fs_group_are_accepted() {
 
 // ------------------------------------------------------- running nodes
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A running `sysdeploy run`; SIGKILLed on drop unless it already exited.
-struct NodeProc {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl NodeProc {
-    fn spawn(mut cmd: Command, addr: SocketAddr) -> NodeProc {
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        NodeProc { child, addr, log }
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
+impl Node {
     /// Polls `check` until it returns `Some`; fails after [`PATIENCE`] or if
     /// the node exits.
     fn wait_until<T>(&mut self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
@@ -471,29 +444,6 @@ impl NodeProc {
         self.wait_until(&format!("{path} answered {status}"), |n| {
             http(n.addr, "GET", path, None).filter(|(st, _)| *st == status).map(|(_, body)| body)
         })
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -561,7 +511,7 @@ fn kv_config(greeting: &str, watch: bool) -> String {
 }
 
 /// The greeting the running kv-store service was initialised with.
-fn greeting(n: &NodeProc, token: &str) -> Option<String> {
+fn greeting(n: &Node, token: &str) -> Option<String> {
     match http(n.addr, "POST", "/v1/services/kv-store/call/greeting", Some(token)) {
         Some((200, Value::String(g))) => Some(g),
         _ => None,
@@ -587,7 +537,7 @@ fn watch_config_reloads_in_place_edits_and_configmap_swaps_and_refuses_invalid_o
     let addr = free_addr();
     let mut cmd = sb.cmd(&mount.join("sysdeploy.toml"), addr);
     cmd.arg("run");
-    let mut node = NodeProc::spawn(cmd, addr);
+    let mut node = Node::spawn(&mut cmd, addr);
     node.wait_for("/health", 200);
     let token = sb.token();
     assert_eq!(greeting(&node, &token).as_deref(), Some("one"));
@@ -640,7 +590,7 @@ fn call_reload_and_health_need_only_the_token() {
     let addr = free_addr();
     let mut cmd = sb.cmd(&config, addr);
     cmd.arg("run");
-    let mut node = NodeProc::spawn(cmd, addr);
+    let mut node = Node::spawn(&mut cmd, addr);
     node.wait_for("/health", 200);
 
     let key = sb.path("state/node.key");

@@ -7,19 +7,15 @@
 //! `FAILPOINTS=<point>=sleep(ms)` so "while deploying" is observable.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
-
-/// Upper bound for anything that should happen "soon" (boots compile wasm on
-/// a shared, busy machine). Reaching it is a failure, never a pass.
-const PATIENCE: Duration = Duration::from_secs(120);
+mod harness;
+use harness::{eventually, free_addr, http, try_http, Node, Out, Resp, BIN, PATIENCE};
 
 fn distros() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/distros/node")
@@ -92,45 +88,13 @@ impl Sandbox {
     }
 }
 
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// A port nothing listens on right now.
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A running `sysdeploy run`; killed (SIGKILL) on drop unless it already exited.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    /// Everything the node wrote to stderr so far (its log).
-    log: Arc<Mutex<String>>,
-}
-
 impl Node {
     /// Starts `sysdeploy run` on a free port with extra env vars.
     fn start(sb: &Sandbox, env: &[(&str, &str)]) -> Node {
         let addr = free_addr();
         let mut cmd = sb.cmd(addr);
-        cmd.arg("run").envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Node { child, addr, log }
+        cmd.arg("run").envs(env.iter().copied());
+        Node::spawn(&mut cmd, addr)
     }
 
     /// Starts a node and waits until it is ready.
@@ -138,10 +102,6 @@ impl Node {
         let mut n = Node::start(sb, &[]);
         n.wait_health(|status, _| status == 200);
         n
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
 
     /// Polls `/health` until `done(status, body)`; panics with the log if the
@@ -159,36 +119,6 @@ impl Node {
                 }
             }
             assert!(Instant::now() < deadline, "health never matched; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until the log contains `needle`.
-    fn wait_log(&mut self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(needle) {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("node exited ({st}) before logging {needle:?}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "log never showed {needle:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.child.id());
-    }
-
-    /// Waits for the process to exit (bounded) and returns its status.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -213,72 +143,6 @@ impl Node {
         }
         out.sort();
         out
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body))
-    }
-    /// Asserts 200 and returns the JSON body.
-    fn ok_json(&self) -> Value {
-        assert_eq!(self.status, 200, "{}", self.body);
-        self.json()
-    }
-    /// Asserts the API error shape with this status and code.
-    fn error(&self, status: u16, code: &str) -> String {
-        assert_eq!(self.status, status, "{}", self.body);
-        let v = self.json();
-        let e = v["error"].as_object().unwrap_or_else(|| panic!("no error object: {v}"));
-        assert_eq!(e.len(), 2, "only code and message: {v}");
-        assert_eq!(e["code"], code, "{v}");
-        let msg = e["message"].as_str().unwrap().to_string();
-        assert!(!msg.is_empty() && !msg.ends_with('.'), "message {msg:?}");
-        msg
-    }
-}
-
-/// One request; `None` when nothing answers (connection refused or reset).
-fn try_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Option<Resp> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(PATIENCE)).build().into();
-    let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let resp = match body {
-        Some(b) => agent.run(req.header("Content-Type", "application/json").body(b).unwrap()),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = resp.ok()?;
-    Some(Resp { status: resp.status().as_u16(), body: resp.body_mut().read_to_string().ok()? })
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Resp {
-    try_http(addr, method, path, token, body).unwrap_or_else(|| panic!("{method} {path}: the node did not answer"))
-}
-
-/// Polls `cond` until true, bounded by [`PATIENCE`].
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

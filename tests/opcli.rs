@@ -6,26 +6,19 @@
 //! idle.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
-
-/// Upper bound for anything that should happen "soon"; reaching it fails.
-const PATIENCE: Duration = Duration::from_secs(120);
+mod harness;
+use harness::{free_addr, Node, BIN, PATIENCE};
 
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A temp dir with the `kv-store` test package, a config and a state dir.
@@ -85,34 +78,12 @@ impl Sandbox {
     }
 }
 
-/// A running `sysdeploy run`; SIGKILLed on drop unless it already exited.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
 impl Node {
     fn start(sb: &Sandbox) -> Node {
         let addr = free_addr();
-        let mut child = sb.cmd(addr).arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let mut node = Node { child, addr, log };
+        let mut node = Node::spawn(sb.cmd(addr).arg("run"), addr);
         node.wait_ready();
         node
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + PATIENCE;
@@ -127,29 +98,6 @@ impl Node {
             }
             assert!(Instant::now() < deadline, "node never became ready; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -10,18 +10,15 @@
 //! message when the tool is absent (`.ci/run` installs both).
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sysdeploy");
-
-/// Upper bound for anything that should happen "soon"; reaching it fails.
-const PATIENCE: Duration = Duration::from_secs(120);
+mod harness;
+use harness::{free_addr, Node, BIN, PATIENCE};
 
 /// A TTL no test waits for: a `spinner` init call lasts this long.
 const LONG_TTL_MS: u64 = 3_600_000;
@@ -95,38 +92,12 @@ impl Sandbox {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A running `sysdeploy run`; SIGKILLed on drop unless it already exited.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
 impl Node {
     fn start(sb: &Sandbox, env: &[(&str, &str)]) -> Node {
         let addr = free_addr();
         let mut cmd = sb.cmd(addr);
-        cmd.arg("run").envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Node { child, addr, log }
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        cmd.arg("run").envs(env.iter().copied());
+        Node::spawn(&mut cmd, addr)
     }
     /// Waits until `path` answers `status`; returns the body.
     fn wait_for(&mut self, path: &str, status: u16) -> Resp {
@@ -144,44 +115,11 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    fn wait_log(&mut self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(needle) {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("node exited ({st}) before logging {needle:?}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "log never showed {needle:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "node did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
     fn get(&self, path: &str) -> Resp {
         get(self.addr, path, None).unwrap_or_else(|| panic!("GET {path}: no answer; log:\n{}", self.log()))
     }
     fn get_accept(&self, path: &str, accept: &str) -> Resp {
         get(self.addr, path, Some(accept)).unwrap_or_else(|| panic!("GET {path}: no answer; log:\n{}", self.log()))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
