@@ -16,6 +16,8 @@ mod bench_plan;
 mod calls;
 #[path = "bench_deploy.rs"]
 mod deploy;
+#[path = "bench_snapshot.rs"]
+mod snapshot;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -32,7 +34,12 @@ struct Opts {
     http_secs: u64,
     /// Concurrent keep-alive connections of the HTTP client.
     conns: usize,
+    /// Sections to run (`--only a,b`); empty = all.
+    only: Vec<String>,
 }
+
+/// The sections, in the order they run (`--only` names).
+const SECTIONS: [&str; 7] = ["boot", "call-path", "calls", "scale", "plan", "deploy", "snapshot"];
 
 /// One measured figure with its same-run baseline.
 struct Row {
@@ -78,10 +85,11 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--reps N] [--max-n N] [--http-secs S] [--conns C] [--quick]";
+const USAGE: &str =
+    "usage: cargo xtask bench [--reps N] [--max-n N] [--http-secs S] [--conns C] [--quick] [--only boot,call-path,calls,scale,plan,deploy,snapshot]";
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
-    let mut o = Opts { reps: 11, max_n: 10_000, http_secs: 5, conns: 8 };
+    let mut o = Opts { reps: 11, max_n: 10_000, http_secs: 5, conns: 8, only: Vec::new() };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |what: &str| -> anyhow::Result<usize> {
@@ -92,6 +100,15 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--max-n" => o.max_n = num("--max-n")?,
             "--http-secs" => o.http_secs = num("--http-secs")?.max(1) as u64,
             "--conns" => o.conns = num("--conns")?.max(1),
+            "--only" => {
+                let list = it.next().context("--only needs a list of sections")?;
+                for name in list.split(',') {
+                    if !SECTIONS.contains(&name) {
+                        bail!("--only: unknown section {name:?}; the sections are {}\n{USAGE}", SECTIONS.join(", "));
+                    }
+                    o.only.push(name.to_string());
+                }
+            }
             "--quick" => {
                 o.reps = 3;
                 o.max_n = 1000;
@@ -305,12 +322,30 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let mut s = Suite { repo: repo.to_path_buf(), bins, work, opts, rows: Vec::new(), notes: Default::default(), next_port: 17_300 };
     let started = Instant::now();
-    boot_default(&mut s)?;
-    call_path(&mut s)?;
-    calls::run(&mut s)?;
-    scale(&mut s)?;
-    bench_plan::run(&mut s)?;
-    deploy::first_deploy(&mut s)?;
+    let want = |name: &str| s.opts.only.is_empty() || s.opts.only.iter().any(|o| o == name);
+    let (boot, path, call, sc, plan, dep, snap) =
+        (want("boot"), want("call-path"), want("calls"), want("scale"), want("plan"), want("deploy"), want("snapshot"));
+    if boot {
+        boot_default(&mut s)?;
+    }
+    if path {
+        call_path(&mut s)?;
+    }
+    if call {
+        calls::run(&mut s)?;
+    }
+    if sc {
+        scale(&mut s)?;
+    }
+    if plan {
+        bench_plan::run(&mut s)?;
+    }
+    if dep {
+        deploy::first_deploy(&mut s)?;
+    }
+    if snap {
+        snapshot::run(&mut s)?;
+    }
     s.notes.insert("suite_seconds".into(), json!(started.elapsed().as_secs_f64()));
     report(&s, &out_dir)
 }
@@ -714,7 +749,7 @@ fn report(s: &Suite, out_dir: &Path) -> anyhow::Result<()> {
     }
     let doc = json!({
         "machine": m,
-        "options": { "reps": s.opts.reps, "max_n": s.opts.max_n, "http_secs": s.opts.http_secs, "conns": s.opts.conns },
+        "options": { "reps": s.opts.reps, "max_n": s.opts.max_n, "http_secs": s.opts.http_secs, "conns": s.opts.conns, "only": s.opts.only },
         "rows": s.rows.iter().map(Row::json).collect::<Vec<_>>(),
         "notes": s.notes,
     });
