@@ -52,6 +52,12 @@ CREATE TABLE deploy_pins (
 /// Generation rows kept at most (older ones are deleted, pinned ones excepted).
 pub const MAX_ROWS: u64 = 100;
 
+/// Bytes of generation records kept at most: a node of 10,000 services writes
+/// ~4 MB per generation (its aliases and plan), so the row cap alone would let
+/// the store grow by ~400 MB. Beyond it the oldest rows go first — never a
+/// pinned one, never one of the newest `keep_generations`.
+pub const MAX_RECORD_BYTES: i64 = 64 << 20;
+
 /// A config value as a generation keeps it: the value, or a secret's digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -345,6 +351,7 @@ pub fn record(store: &Store, d: &Deployment<'_>, keep: u64) -> rusqlite::Result<
         "DELETE FROM deploy_generations WHERE number <= ?1 AND number NOT IN (SELECT generation FROM deploy_pins)",
         [number as i64 - MAX_ROWS as i64],
     )?;
+    prune_by_bytes(&tx, number, keep, MAX_RECORD_BYTES)?;
     tx.execute(
         "DELETE FROM deploy_generation_sources WHERE digest NOT IN
          (SELECT json_extract(p.value, '$.source') FROM deploy_generations g, json_each(g.record, '$.packages') p
@@ -361,6 +368,21 @@ pub fn record(store: &Store, d: &Deployment<'_>, keep: u64) -> rusqlite::Result<
     // empty and the generation stays (crash matrix, op `gc`).
     crash_point!("deploy::generation::recorded");
     Ok(Some(number))
+}
+
+/// Deletes the oldest generation rows while the records of the rows newer
+/// than them add up to more than `cap` bytes; pinned rows and the newest
+/// `keep` (up to `newest`) always stay.
+fn prune_by_bytes(conn: &rusqlite::Connection, newest: u64, keep: u64, cap: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM deploy_generations
+         WHERE number IN (SELECT number FROM
+                 (SELECT number, SUM(length(record)) OVER (ORDER BY number DESC) AS upto FROM deploy_generations)
+               WHERE upto > ?1)
+           AND number <= ?2
+           AND number NOT IN (SELECT generation FROM deploy_pins)",
+        params![cap, newest as i64 - keep as i64],
+    )
 }
 
 fn list_newest(store: &Store) -> rusqlite::Result<Option<Generation>> {
@@ -463,6 +485,32 @@ mod tests {
 
     /// What changed: versions, config keys (a secret only as "changed",
     /// never its value or digest), replaced aliases; nothing for equal records.
+    #[test]
+    fn old_generations_go_when_the_records_outgrow_the_byte_cap_but_never_pinned_or_kept_ones() {
+        let store = Store::in_memory();
+        let conn = store.lock();
+        for n in 1..=10i64 {
+            conn.execute(
+                "INSERT INTO deploy_generations(number, created_at, outcome, pruned, record) VALUES (?1, 0, 'ok', 0, ?2)",
+                params![n, "x".repeat(1000)],
+            )
+            .unwrap();
+        }
+        conn.execute("INSERT INTO deploy_pins(package, generation, restore_data, pinned_at) VALUES ('p', 2, 0, 0)", []).unwrap();
+        let numbers = |c: &rusqlite::Connection| -> Vec<i64> {
+            let mut st = c.prepare("SELECT number FROM deploy_generations ORDER BY number").unwrap();
+            st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        // 4,500 bytes: the newest four fit, 6 and older are beyond; 2 is pinned.
+        assert_eq!(prune_by_bytes(&conn, 10, 3, 4500).unwrap(), 5);
+        assert_eq!(numbers(&conn), [2, 7, 8, 9, 10]);
+        // A cap smaller than one record still keeps the newest `keep`.
+        prune_by_bytes(&conn, 10, 3, 10).unwrap();
+        assert_eq!(numbers(&conn), [2, 8, 9, 10]);
+        // Under the cap nothing goes.
+        assert_eq!(prune_by_bytes(&conn, 10, 1, 1 << 20).unwrap(), 0);
+    }
+
     #[test]
     fn changes_name_versions_keys_and_aliases() {
         let a = rec("1.0.0", "hello", "s1", "0123456789abcdef0123456789abcdef");
