@@ -406,7 +406,7 @@ fn upsert_entry(conn: &rusqlite::Connection, d: &Deployed) -> rusqlite::Result<(
     Ok(())
 }
 
-fn bad_row(col: &str, value: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+pub(super) fn bad_row(col: &str, value: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, format!("{col} = {value:?}: {e}"), rusqlite::types::Type::Text)
 }
 

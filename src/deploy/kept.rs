@@ -87,15 +87,13 @@ pub fn list(store: &Store) -> rusqlite::Result<Vec<Kept>> {
     let mut out = Vec::new();
     for row in rows {
         let (id, alias, package, version, blueprint, kept_at) = row?;
-        let bad = |col: &str, v: &str, e: String| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("deploy_kept_data.{col} {v:?}: {e}").into())
-        };
+        use super::journal::bad_row;
         out.push(Kept {
-            service_id: ServiceId::try_from(id.clone()).map_err(|e| bad("service_id", &id, e.to_string()))?,
-            alias: Alias::new(&alias).map_err(|e| bad("alias", &alias, e.to_string()))?,
-            package: PackageName::new(&package).map_err(|e| bad("package", &package, e.to_string()))?,
+            service_id: ServiceId::try_from(id.clone()).map_err(|e| bad_row("deploy_kept_data.service_id", &id, e))?,
+            alias: Alias::new(&alias).map_err(|e| bad_row("deploy_kept_data.alias", &alias, e))?,
+            package: PackageName::new(&package).map_err(|e| bad_row("deploy_kept_data.package", &package, e))?,
             version,
-            blueprint_id: BlueprintId::from_hex(&blueprint).map_err(|e| bad("blueprint_id", &blueprint, e.to_string()))?,
+            blueprint_id: BlueprintId::from_hex(&blueprint).map_err(|e| bad_row("deploy_kept_data.blueprint_id", &blueprint, e))?,
             kept_at,
         });
     }

@@ -44,12 +44,6 @@ use std::time::{Duration, Instant};
 pub enum OnlineError {
     #[error("snapshot: {0}")]
     Stage(#[from] SnapshotError),
-    #[error("snapshot: copying the state store {} with the sqlite backup api: {source}", path.display())]
-    Store {
-        path: std::path::PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
     #[error("snapshot: copying the data of service {service}: {source}")]
     Data {
         service: ServiceId,
@@ -112,7 +106,7 @@ pub async fn stage(h: &Handles<'_>, include_identity: bool) -> Result<StagedTree
     let mut staged = StagedTree { staged: Staged::new(into.clone(), info), holds: Vec::new() };
 
     let (src, dst) = (h.state_dir.join(crate::state::STORE_FILE), into.join(crate::state::STORE_FILE));
-    staged.staged.info.schema_version = blocking(move || backup_store(&src, &dst)).await?;
+    staged.staged.info.schema_version = blocking(move || Ok(stage::backup_store(&src, &dst)?)).await?;
 
     let services = into.join("services");
     std::fs::DirBuilder::new().mode(0o700).create(&services).map_err(SnapshotError::io("create", &services))?;
@@ -291,35 +285,6 @@ pub fn remove_leftovers(state_dir: &Path) {
     }
 }
 
-/// Copies the store at `src` to a new single file `dst` in one backup step
-/// (one read transaction: the store as of one instant; no `-wal` left);
-/// returns its schema version.
-fn backup_store(src: &Path, dst: &Path) -> Result<u64, OnlineError> {
-    let err = |source| OnlineError::Store { path: src.to_path_buf(), source };
-    let from = rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
-    from.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-    let version: i64 = from.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
-    let mut to = rusqlite::Connection::open(dst).map_err(err)?;
-    {
-        let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(err)?;
-        // -1: every page in one step, under one read transaction.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match backup.step(-1).map_err(err)? {
-                rusqlite::backup::StepResult::Done => break,
-                // Busy or locked by a writer's checkpoint: try again shortly.
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                _ => return Err(err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None))),
-            }
-        }
-    }
-    // The copy keeps the source's WAL mode in its header; make it a plain
-    // single file (the restored node switches back to WAL when it opens it).
-    to.pragma_update(None, "journal_mode", "DELETE").map_err(err)?;
-    to.close().map_err(|(_, e)| err(e))?;
-    Ok(version.max(0) as u64)
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, OnlineError> + Send + 'static) -> Result<T, OnlineError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| OnlineError::Runtime(format!("staging task failed: {e}")))?
 }
@@ -336,7 +301,7 @@ mod tests {
         c.pragma_update(None, "journal_mode", "WAL").unwrap();
         c.execute_batch("PRAGMA user_version = 7; CREATE TABLE t (k TEXT); INSERT INTO t VALUES ('a'), ('b');").unwrap();
         let dst = dir.path().join("copy.db");
-        assert_eq!(backup_store(&src, &dst).unwrap(), 7);
+        assert_eq!(stage::backup_store(&src, &dst).unwrap(), 7);
         // Written while the source stays open with its WAL: not in the copy's way.
         c.execute("INSERT INTO t VALUES ('c')", []).unwrap();
         assert!(!dir.path().join("copy.db-wal").exists());

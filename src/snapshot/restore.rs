@@ -227,22 +227,9 @@ fn move_in(tmp: &Path, state_dir: &Path, marker: &mut fs::File) -> Result<(), Sn
 /// moving `node.key` (then the state dir is whole), the names it recorded as
 /// moved.
 fn remove_leftovers_inside(state_dir: &Path) {
-    let Ok(entries) = fs::read_dir(state_dir) else { return };
-    for e in entries.flatten() {
-        if !e.file_name().to_str().is_some_and(|n| n.starts_with(INSIDE_PREFIX)) {
-            continue;
-        }
-        let dir = e.path();
-        let Ok(marker) = fs::File::open(dir.join(MARKER)) else {
-            tracing::warn!(dir = %dir.display(), "left alone: it looks like a restore's temp dir but has no restore marker");
-            continue;
-        };
-        if marker.try_lock().is_err() {
-            continue;
-        }
-        let text = fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
+    for (dir, marker) in abandoned(state_dir, INSIDE_PREFIX) {
         if !state_dir.join(KEY_FILE).exists() {
-            for n in text.lines().filter_map(|l| l.strip_prefix("moved ")) {
+            for n in marker.lines().filter_map(|l| l.strip_prefix("moved ")) {
                 // Only the plain top-level names a restore moves.
                 if !n.is_empty() && !n.contains('/') && n != "." && n != ".." {
                     let _ = crate::tree::remove_tree(&state_dir.join(n));
@@ -254,6 +241,30 @@ fn remove_leftovers_inside(state_dir: &Path) {
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove the temp dir of an interrupted restore"),
         }
     }
+}
+
+/// The temp dirs named `prefix…` in `parent` that a restore made (they hold
+/// its marker) and that no live restore holds (the marker is not locked),
+/// each with its marker's text. Look-alikes without a marker are left alone.
+fn abandoned(parent: &Path, prefix: &str) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = fs::read_dir(parent) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        if !e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(marker) = fs::File::open(dir.join(MARKER)) else {
+            tracing::warn!(dir = %dir.display(), "left alone: it looks like a restore's temp dir but has no restore marker");
+            continue;
+        };
+        if marker.try_lock().is_err() {
+            continue; // another restore is running there
+        }
+        let text = fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
+        out.push((dir, text));
+    }
+    out
 }
 
 /// `state_dir` must name a directory whose parent exists; returns both.
@@ -319,20 +330,7 @@ fn check_empty(state_dir: &Path) -> Result<(), SnapshotError> {
 /// Removes `NAME.restore-*` siblings a killed restore left: only those that
 /// hold our marker and whose marker no live restore holds locked.
 fn remove_leftovers(parent: &Path, name: &str) {
-    let prefix = format!("{name}.restore-");
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    for e in entries.flatten() {
-        if !e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
-            continue;
-        }
-        let dir = e.path();
-        let Ok(marker) = fs::File::open(dir.join(MARKER)) else {
-            tracing::warn!(dir = %dir.display(), "left alone: it looks like a restore's temp dir but has no restore marker");
-            continue;
-        };
-        if marker.try_lock().is_err() {
-            continue; // another restore is running there
-        }
+    for (dir, _) in abandoned(parent, &format!("{name}.restore-")) {
         match crate::tree::remove_tree(&dir) {
             Ok(_) => tracing::info!(dir = %dir.display(), "removed the temp dir of an interrupted restore"),
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove the temp dir of an interrupted restore"),

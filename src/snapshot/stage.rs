@@ -139,23 +139,35 @@ pub fn read_info(staged: &Path) -> Result<StageInfo, SnapshotError> {
     serde_json::from_slice(&b).map_err(|e| SnapshotError::Other(format!("{}: not a staged tree's info: {e}", p.display())))
 }
 
-/// Copies the store at `src` into the new file `dst` with SQLite's online
-/// backup API (consistent even while another connection writes; one file,
-/// no `-wal`); returns its schema version.
+/// Copies the store at `src` into the new single file `dst` with SQLite's
+/// online backup API in one step: one read transaction, so the store as of
+/// one instant even while the running node writes (a step-wise backup
+/// restarts whenever another connection writes); no `-wal` left. Returns its
+/// schema version. Offline and online staging both use it.
 pub fn backup_store(src: &Path, dst: &Path) -> Result<u64, SnapshotError> {
-    use rusqlite::{Connection, OpenFlags};
+    use rusqlite::{backup::StepResult, Connection, OpenFlags};
+    use std::time::{Duration, Instant};
     let store_err = |e: rusqlite::Error| SnapshotError::Store(crate::store::StoreError::Sqlite { path: src.to_path_buf(), source: e });
     let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(store_err)?;
-    from.busy_timeout(std::time::Duration::from_secs(5)).map_err(store_err)?;
+    from.busy_timeout(Duration::from_secs(30)).map_err(store_err)?;
     let version: i64 = from.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(store_err)?;
-    from.backup(rusqlite::MAIN_DB, dst, None::<fn(rusqlite::backup::Progress)>).map_err(store_err)?;
-    drop(from);
-    // The copy keeps the WAL flag in its header; a single file is what is archived.
-    let to = Connection::open(dst).map_err(store_err)?;
+    let mut to = Connection::open(dst).map_err(store_err)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(store_err)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match backup.step(-1).map_err(store_err)? {
+                StepResult::Done => break,
+                // Busy or locked by a writer's checkpoint: try again shortly.
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => return Err(store_err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None))),
+            }
+        }
+    }
+    // The copy keeps the source's WAL mode in its header; a single file is
+    // what is archived (the restored node switches back to WAL when it opens it).
     to.pragma_update(None, "journal_mode", "DELETE").map_err(store_err)?;
-    drop(to);
-    let f = fs::File::open(dst).map_err(SnapshotError::io("open", dst))?;
-    f.sync_all().map_err(SnapshotError::io("sync", dst))?;
+    to.close().map_err(|(_, e)| store_err(e))?;
     Ok(version.max(0) as u64)
 }
 
