@@ -418,7 +418,10 @@ impl Node {
         let d = deploy::generations::Deployment { catalog: self.catalog, resolved, config: cfg, desired, plan, report, current: &current };
         match deploy::generations::record(self.deployer.journal.store(), &d, deploy::generations::keep_generations(cfg)) {
             Ok(Some(n)) => tracing::info!(generation = n, "recorded generation {n}"),
-            Ok(None) => {}
+            // Nothing recorded, nothing pruned: the keep-set `validate` set
+            // from this desired state still holds (no second parse of the
+            // kept generations on a no-op boot).
+            Ok(None) => return,
             Err(e) => tracing::warn!("recording the generation failed: {e}"),
         }
         self.runtime.keep_blueprints(self.wanted(desired));
